@@ -1,0 +1,35 @@
+"""Exception types raised by dfnet.
+
+Every error names what was wrong (column, value, file) and what was expected,
+and is raised before any training starts.
+"""
+
+from __future__ import annotations
+
+
+class DFNetError(Exception):
+    """Base class of every error dfnet raises on purpose."""
+
+
+class ConfigError(DFNetError, ValueError):
+    """A hyperparameter or option has a value outside its allowed range or set."""
+
+
+class DatasetError(DFNetError, ValueError):
+    """A data set cannot be found, downloaded or verified."""
+
+
+class IDXFormatError(DatasetError):
+    """An IDX file is corrupt: bad magic number, or declared sizes that disagree with its length."""
+
+
+class DataValidationError(DFNetError, ValueError):
+    """A DataFrame handed to dfnet does not hold what training or prediction needs."""
+
+
+class ModelFormatError(DFNetError, ValueError):
+    """A saved model is missing, corrupt, or has a different architecture than expected."""
+
+
+class TrainingDivergedError(DFNetError, ArithmeticError):
+    """The loss or the weights became NaN or infinite during training."""

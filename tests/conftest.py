@@ -1,0 +1,28 @@
+"""Shared fixtures: one real local Spark session for the whole run, and the real data sets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(os.environ.get("DFNET_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder of reference data sets (`../shared/data` beside the project)."""
+    if not (SHARED_DATA / "mnist").is_dir():
+        pytest.fail(f"reference data not found at {SHARED_DATA}; set DFNET_SHARED_DATA to the shared/data folder")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """A real local[2] SparkSession shared by every test in the run."""
+    from dfnet.session import get_or_create_spark
+
+    session = get_or_create_spark(master="local[2]", app_name="dfnet-tests")
+    yield session
+    session.stop()
