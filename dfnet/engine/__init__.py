@@ -1,0 +1,1 @@
+"""How a training step is computed over data: the DataFrame engine (and later baselines)."""

@@ -1,0 +1,156 @@
+"""Checking a user's image DataFrame and turning it into dfnet's cached training encoding.
+
+The user's images are array columns (``array<float>`` or ``array<double>``).
+Converting Spark arrays to Arrow lists and then to numpy rows costs more than
+the forward and backward pass itself (measured on 60,000 x 784: 0.80 s per
+mapInPandas pass for ``array<float>`` against 0.45 s for the same values as
+raw bytes), so training reads a cached copy in which each image is ONE binary
+value holding the packed float32/float64 pixels, decoded with a single
+``np.frombuffer`` per Arrow batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from ..errors import DataValidationError
+
+ROW_COL, X_COL, LABEL_COL = "_row", "_x", "_label"
+ENCODED_SCHEMA = T.StructType([
+    T.StructField(ROW_COL, T.LongType(), False),
+    T.StructField(X_COL, T.BinaryType(), False),
+    T.StructField(LABEL_COL, T.IntegerType(), False),
+])
+_NUMERIC_ELEMENTS = (T.FloatType, T.DoubleType, T.IntegerType, T.LongType, T.ShortType, T.ByteType)
+_INTEGRAL = (T.IntegerType, T.LongType, T.ShortType, T.ByteType)
+
+
+def check_columns(df: DataFrame, features_col: str, label_col: str | None) -> None:
+    """Raise :class:`DataValidationError` unless the columns exist with usable types."""
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    wanted = [features_col] + ([label_col] if label_col else [])
+    for name in wanted:
+        if name not in fields:
+            raise DataValidationError(f"column {name!r} not found; the DataFrame has columns {list(fields)}")
+    ftype = fields[features_col]
+    if not (isinstance(ftype, T.ArrayType) and isinstance(ftype.elementType, _NUMERIC_ELEMENTS)):
+        raise DataValidationError(
+            f"column {features_col!r} must be an array of numbers (array<float> or array<double>), "
+            f"got {ftype.simpleString()}")
+    if label_col:
+        ltype = fields[label_col]
+        if not isinstance(ltype, (*_INTEGRAL, T.FloatType, T.DoubleType)):
+            raise DataValidationError(
+                f"column {label_col!r} must hold integer class indices, got {ltype.simpleString()}")
+
+
+def check_contents(df: DataFrame, features_col: str, label_col: str | None, num_features: int,
+                   num_classes: int | None) -> int:
+    """One Spark aggregation over the data; raise on the first problem found, else return the row count.
+
+    Checks: not empty, no null image or label, every image has ``num_features``
+    values, none NaN/infinite/null, and labels are whole numbers in ``[0, num_classes)``.
+    """
+    image = F.col(features_col)
+    bad_value = F.exists(image, lambda v: v.isNull() | F.isnan(v) | (F.abs(v) == float("inf")))
+    aggs = [
+        F.count(F.lit(1)).alias("rows"),
+        F.sum(image.isNull().cast("long")).alias("null_images"),
+        F.min(F.size(image)).alias("min_len"),
+        F.max(F.size(image)).alias("max_len"),
+        F.sum(bad_value.cast("long")).alias("bad_values"),
+    ]
+    if label_col:
+        label = F.col(label_col)
+        aggs += [
+            F.sum(label.isNull().cast("long")).alias("null_labels"),
+            F.min(label).alias("min_label"),
+            F.max(label).alias("max_label"),
+            F.sum((label != F.floor(label)).cast("long")).alias("fractional_labels"),
+        ]
+    s = df.agg(*aggs).first().asDict()
+    if s["rows"] == 0:
+        raise DataValidationError("the DataFrame is empty: there are no rows to train on or predict")
+    if s["null_images"]:
+        raise DataValidationError(f"column {features_col!r} has {s['null_images']} null value(s)")
+    if s["min_len"] != num_features or s["max_len"] != num_features:
+        raise DataValidationError(
+            f"column {features_col!r}: every image must have {num_features} values, found lengths "
+            f"from {s['min_len']} to {s['max_len']}")
+    if s["bad_values"]:
+        raise DataValidationError(
+            f"column {features_col!r}: {s['bad_values']} image(s) contain NaN, infinite or null values")
+    if label_col:
+        if s["null_labels"]:
+            raise DataValidationError(f"column {label_col!r} has {s['null_labels']} null value(s)")
+        if s["fractional_labels"]:
+            raise DataValidationError(f"column {label_col!r} has {s['fractional_labels']} non-integer label(s)")
+        if num_classes is not None and (s["min_label"] < 0 or s["max_label"] >= num_classes):
+            raise DataValidationError(
+                f"column {label_col!r}: labels must be class indices in [0, {num_classes - 1}] for a "
+                f"{num_classes}-class model, found values from {s['min_label']} to {s['max_label']}")
+    return int(s["rows"])
+
+
+def _encode_batches(features_col: str, label_col: str, dtype: str):
+    def encode(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            images = batch.column(features_col)
+            n = len(images)
+            if n == 0:
+                continue
+            values = images.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+            width = values.nbytes // n
+            offsets = pa.py_buffer(np.arange(0, n * width + 1, width, dtype=np.int32).tobytes())
+            packed = pa.Array.from_buffers(pa.binary(), n, [None, offsets, pa.py_buffer(values.tobytes())])
+            labels = batch.column(label_col).cast(pa.int32())
+            yield pa.RecordBatch.from_arrays([batch.column(ROW_COL), packed, labels],
+                                             schema=pa.schema([(ROW_COL, pa.int64(), False),
+                                                               (X_COL, pa.binary(), False),
+                                                               (LABEL_COL, pa.int32(), False)]))
+    return encode
+
+
+def decode_images(packed: pd.Series, num_features: int, dtype: str) -> np.ndarray:
+    """Binary column of packed pixels -> ``(n, num_features)`` array, one copy."""
+    return np.frombuffer(b"".join(packed.to_numpy()), dtype=dtype).reshape(len(packed), num_features)
+
+
+@dataclass
+class TrainingData:
+    """The validated, encoded and cached rows a training run steps over."""
+
+    frame: DataFrame  # (_row long, _x binary, _label int), persisted
+    count: int
+    num_features: int
+    dtype: str
+
+    def release(self) -> None:
+        self.frame.unpersist()
+
+
+def prepare_training_data(df: DataFrame, *, features_col: str, label_col: str, num_features: int,
+                          num_classes: int, dtype: str, num_partitions: int | None = None) -> TrainingData:
+    """Validate ``df`` (raising before any training) and cache its packed encoding.
+
+    Two Spark jobs: the validating aggregation, and the encoding that fills the cache.
+    """
+    check_columns(df, features_col, label_col)
+    count = check_contents(df, features_col, label_col, num_features, num_classes)
+    source = df.select(features_col, label_col)
+    if num_partitions is not None:
+        source = source.repartition(num_partitions)
+    source = source.withColumn(ROW_COL, F.monotonically_increasing_id())
+    frame = source.mapInArrow(_encode_batches(features_col, label_col, dtype), ENCODED_SCHEMA)
+    frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
+    frame.count()
+    return TrainingData(frame, count, num_features, dtype)

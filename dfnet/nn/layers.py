@@ -1,0 +1,197 @@
+"""Layers on whole batches, in pure numpy.
+
+Every layer has the same small surface:
+
+- ``param_shapes`` : shapes of its parameter arrays (empty for activations),
+- ``forward(params, X) -> (Y, cache)`` on a batch ``X`` of shape ``(n, ...)``,
+- ``backward(params, cache, dY) -> (dX, grads)`` where ``grads`` are the
+  gradients of the *summed* loss with respect to each parameter array,
+- ``to_config()`` / ``repr``.
+
+Parameters are views into one flat vector owned by :class:`~dfnet.nn.network.Sequential`,
+so a layer never allocates or keeps weights itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+Array = np.ndarray
+
+
+class Layer:
+    """Base layer: no parameters, identity shape."""
+
+    kind: ClassVar[str] = "layer"
+    param_names: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def param_shapes(self) -> list[tuple[int, ...]]:
+        return []
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of one example's output given one example's input shape."""
+        return input_shape
+
+    def init_params(self, rng: np.random.Generator, scheme: str, dtype: np.dtype) -> list[Array]:
+        return []
+
+    def forward(self, params: list[Array], X: Array) -> tuple[Array, Any]:
+        raise NotImplementedError
+
+    def backward(self, params: list[Array], cache: Any, dY: Array) -> tuple[Array, list[Array]]:
+        raise NotImplementedError
+
+    def to_config(self) -> dict:
+        return {"type": self.kind}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.to_config().items() if k != "type")
+        return f"{type(self).__name__}({args})"
+
+
+class Dense(Layer):
+    """Fully connected layer ``Y = X @ W + b`` with ``W`` of shape ``(n_in, n_out)``."""
+
+    kind = "dense"
+    param_names = ("W", "b")
+
+    def __init__(self, n_in: int, n_out: int):
+        self.n_in, self.n_out = int(n_in), int(n_out)
+
+    @property
+    def param_shapes(self) -> list[tuple[int, ...]]:
+        return [(self.n_in, self.n_out), (self.n_out,)]
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (self.n_out,)
+
+    def init_params(self, rng: np.random.Generator, scheme: str, dtype: np.dtype) -> list[Array]:
+        W = INITIALIZERS[scheme](rng, self.n_in, self.n_out)
+        if scheme in BIASED_INITS:
+            b = INITIALIZERS[scheme](rng, 1, self.n_out)[0]
+        else:
+            b = np.zeros(self.n_out)
+        return [W.astype(dtype), b.astype(dtype)]
+
+    def forward(self, params, X):
+        W, b = params
+        return X @ W + b, X
+
+    def backward(self, params, cache, dY):
+        W, _ = params
+        X = cache
+        return dY @ W.T, [X.T @ dY, dY.sum(axis=0)]
+
+    def to_config(self) -> dict:
+        return {"type": self.kind, "n_in": self.n_in, "n_out": self.n_out}
+
+
+class Sigmoid(Layer):
+    """Logistic function, computed without overflow for large ``|x|``."""
+
+    kind = "sigmoid"
+
+    def forward(self, params, X):
+        Y = sigmoid(X)
+        return Y, Y
+
+    def backward(self, params, cache, dY):
+        Y = cache
+        return dY * Y * (1.0 - Y), []
+
+
+class ReLU(Layer):
+    kind = "relu"
+
+    def forward(self, params, X):
+        mask = X > 0
+        return X * mask, mask
+
+    def backward(self, params, cache, dY):
+        return dY * cache, []
+
+
+class Tanh(Layer):
+    kind = "tanh"
+
+    def forward(self, params, X):
+        Y = np.tanh(X)
+        return Y, Y
+
+    def backward(self, params, cache, dY):
+        return dY * (1.0 - cache * cache), []
+
+
+class Softmax(Layer):
+    """Softmax over the last axis (shifted by the row maximum, so it never overflows)."""
+
+    kind = "softmax"
+
+    def forward(self, params, X):
+        Y = softmax(X)
+        return Y, Y
+
+    def backward(self, params, cache, dY):
+        # Jacobian-vector product of softmax; the cross-entropy loss skips this
+        # (see Sequential.loss_and_grad) because p - y is exact and cheaper.
+        S = cache
+        return S * (dY - np.sum(dY * S, axis=-1, keepdims=True)), []
+
+
+def sigmoid(X: Array) -> Array:
+    """Numerically stable logistic function (no overflow warning for any finite input)."""
+    out = np.empty_like(X)
+    pos = X >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-X[pos]))
+    ex = np.exp(X[~pos])
+    out[~pos] = ex / (1.0 + ex)
+    return out
+
+
+def softmax(X: Array) -> Array:
+    Z = X - X.max(axis=-1, keepdims=True)
+    np.exp(Z, out=Z)
+    Z /= Z.sum(axis=-1, keepdims=True)
+    return Z
+
+
+# --- initialisation -------------------------------------------------------------
+
+def _classic(rng, n_in, n_out):
+    # The classic write-up: every weight uniform in [0, 0.5), all positive.
+    return rng.random((n_in, n_out)) * 0.5
+
+
+def _uniform(rng, n_in, n_out):
+    # The centred twin of the classic scheme: uniform in [-0.25, 0.25).
+    return (rng.random((n_in, n_out)) - 0.5) * 0.5
+
+
+def _xavier(rng, n_in, n_out):
+    limit = np.sqrt(6.0 / (n_in + n_out))
+    return rng.uniform(-limit, limit, (n_in, n_out))
+
+
+def _he(rng, n_in, n_out):
+    return rng.standard_normal((n_in, n_out)) * np.sqrt(2.0 / n_in)
+
+
+INITIALIZERS = {"classic": _classic, "uniform": _uniform, "xavier": _xavier, "he": _he}
+#: Schemes that draw the biases like the weights (the classic write-up does);
+#: the others start biases at zero.
+BIASED_INITS = frozenset({"classic", "uniform"})
+
+ACTIVATIONS: dict[str, type[Layer]] = {"sigmoid": Sigmoid, "relu": ReLU, "tanh": Tanh, "softmax": Softmax}
+LAYERS: dict[str, type[Layer]] = {"dense": Dense, **ACTIVATIONS}
+
+
+def layer_from_config(config: dict) -> Layer:
+    """Rebuild a layer from the dict produced by ``to_config``."""
+    config = dict(config)
+    kind = config.pop("type")
+    if kind not in LAYERS:
+        raise ValueError(f"unknown layer type {kind!r}; known: {sorted(LAYERS)}")
+    return LAYERS[kind](**config)

@@ -1,0 +1,97 @@
+"""Driver-side optimizers on flat parameter vectors.
+
+Each takes the *mean* gradient of a step and updates the parameters in place.
+Their state is plain numpy arrays so it can be checkpointed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Optimizer:
+    def __init__(self, lr: float):
+        self.lr = float(lr)
+        self.steps = 0
+
+    def step(self, params: np.ndarray, grad: np.ndarray) -> None:
+        """Update ``params`` in place from the mean gradient ``grad``."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, np.ndarray | int | float]:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = int(state["steps"])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(lr={self.lr})"
+
+
+class SGD(Optimizer):
+    def step(self, params, grad):
+        params -= (self.lr * grad).astype(params.dtype, copy=False)
+        self.steps += 1
+
+
+class Momentum(Optimizer):
+    """Heavy-ball momentum: ``v = mu*v - lr*g; p += v``."""
+
+    def __init__(self, lr: float, momentum: float = 0.9):
+        super().__init__(lr)
+        self.momentum = float(momentum)
+        self.velocity: np.ndarray | None = None
+
+    def step(self, params, grad):
+        if self.velocity is None:
+            self.velocity = np.zeros_like(params, dtype=np.float64)
+        self.velocity *= self.momentum
+        self.velocity -= self.lr * grad
+        params += self.velocity.astype(params.dtype, copy=False)
+        self.steps += 1
+
+    def state_dict(self):
+        return {**super().state_dict(), "velocity": self.velocity}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.velocity = state["velocity"]
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction; moments kept in float64."""
+
+    def __init__(self, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
+        super().__init__(lr)
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        self.m: np.ndarray | None = None
+        self.v: np.ndarray | None = None
+
+    def step(self, params, grad):
+        if self.m is None:
+            self.m = np.zeros_like(params, dtype=np.float64)
+            self.v = np.zeros_like(params, dtype=np.float64)
+        self.steps += 1
+        self.m = self.beta1 * self.m + (1 - self.beta1) * grad
+        self.v = self.beta2 * self.v + (1 - self.beta2) * grad * grad
+        m_hat = self.m / (1 - self.beta1 ** self.steps)
+        v_hat = self.v / (1 - self.beta2 ** self.steps)
+        params -= (self.lr * m_hat / (np.sqrt(v_hat) + self.eps)).astype(params.dtype, copy=False)
+
+    def state_dict(self):
+        return {**super().state_dict(), "m": self.m, "v": self.v}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.m, self.v = state["m"], state["v"]
+
+
+def make_optimizer(name: str, lr: float, *, momentum: float = 0.9, beta1: float = 0.9,
+                   beta2: float = 0.999) -> Optimizer:
+    if name == "sgd":
+        return SGD(lr)
+    if name == "momentum":
+        return Momentum(lr, momentum)
+    if name == "adam":
+        return Adam(lr, beta1, beta2)
+    raise ValueError(f"unknown optimizer {name!r}; known: sgd, momentum, adam")
