@@ -313,6 +313,8 @@ def _fetch_verified(url: str, target: Path, expected_md5: str) -> int:
         if digest.hexdigest() != expected_md5:
             raise DatasetError(f"{url}: md5 mismatch for {target.name}: expected {expected_md5}, "
                                f"got {digest.hexdigest()} ({size} bytes); file discarded")
+        # mkstemp creates 0600 files; a data file should be readable like any other download.
+        tmp.chmod(0o644)
         os.replace(tmp, target)
         return size
     finally:

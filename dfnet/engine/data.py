@@ -53,13 +53,8 @@ def check_columns(df: DataFrame, features_col: str, label_col: str | None) -> No
                 f"column {label_col!r} must hold integer class indices, got {ltype.simpleString()}")
 
 
-def check_contents(df: DataFrame, features_col: str, label_col: str | None, num_features: int,
-                   num_classes: int | None) -> int:
-    """One Spark aggregation over the data; raise on the first problem found, else return the row count.
-
-    Checks: not empty, no null image or label, every image has ``num_features``
-    values, none NaN/infinite/null, and labels are whole numbers in ``[0, num_classes)``.
-    """
+def summarize(df: DataFrame, features_col: str, label_col: str | None) -> dict:
+    """One Spark aggregation over the data: row count, nulls, image lengths, bad values, label range."""
     image = F.col(features_col)
     bad_value = F.exists(image, lambda v: v.isNull() | F.isnan(v) | (F.abs(v) == float("inf")))
     aggs = [
@@ -77,14 +72,26 @@ def check_contents(df: DataFrame, features_col: str, label_col: str | None, num_
             F.max(label).alias("max_label"),
             F.sum((label != F.floor(label)).cast("long")).alias("fractional_labels"),
         ]
-    s = df.agg(*aggs).first().asDict()
+    return df.agg(*aggs).first().asDict()
+
+
+def check_summary(summary: dict, features_col: str, label_col: str | None, num_features: int | None,
+                  num_classes: int | None) -> None:
+    """Raise :class:`DataValidationError` on the first problem :func:`summarize` found.
+
+    Checks: not empty, no null image or label, every image has ``num_features``
+    values (or, when None, all images the same length), none NaN/infinite/null,
+    and labels are whole numbers in ``[0, num_classes)``.
+    """
+    s = summary
     if s["rows"] == 0:
         raise DataValidationError("the DataFrame is empty: there are no rows to train on or predict")
     if s["null_images"]:
         raise DataValidationError(f"column {features_col!r} has {s['null_images']} null value(s)")
-    if s["min_len"] != num_features or s["max_len"] != num_features:
+    expected = s["max_len"] if num_features is None else num_features
+    if s["min_len"] != expected or s["max_len"] != expected:
         raise DataValidationError(
-            f"column {features_col!r}: every image must have {num_features} values, found lengths "
+            f"column {features_col!r}: every image must have {expected} values, found lengths "
             f"from {s['min_len']} to {s['max_len']}")
     if s["bad_values"]:
         raise DataValidationError(
@@ -98,7 +105,18 @@ def check_contents(df: DataFrame, features_col: str, label_col: str | None, num_
             raise DataValidationError(
                 f"column {label_col!r}: labels must be class indices in [0, {num_classes - 1}] for a "
                 f"{num_classes}-class model, found values from {s['min_label']} to {s['max_label']}")
-    return int(s["rows"])
+        if num_classes is None and s["min_label"] < 0:
+            raise DataValidationError(
+                f"column {label_col!r}: labels must be class indices >= 0, found {s['min_label']}")
+
+
+def validate_frame(df: DataFrame, features_col: str, label_col: str | None, num_features: int | None,
+                   num_classes: int | None) -> dict:
+    """Columns, types and contents checked (one Spark job); returns the summary."""
+    check_columns(df, features_col, label_col)
+    summary = summarize(df, features_col, label_col)
+    check_summary(summary, features_col, label_col, num_features, num_classes)
+    return summary
 
 
 def _encode_batches(features_col: str, label_col: str, dtype: str):
@@ -138,19 +156,13 @@ class TrainingData:
         self.frame.unpersist()
 
 
-def prepare_training_data(df: DataFrame, *, features_col: str, label_col: str, num_features: int,
-                          num_classes: int, dtype: str, num_partitions: int | None = None) -> TrainingData:
-    """Validate ``df`` (raising before any training) and cache its packed encoding.
-
-    Two Spark jobs: the validating aggregation, and the encoding that fills the cache.
-    """
-    check_columns(df, features_col, label_col)
-    count = check_contents(df, features_col, label_col, num_features, num_classes)
+def encode_training_data(df: DataFrame, *, features_col: str, label_col: str, num_features: int,
+                         dtype: str, num_partitions: int | None = None) -> TrainingData:
+    """Cache the packed encoding of an already validated ``df`` (one Spark job fills the cache)."""
     source = df.select(features_col, label_col)
     if num_partitions is not None:
         source = source.repartition(num_partitions)
     source = source.withColumn(ROW_COL, F.monotonically_increasing_id())
     frame = source.mapInArrow(_encode_batches(features_col, label_col, dtype), ENCODED_SCHEMA)
     frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
-    frame.count()
-    return TrainingData(frame, count, num_features, dtype)
+    return TrainingData(frame, frame.count(), num_features, dtype)

@@ -1,0 +1,93 @@
+"""A trained network: architecture, flat weights, the config and history it came from.
+
+Saved as a folder: ``model.json`` (architecture, config, class names, history)
+and ``weights.npy`` (the flat parameter vector), each written to a temporary
+name and renamed into place, so a failure never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from pyspark.sql import DataFrame
+
+from .config import TrainConfig
+from .errors import ModelFormatError
+from .evaluate import Evaluation, evaluate, predict
+from .nn.network import Sequential
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TrainedModel:
+    network: Sequential
+    params: np.ndarray
+    config: TrainConfig | None = None
+    history: list[dict] = field(default_factory=list)
+    class_names: Sequence[str] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.network.num_classes
+
+    def predict(self, df: DataFrame, *, features_col: str = "image", prediction_col: str = "prediction",
+                probability_col: str = "probability") -> DataFrame:
+        """``df`` plus ``prediction`` and ``probability`` columns (lazy; validates ``df`` first)."""
+        return predict(df, self.network, self.params, features_col=features_col,
+                       prediction_col=prediction_col, probability_col=probability_col)
+
+    def evaluate(self, df: DataFrame, *, features_col: str = "image", label_col: str = "label") -> Evaluation:
+        """Confusion matrix and per-class metrics of this model on a labelled DataFrame."""
+        return evaluate(self.predict(df, features_col=features_col), self.num_classes, label_col=label_col,
+                        class_names=self.class_names)
+
+    # --- persistence ---------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {"format_version": FORMAT_VERSION, "network": self.network.to_config(),
+                "config": self.config.to_dict() if self.config else None,
+                "class_names": list(self.class_names) if self.class_names else None,
+                "history": self.history}
+        _atomic_write(path / "weights.npy", lambda f: np.save(f, self.params))
+        _atomic_write(path / "model.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, expect: Sequential | None = None) -> "TrainedModel":
+        """Load a saved model; with ``expect``, refuse one of a different architecture."""
+        path = Path(path)
+        try:
+            meta = json.loads((path / "model.json").read_text())
+            params = np.load(path / "weights.npy", allow_pickle=False)
+            network = Sequential.from_config(meta["network"])
+        except FileNotFoundError as e:
+            raise ModelFormatError(f"{path}: not a dfnet model folder (missing {Path(e.filename).name})") from e
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+            raise ModelFormatError(f"{path}: corrupt model files ({e})") from e
+        if params.shape != (network.num_params,):
+            raise ModelFormatError(f"{path}: weights.npy holds {params.size} values, the architecture "
+                                   f"needs {network.num_params}")
+        if expect is not None and expect.to_config() != network.to_config():
+            raise ModelFormatError(f"{path}: saved architecture {network.to_config()['layers']} differs from the "
+                                   f"expected {expect.to_config()['layers']}")
+        config = TrainConfig.from_dict(meta["config"]) if meta.get("config") else None
+        return cls(network, params.astype(network.dtype), config, meta.get("history", []), meta.get("class_names"))
+
+
+def _atomic_write(target: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -1,0 +1,199 @@
+"""The epoch loop: schedules, history, progress, divergence checks.
+
+A *schedule* turns the cached training rows into the row sets of one epoch's
+steps; the *engine* turns a row set into summed gradients (one Spark job); the
+*optimizer* steps on the driver.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator, Protocol, Sequence
+
+import numpy as np
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from .config import TrainConfig
+from .engine.data import ROW_COL, TrainingData, encode_training_data, validate_frame
+from .engine.dataframe import DataFrameEngine
+from .errors import ConfigError, TrainingDivergedError
+from .model import TrainedModel
+from .nn.network import LossAndGrad, Sequential, build_mlp
+from .optim import make_optimizer
+
+
+@dataclass
+class EpochRecord:
+    """One line of training history. ``loss`` and ``accuracy`` are means over
+    the rows the epoch's steps saw, each measured before that step's update."""
+
+    epoch: int
+    loss: float
+    accuracy: float
+    rows: int
+    steps: int
+    batch_size: float  # mean rows per step
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# --- schedules ---------------------------------------------------------------------
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) % (2**31 - 1)
+
+
+def epoch_rows(data: TrainingData, fraction: float, seed: int, epoch: int) -> DataFrame:
+    """The epoch's sample without replacement (all rows when ``fraction`` is 1)."""
+    if fraction >= 1.0:
+        return data.frame
+    return data.frame.sample(withReplacement=False, fraction=fraction, seed=_epoch_seed(seed, epoch))
+
+
+def classic_steps(data: TrainingData, config: TrainConfig, epoch: int) -> Iterator[DataFrame]:
+    """One full-batch step on the epoch's sample."""
+    yield epoch_rows(data, config.sample, config.seed, epoch)
+
+
+def minibatch_steps(data: TrainingData, config: TrainConfig, epoch: int) -> Iterator[DataFrame]:
+    """The epoch's sample split into ~``batch_size``-row batches by a seeded hash of the row key.
+
+    The hash is evaluated by the JVM on the cached rows, so each step ships only
+    its own batch to Python; assignment is reshuffled every epoch.
+    """
+    rows = epoch_rows(data, config.sample, config.seed, epoch)
+    num_batches = max(1, round(data.count * config.sample / config.batch_size))
+    key = F.pmod(F.xxhash64(F.col(ROW_COL), F.lit(_epoch_seed(config.seed, epoch))), F.lit(num_batches))
+    for k in range(num_batches):
+        yield rows.filter(key == k)
+
+
+SCHEDULES: dict[str, Callable[[TrainingData, TrainConfig, int], Iterator[DataFrame]]] = {
+    "classic": classic_steps,
+    "minibatch": minibatch_steps,
+}
+
+
+def steps_per_epoch(config: TrainConfig, rows: int) -> int:
+    if config.schedule == "classic":
+        return 1
+    return max(1, round(rows * config.sample / config.batch_size))
+
+
+# --- progress ----------------------------------------------------------------------
+
+class Callback(Protocol):
+    def on_step(self, epoch: int, step: int, steps: int) -> None: ...
+    def on_epoch_end(self, record: EpochRecord, total_epochs: int) -> None: ...
+
+
+class ProgressPrinter:
+    """Prints ``Epoch i/N | Loss | Acc | Batchsize | seconds`` lines, and a live bar on a terminal."""
+
+    def __init__(self, out=None, bar: bool | None = None):
+        self.out = out or sys.stdout
+        self.bar_stream = sys.stderr
+        self.bar = self.bar_stream.isatty() if bar is None else bar
+        self.total_epochs = 0
+
+    def on_step(self, epoch: int, step: int, steps: int) -> None:
+        if not self.bar:
+            return
+        width = 30
+        filled = int(width * step / steps)
+        self.bar_stream.write(f"\r  epoch {epoch} [{'#' * filled}{'.' * (width - filled)}] {step}/{steps} steps")
+        self.bar_stream.flush()
+
+    def on_epoch_end(self, record: EpochRecord, total_epochs: int) -> None:
+        if self.bar:
+            self.bar_stream.write("\r" + " " * 70 + "\r")
+        print(f"Epoch {record.epoch}/{total_epochs} | Loss {record.loss:.4f} | Acc {record.accuracy:.4f} | "
+              f"Batchsize {record.batch_size:.0f} | {record.seconds:.2f} s", file=self.out, flush=True)
+
+
+# --- the loop ----------------------------------------------------------------------
+
+def build_network(config: TrainConfig, num_features: int, num_classes: int) -> Sequential:
+    return build_mlp(num_features, config.hidden, num_classes, activation=config.activation,
+                     loss=config.loss, dtype=config.dtype)
+
+
+def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str = "image",
+        label_col: str = "label", num_classes: int | None = None, network: Sequential | None = None,
+        initial_params: np.ndarray | None = None, callbacks: Sequence[Callback] = (),
+        verbose: bool = True) -> TrainedModel:
+    """Train a network on a DataFrame of images and integer labels.
+
+    Parameters
+    ----------
+    df : DataFrame with an array column of pixels (``features_col``) and a
+        column of class indices ``0..k-1`` (``label_col``).
+    config : hyperparameters; dfnet's defaults when None.
+    num_classes : k; by default the largest label + 1 (at least 2).
+    network : an explicit architecture; by default an MLP built from ``config``.
+    initial_params : flat starting weights; by default drawn with ``config.init``.
+
+    Everything about the input is checked before the first step: missing
+    columns, wrong types, image lengths, NaN/inf pixels, labels out of range,
+    an empty DataFrame.
+    """
+    config = (config or TrainConfig()).validate()
+    num_features = network.num_features if network is not None else None
+    if network is not None:
+        num_classes = network.num_classes
+    summary = validate_frame(df, features_col, label_col, num_features, num_classes)
+    num_features = int(summary["max_len"])
+    num_classes = num_classes or max(2, int(summary["max_label"]) + 1)
+    network = network or build_network(config, num_features, num_classes)
+    if network.dtype.name != config.dtype:
+        raise ConfigError(f"dtype={config.dtype!r} but the network computes in {network.dtype.name}")
+    params = (network.init_params(config.seed, config.init_scheme) if initial_params is None
+              else np.array(initial_params, dtype=network.dtype))
+    if params.shape != (network.num_params,):
+        raise ConfigError(f"initial_params has shape {params.shape}, the network needs ({network.num_params},)")
+
+    data = encode_training_data(df, features_col=features_col, label_col=label_col,
+                                num_features=num_features, dtype=config.dtype,
+                                num_partitions=config.partitions)
+    callbacks = list(callbacks) + ([ProgressPrinter()] if verbose else [])
+    engine = DataFrameEngine(network)
+    optimizer = make_optimizer(config.optimizer, config.learning_rate, momentum=config.momentum,
+                               beta1=config.beta1, beta2=config.beta2)
+    history: list[EpochRecord] = []
+    try:
+        for epoch in range(1, config.epochs + 1):
+            start = time.perf_counter()
+            loss_sum, correct, rows, steps = 0.0, 0, 0, 0
+            total_steps = steps_per_epoch(config, data.count)
+            for rows_of_step in SCHEDULES[config.schedule](data, config, epoch):
+                result = engine.gradient(params, rows_of_step, num_features, config.dtype)
+                steps += 1
+                if result.count:
+                    _check_finite(result, epoch, steps, config)
+                    optimizer.step(params, result.grad_sum / result.count)
+                    loss_sum += result.loss_sum
+                    correct += result.correct
+                    rows += result.count
+                for cb in callbacks:
+                    cb.on_step(epoch, steps, total_steps)
+            record = EpochRecord(epoch, loss_sum / max(rows, 1), correct / max(rows, 1), rows, steps,
+                                 rows / steps, time.perf_counter() - start)
+            history.append(record)
+            for cb in callbacks:
+                cb.on_epoch_end(record, config.epochs)
+    finally:
+        data.release()
+    return TrainedModel(network, params, config=config, history=[r.as_dict() for r in history])
+
+
+def _check_finite(result: LossAndGrad, epoch: int, step: int, config: TrainConfig) -> None:
+    if not (math.isfinite(result.loss_sum) and np.all(np.isfinite(result.grad_sum))):
+        raise TrainingDivergedError(
+            f"training diverged at epoch {epoch}, step {step}: the loss or gradient is NaN or infinite "
+            f"(lr={config.learning_rate}); lower the learning rate")
