@@ -1,0 +1,167 @@
+"""The ``dfnet`` command line.
+
+``dfnet train`` loads a data set into Spark, trains, evaluates on the test
+split and writes the run folder: ``model/`` (architecture + weights),
+``history.json`` and ``metrics.json``. The folder is assembled under a
+temporary name and renamed into place at the end, so a failed run leaves
+nothing half-written and an existing folder is never overwritten without
+``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .config import DEFAULT_LR, OPTIMIZERS, PRESET_DATA, PRESETS, SCHEDULES, TrainConfig
+from .errors import DFNetError
+from .nn.layers import INITIALIZERS
+from .nn.losses import LOSSES
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dfnet", description="Train neural networks on Spark DataFrames.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a network, evaluate it on the test split, save the run",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # Every training option defaults to None so that a preset, then dfnet's own
+    # defaults, fill in only what the user did not say.
+    data = t.add_argument_group("data")
+    data.add_argument("--dataset", choices=["digits", "mnist", "fashion-mnist"], default=None,
+                      help="data set (default: digits, which needs no download)")
+    data.add_argument("--data-dir", default=None,
+                      help="folder with the IDX files (else $DFNET_DATA_DIR, else ./data with download)")
+    data.add_argument("--classes", type=_int_list, default=None, help="keep these classes, relabelled 0..k-1, e.g. 0,1")
+    data.add_argument("--partitions", type=int, default=None, help="partitions of the cached training data")
+    model = t.add_argument_group("model")
+    model.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                       help="named configuration (classic: 784-64-2 sigmoid/MSE on MNIST 0/1)")
+    model.add_argument("--model", choices=["mlp"], default=None)
+    model.add_argument("--hidden", type=_int_list, default=None, help="hidden layer sizes, e.g. 64 or 128,64")
+    model.add_argument("--activation", choices=["sigmoid", "relu", "tanh"], default=None)
+    model.add_argument("--loss", choices=sorted(LOSSES), default=None)
+    model.add_argument("--init", choices=["auto", *INITIALIZERS], default=None)
+    model.add_argument("--dtype", choices=["float32", "float64"], default=None)
+    opt = t.add_argument_group("optimisation")
+    opt.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
+    opt.add_argument("--lr", type=float, default=None, help=f"learning rate (default per optimizer: {DEFAULT_LR})")
+    opt.add_argument("--epochs", type=int, default=None)
+    opt.add_argument("--schedule", choices=SCHEDULES, default=None,
+                     help="classic: one full-batch step per epoch; minibatch: steps of --batch-size rows")
+    opt.add_argument("--sample", type=float, default=None, help="fraction of rows sampled per epoch")
+    opt.add_argument("--batch-size", type=int, default=None)
+    opt.add_argument("--seed", type=int, default=None)
+    run = t.add_argument_group("run")
+    run.add_argument("--master", default=None, help="Spark master, e.g. local[2] (default local[*])")
+    run.add_argument("--output", default=None, help="run folder (default runs/<dataset>-<time>)")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing --output folder")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
+    """Merge dfnet defaults <- preset <- explicit options into a validated config and data choice."""
+    fields = {"model", "hidden", "activation", "loss", "init", "dtype", "optimizer", "lr", "epochs",
+              "schedule", "sample", "batch_size", "seed", "partitions"}
+    chosen = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    preset = PRESETS.get(args.preset, {}) if args.preset else {}
+    config = TrainConfig(**{**preset, **chosen}).validate()
+    data = {"dataset": "digits", "classes": None, **(PRESET_DATA.get(args.preset, {}) if args.preset else {})}
+    if args.dataset is not None:
+        data["dataset"] = args.dataset
+    if args.classes is not None:
+        data["classes"] = args.classes
+    return config, data
+
+
+def _prepare_output(output: str | None, dataset: str, overwrite: bool) -> Path:
+    target = Path(output) if output else Path("runs") / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
+        raise DFNetError(f"output folder {target} already exists and is not empty; "
+                         f"choose another --output or pass --overwrite")
+    return target
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Move the finished run folder into place, replacing ``target`` only now."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{time.time_ns()}")
+        target.rename(old)
+    staging.rename(target)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from .datasets import get_dataset, load_dataframe
+    from .session import get_or_create_spark
+    from .train import ProgressPrinter, fit
+
+    config, data = config_from_args(args)
+    target = _prepare_output(args.output, data["dataset"], args.overwrite)
+    spec = get_dataset(data["dataset"])
+    classes = data["classes"]
+    class_names = [spec.class_names[c] for c in classes] if classes else list(spec.class_names)
+    print(f"dfnet: {data['dataset']} classes {list(classes) if classes else 'all'} | "
+          f"{config.model} hidden {list(config.hidden)} {config.activation}/{config.loss} | "
+          f"{config.optimizer} lr {config.learning_rate} | {config.schedule} x {config.epochs} epochs", flush=True)
+
+    spark = get_or_create_spark(args.master, app_name="dfnet-train")
+    train_df = load_dataframe(spark, data["dataset"], "train", data_dir=args.data_dir, classes=classes)
+    test_df = load_dataframe(spark, data["dataset"], "test", data_dir=args.data_dir, classes=classes)
+    printer = ProgressPrinter(bar=False if args.no_progress else None)
+    start = time.perf_counter()
+    model = fit(train_df, config, num_classes=len(class_names), callbacks=[printer], verbose=False)
+    train_seconds = time.perf_counter() - start
+    model.class_names = class_names
+    evaluation = model.evaluate(test_df)
+    print(evaluation.report(), flush=True)
+
+    metrics = {**evaluation.as_dict(), "dataset": data["dataset"], "classes": list(classes) if classes else None,
+               "class_names": class_names, "train_seconds": train_seconds,
+               "final_train_accuracy": model.history[-1]["accuracy"], "config": config.to_dict()}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save(staging / "model")
+        (staging / "history.json").write_text(json.dumps(model.history, indent=2))
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        _publish(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    print(f"Saved model, history.json and metrics.json to {target}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return train_command(args)
+    except DFNetError as e:
+        print(f"dfnet: error: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
