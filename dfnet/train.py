@@ -37,10 +37,12 @@ class EpochRecord:
     rows: int
     steps: int
     batch_size: float  # mean rows per step
-    seconds: float
+    seconds: float  # training steps only, validation excluded
+    val_loss: float | None = None  # on the validation rows, after the epoch's updates
+    val_accuracy: float | None = None
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 # --- schedules ---------------------------------------------------------------------
@@ -113,8 +115,10 @@ class ProgressPrinter:
     def on_epoch_end(self, record: EpochRecord, total_epochs: int) -> None:
         if self.bar:
             self.bar_stream.write("\r" + " " * 70 + "\r")
+        val = "" if record.val_accuracy is None else \
+            f" | Val loss {record.val_loss:.4f} | Val acc {record.val_accuracy:.4f}"
         print(f"Epoch {record.epoch}/{total_epochs} | Loss {record.loss:.4f} | Acc {record.accuracy:.4f} | "
-              f"Batchsize {record.batch_size:.0f} | {record.seconds:.2f} s", file=self.out, flush=True)
+              f"Batchsize {record.batch_size:.0f} | {record.seconds:.2f} s{val}", file=self.out, flush=True)
 
 
 # --- the loop ----------------------------------------------------------------------
@@ -126,8 +130,8 @@ def build_network(config: TrainConfig, num_features: int, num_classes: int) -> S
 
 def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str = "image",
         label_col: str = "label", num_classes: int | None = None, network: Sequential | None = None,
-        initial_params: np.ndarray | None = None, callbacks: Sequence[Callback] = (),
-        verbose: bool = True) -> TrainedModel:
+        initial_params: np.ndarray | None = None, validation_df: DataFrame | None = None,
+        callbacks: Sequence[Callback] = (), verbose: bool = True) -> TrainedModel:
     """Train a network on a DataFrame of images and integer labels.
 
     Parameters
@@ -138,6 +142,8 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
     num_classes : k; by default the largest label + 1 (at least 2).
     network : an explicit architecture; by default an MLP built from ``config``.
     initial_params : flat starting weights; by default drawn with ``config.init``.
+    validation_df : labelled rows scored after every epoch (``val_loss``,
+        ``val_accuracy`` in the history); one extra Spark job per epoch.
 
     Everything about the input is checked before the first step: missing
     columns, wrong types, image lengths, NaN/inf pixels, labels out of range,
@@ -158,9 +164,11 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
     if params.shape != (network.num_params,):
         raise ConfigError(f"initial_params has shape {params.shape}, the network needs ({network.num_params},)")
 
-    data = encode_training_data(df, features_col=features_col, label_col=label_col,
-                                num_features=num_features, dtype=config.dtype,
-                                num_partitions=config.partitions)
+    if validation_df is not None:
+        validate_frame(validation_df, features_col, label_col, num_features, num_classes)
+    encode = dict(features_col=features_col, label_col=label_col, num_features=num_features, dtype=config.dtype)
+    data = encode_training_data(df, num_partitions=config.partitions, **encode)
+    validation = encode_training_data(validation_df, **encode) if validation_df is not None else None
     callbacks = list(callbacks) + ([ProgressPrinter()] if verbose else [])
     engine = DataFrameEngine(network)
     optimizer = make_optimizer(config.optimizer, config.learning_rate, momentum=config.momentum,
@@ -184,11 +192,17 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
                     cb.on_step(epoch, steps, total_steps)
             record = EpochRecord(epoch, loss_sum / max(rows, 1), correct / max(rows, 1), rows, steps,
                                  rows / steps, time.perf_counter() - start)
+            if validation is not None:
+                scored = engine.gradient(params, validation.frame, num_features, config.dtype)
+                record.val_loss = scored.loss_sum / scored.count
+                record.val_accuracy = scored.correct / scored.count
             history.append(record)
             for cb in callbacks:
                 cb.on_epoch_end(record, config.epochs)
     finally:
         data.release()
+        if validation is not None:
+            validation.release()
     return TrainedModel(network, params, config=config, history=[r.as_dict() for r in history])
 
 

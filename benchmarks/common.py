@@ -1,0 +1,36 @@
+"""Helpers shared by the benchmark scripts: data location, Spark session, saving results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def default_data_dir() -> str:
+    """``$DFNET_DATA_DIR``, else the reference data beside the project (``../shared/data``)."""
+    return os.environ.get("DFNET_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+
+
+def environment(spark) -> dict:
+    import numpy
+    import pyspark
+
+    return {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "python": platform.python_version(),
+            "pyspark": pyspark.__version__, "numpy": numpy.__version__, "cpus": os.cpu_count(),
+            "master": spark.sparkContext.master}
+
+
+def save_results(name: str, payload: dict, figure=None) -> Path:
+    """Write ``results/<name>.json`` (and ``<name>.html`` for a plotly figure)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2))
+    if figure is not None:
+        figure.write_html(RESULTS / f"{name}.html", include_plotlyjs=True, full_html=True)
+    return path
