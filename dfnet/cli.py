@@ -111,14 +111,14 @@ def _publish(staging: Path, target: Path) -> None:
 
 
 def train_command(args: argparse.Namespace) -> int:
-    from .datasets import get_dataset, load_dataframe
+    from .datasets import check_classes, get_dataset, load_dataframe
     from .session import get_or_create_spark
     from .train import ProgressPrinter, fit
 
     config, data = config_from_args(args)
     target = _prepare_output(args.output, data["dataset"], args.overwrite)
     spec = get_dataset(data["dataset"])
-    classes = data["classes"]
+    classes = check_classes(data["dataset"], data["classes"]) if data["classes"] else None
     class_names = [spec.class_names[c] for c in classes] if classes else list(spec.class_names)
     print(f"dfnet: {data['dataset']} classes {list(classes) if classes else 'all'} | "
           f"{config.model} hidden {list(config.hidden)} {config.activation}/{config.loss} | "
@@ -140,6 +140,7 @@ def train_command(args: argparse.Namespace) -> int:
                "final_train_accuracy": model.history[-1]["accuracy"], "config": config.to_dict()}
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; a run folder is meant to be shared
     try:
         model.save(staging / "model")
         (staging / "history.json").write_text(json.dumps(model.history, indent=2))

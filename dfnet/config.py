@@ -91,7 +91,7 @@ def _one_of(options):
     return lambda v: None if v in options else f"must be one of {list(options)}"
 
 
-def _number(lo=None, hi=None, *, integer=False, lo_open=False, optional=False):
+def _number(lo=None, hi=None, *, integer=False, lo_open=False, hi_open=False, optional=False):
     def check(v):
         if v is None and optional:
             return None
@@ -101,8 +101,8 @@ def _number(lo=None, hi=None, *, integer=False, lo_open=False, optional=False):
             return "must not be NaN"
         if lo is not None and (v <= lo if lo_open else v < lo):
             return f"must be {'>' if lo_open else '>='} {lo}"
-        if hi is not None and v > hi:
-            return f"must be <= {hi}"
+        if hi is not None and (v >= hi if hi_open else v > hi):
+            return f"must be {'<' if hi_open else '<='} {hi}"
         return None
     return check
 
@@ -121,9 +121,9 @@ CONSTRAINTS = {
     "init": _one_of(("auto", *INITIALIZERS)),
     "optimizer": _one_of(OPTIMIZERS),
     "lr": _number(0, lo_open=True, optional=True),
-    "momentum": _number(0, 1),
-    "beta1": _number(0, 1),
-    "beta2": _number(0, 1),
+    "momentum": _number(0, 1, hi_open=True),
+    "beta1": _number(0, 1, hi_open=True),
+    "beta2": _number(0, 1, hi_open=True),
     "epochs": _number(1, integer=True),
     "schedule": _one_of(SCHEDULES),
     "sample": _number(0, 1, lo_open=True),

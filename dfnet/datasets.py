@@ -464,6 +464,16 @@ def _check_classes(classes: Sequence[int]) -> list[int]:
     return values
 
 
+def check_classes(name: str, classes: Sequence[int]) -> list[int]:
+    """`classes` as distinct ints within data set `name`'s classes, else DatasetError."""
+    spec = get_dataset(name)
+    values = _check_classes(classes)
+    out_of_range = [c for c in values if not 0 <= c < spec.num_classes]
+    if out_of_range:
+        raise DatasetError(f"classes {out_of_range} are outside {name}'s classes 0..{spec.num_classes - 1}")
+    return values
+
+
 def _list_column(flat: np.ndarray) -> pa.ChunkedArray:
     """Rows of the 2-d float32 `flat` as an Arrow list<float> column, without a Python object per row.
 
@@ -546,9 +556,7 @@ def load_dataframe(spark: SparkSession, name: str, split: str = "train", *,
     """
     spec = get_dataset(name)
     if classes is not None:
-        out_of_range = [c for c in _check_classes(classes) if not 0 <= c < spec.num_classes]
-        if out_of_range:
-            raise DatasetError(f"classes {out_of_range} are outside {name}'s classes 0..{spec.num_classes - 1}")
+        check_classes(name, classes)
     images, labels = load_arrays(name, split, data_dir)
     return to_dataframe(spark, images, labels, max_value=spec.max_value,
                         num_partitions=num_partitions, classes=classes)

@@ -134,9 +134,11 @@ def evaluate(predictions: DataFrame, num_classes: int, *, label_col: str = "labe
     try:
         confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
         for row in counts.collect():
-            if row["label"] is None or not (0 <= row["label"] < num_classes):
-                raise DataValidationError(
-                    f"column {label_col!r} holds label {row['label']}, outside the model's {num_classes} classes")
+            for col, name in ((label_col, "label"), (prediction_col, "prediction")):
+                if row[name] is None or not (0 <= row[name] < num_classes):
+                    raise DataValidationError(
+                        f"column {col!r} holds {name} {row[name]}, outside the model's {num_classes} classes "
+                        f"0..{num_classes - 1}")
             confusion[row["label"], row["prediction"]] += row["n"]
         per_class = [{k: (int(v) if k in ("class", "tp", "fp", "fn", "tn", "support") else float(v))
                       for k, v in row.asDict().items()} for row in per_class_metrics(counts, num_classes).collect()]

@@ -56,8 +56,13 @@ class TrainedModel:
                 "config": self.config.to_dict() if self.config else None,
                 "class_names": list(self.class_names) if self.class_names else None,
                 "history": self.history}
-        _atomic_write(path / "weights.npy", lambda f: np.save(f, self.params))
-        _atomic_write(path / "model.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
+        # Serialise everything first, then rename both files into place, so a
+        # failure never pairs new weights with an old architecture.
+        text = json.dumps(meta, indent=2).encode()
+        staged = [_stage(path / "weights.npy", lambda f: np.save(f, self.params)),
+                  _stage(path / "model.json", lambda f: f.write(text))]
+        for tmp, target in staged:
+            os.replace(tmp, target)
         return path
 
     @classmethod
@@ -66,28 +71,34 @@ class TrainedModel:
         path = Path(path)
         try:
             meta = json.loads((path / "model.json").read_text())
+            if meta.get("format_version") != FORMAT_VERSION:
+                raise ModelFormatError(f"{path}: model format version {meta.get('format_version')!r}, "
+                                       f"this dfnet reads version {FORMAT_VERSION}")
             params = np.load(path / "weights.npy", allow_pickle=False)
             network = Sequential.from_config(meta["network"])
+            config = TrainConfig.from_dict(meta["config"]) if meta.get("config") else None
         except FileNotFoundError as e:
             raise ModelFormatError(f"{path}: not a dfnet model folder (missing {Path(e.filename).name})") from e
-        except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
-            raise ModelFormatError(f"{path}: corrupt model files ({e})") from e
+        except (ValueError, KeyError, TypeError, AttributeError, EOFError, OSError) as e:
+            # ConfigError and JSONDecodeError are ValueErrors too.
+            raise ModelFormatError(f"{path}: corrupt model files ({type(e).__name__}: {e})") from e
         if params.shape != (network.num_params,):
             raise ModelFormatError(f"{path}: weights.npy holds {params.size} values, the architecture "
                                    f"needs {network.num_params}")
         if expect is not None and expect.to_config() != network.to_config():
             raise ModelFormatError(f"{path}: saved architecture {network.to_config()['layers']} differs from the "
                                    f"expected {expect.to_config()['layers']}")
-        config = TrainConfig.from_dict(meta["config"]) if meta.get("config") else None
         return cls(network, params.astype(network.dtype), config, meta.get("history", []), meta.get("class_names"))
 
 
-def _atomic_write(target: Path, write) -> None:
+def _stage(target: Path, write) -> tuple[str, Path]:
+    """Write a temporary sibling of ``target``; return it for the caller to rename."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
-        os.replace(tmp, target)
+        os.chmod(tmp, 0o644)  # mkstemp files are private; saved models are meant to be shared
     except BaseException:
         os.unlink(tmp)
         raise
+    return tmp, target

@@ -51,11 +51,11 @@ class Momentum(Optimizer):
         self.steps += 1
 
     def state_dict(self):
-        return {**super().state_dict(), "velocity": self.velocity}
+        return {**super().state_dict(), "velocity": _copy(self.velocity)}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self.velocity = state["velocity"]
+        self.velocity = _copy(state["velocity"])
 
 
 class Adam(Optimizer):
@@ -79,11 +79,16 @@ class Adam(Optimizer):
         params -= (self.lr * m_hat / (np.sqrt(v_hat) + self.eps)).astype(params.dtype, copy=False)
 
     def state_dict(self):
-        return {**super().state_dict(), "m": self.m, "v": self.v}
+        return {**super().state_dict(), "m": _copy(self.m), "v": _copy(self.v)}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self.m, self.v = state["m"], state["v"]
+        self.m, self.v = _copy(state["m"]), _copy(state["v"])
+
+
+def _copy(state: np.ndarray | None) -> np.ndarray | None:
+    # Checkpoints must not alias the live arrays that step() updates in place.
+    return None if state is None else np.array(state, dtype=np.float64)
 
 
 def make_optimizer(name: str, lr: float, *, momentum: float = 0.9, beta1: float = 0.9,

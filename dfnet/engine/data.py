@@ -70,8 +70,11 @@ def summarize(df: DataFrame, features_col: str, label_col: str | None) -> dict:
             F.sum(label.isNull().cast("long")).alias("null_labels"),
             F.min(label).alias("min_label"),
             F.max(label).alias("max_label"),
-            F.sum((label != F.floor(label)).cast("long")).alias("fractional_labels"),
         ]
+        if isinstance(df.schema[label_col].dataType, (T.FloatType, T.DoubleType)):
+            # `floor` overflows on +-inf under ANSI mode; `% 1` gives NaN instead.
+            not_whole = F.isnan(label) | (F.abs(label) == float("inf")) | ((label % 1) != 0)
+            aggs.append(F.sum(not_whole.cast("long")).alias("fractional_labels"))
     return df.agg(*aggs).first().asDict()
 
 
@@ -99,7 +102,7 @@ def check_summary(summary: dict, features_col: str, label_col: str | None, num_f
     if label_col:
         if s["null_labels"]:
             raise DataValidationError(f"column {label_col!r} has {s['null_labels']} null value(s)")
-        if s["fractional_labels"]:
+        if s.get("fractional_labels"):
             raise DataValidationError(f"column {label_col!r} has {s['fractional_labels']} non-integer label(s)")
         if num_classes is not None and (s["min_label"] < 0 or s["max_label"] >= num_classes):
             raise DataValidationError(

@@ -1,0 +1,253 @@
+"""`dfnet train` in-process: the run folder, printed progress, refusals, presets and option checks."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from dfnet.cli import build_parser, config_from_args, main
+from dfnet.config import TrainConfig
+from dfnet.datasets import load_arrays, load_dataframe
+from dfnet.errors import ConfigError
+from dfnet.model import TrainedModel
+
+EPOCH_LINE = re.compile(r"^Epoch (\d+)/(\d+) \| Loss (\d+\.\d{4}) \| Acc (\d\.\d{4}) \| Batchsize (\d+) \| "
+                        r"(\d+\.\d{2}) s$", flags=re.M)
+# Small enough to be quick, big enough to learn something in two epochs.
+FAST = ["--hidden", "32", "--batch-size", "128", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def digits_run(spark, tmp_path_factory):
+    """One `dfnet train --dataset digits --epochs 2` run, its exit code and output."""
+    output = tmp_path_factory.mktemp("cli") / "run"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["train", "--dataset", "digits", "--epochs", "2", "--output", str(output), *FAST])
+    return code, out.getvalue(), err.getvalue(), output
+
+
+@pytest.fixture(scope="module")
+def digits_arrays():
+    return load_arrays("digits", "train"), load_arrays("digits", "test")
+
+
+def read_json(path):
+    return json.loads(path.read_text())
+
+
+def test_train_writes_the_run_folder(digits_run):
+    code, _, err, output = digits_run
+    assert code == 0, err
+    assert sorted(p.name for p in output.iterdir()) == ["history.json", "metrics.json", "model"]
+    assert sorted(p.name for p in (output / "model").iterdir()) == ["model.json", "weights.npy"]
+    # assembled under a temporary name beside it; nothing of that is left
+    assert [p.name for p in output.parent.iterdir()] == ["run"]
+
+
+def test_history_has_one_record_per_epoch_over_all_training_rows(digits_run, digits_arrays):
+    (_, train_labels), _ = digits_arrays
+    history = read_json(digits_run[3] / "history.json")
+    assert isinstance(history, list) and [h["epoch"] for h in history] == [1, 2]
+    for record in history:
+        assert {"epoch", "loss", "accuracy", "rows", "seconds"} <= set(record)
+        assert record["rows"] == len(train_labels)  # sample 1.0: every row once per epoch
+        assert 0 <= record["accuracy"] <= 1 and record["loss"] > 0 and record["seconds"] > 0
+    assert history[1]["loss"] < history[0]["loss"]
+
+
+def test_printed_epoch_lines_match_the_history(digits_run):
+    _, stdout, _, output = digits_run
+    history = read_json(output / "history.json")
+    lines = EPOCH_LINE.findall(stdout)
+    assert len(lines) == 2, stdout
+    for (epoch, total, loss, acc, batch, seconds), record in zip(lines, history):
+        assert (int(epoch), int(total)) == (record["epoch"], 2)
+        assert float(loss) == pytest.approx(record["loss"], abs=5e-5)
+        assert float(acc) == pytest.approx(record["accuracy"], abs=5e-5)
+        assert int(batch) == round(record["rows"] / record["steps"])
+        assert abs(int(batch) - 128) <= 16  # about --batch-size rows per step
+        assert float(seconds) == pytest.approx(record["seconds"], abs=5e-3)
+
+
+def test_metrics_are_consistent_with_their_confusion_matrix(digits_run, digits_arrays):
+    _, (_, test_labels) = digits_arrays
+    metrics = read_json(digits_run[3] / "metrics.json")
+    confusion = np.array(metrics["confusion_matrix"])
+    assert confusion.shape == (10, 10)
+    np.testing.assert_array_equal(confusion.sum(axis=1), np.bincount(test_labels, minlength=10))
+    assert metrics["count"] == len(test_labels) == confusion.sum()
+    assert metrics["test_accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum())
+    assert metrics["test_accuracy"] > 0.5  # two epochs do learn the digits
+    assert metrics["dataset"] == "digits" and metrics["class_names"] == [str(i) for i in range(10)]
+    for i, c in enumerate(metrics["per_class"]):
+        tp, fp, fn = confusion[i, i], confusion[:, i].sum() - confusion[i, i], confusion[i].sum() - confusion[i, i]
+        assert (c["class"], c["tp"], c["fp"], c["fn"], c["tn"]) == (i, tp, fp, fn, confusion.sum() - tp - fp - fn)
+        assert c["precision"] == pytest.approx(tp / (tp + fp) if tp + fp else 0.0)
+        assert c["recall"] == pytest.approx(tp / (tp + fn))
+    assert metrics["final_train_accuracy"] == read_json(digits_run[3] / "history.json")[-1]["accuracy"]
+    assert TrainConfig.from_dict(metrics["config"]) == TrainConfig(epochs=2, hidden=(32,), batch_size=128)
+
+
+def test_printed_report_is_the_evaluation(digits_run):
+    _, stdout, _, output = digits_run
+    metrics = read_json(output / "metrics.json")
+    assert f"Test accuracy {metrics['test_accuracy']:.4f} on {metrics['count']} rows" in stdout
+    assert len(re.findall(r"^Class \d+ \(\d\)$", stdout, flags=re.M)) == 10
+    assert f"Saved model, history.json and metrics.json to {output}" in stdout
+
+
+def test_saved_model_reproduces_the_test_accuracy(spark, digits_run, digits_arrays):
+    output = digits_run[3]
+    metrics = read_json(output / "metrics.json")
+    model = TrainedModel.load(output / "model")
+    assert model.config == TrainConfig.from_dict(metrics["config"])
+    assert model.history == read_json(output / "history.json")
+    assert list(model.class_names) == metrics["class_names"]
+    # in Spark, through the public API
+    evaluation = model.evaluate(load_dataframe(spark, "digits", "test"))
+    assert evaluation.accuracy == metrics["test_accuracy"]
+    np.testing.assert_array_equal(evaluation.confusion, metrics["confusion_matrix"])
+    # and independently, in numpy on the raw 0..16 pixels
+    _, (images, labels) = digits_arrays
+    X = (images.reshape(len(images), -1) / np.float32(16)).astype(np.float32)
+    predicted = np.argmax(model.network.forward(model.params, X), axis=1)
+    assert np.mean(predicted == labels) == pytest.approx(metrics["test_accuracy"], abs=1 / len(labels) + 1e-12)
+
+
+# --- the output folder ---------------------------------------------------------------------
+
+def test_existing_output_is_refused_and_left_untouched(tmp_path, capsys):
+    output = tmp_path / "run"
+    output.mkdir()
+    (output / "notes.txt").write_text("my results")
+    code = main(["train", "--dataset", "digits", "--epochs", "1", "--output", str(output), *FAST])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert str(output) in captured.err and "already exists" in captured.err and "--overwrite" in captured.err
+    assert [p.name for p in output.iterdir()] == ["notes.txt"]
+    assert (output / "notes.txt").read_text() == "my results"
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    assert "Epoch" not in captured.out
+
+
+def test_existing_output_file_is_refused(tmp_path, capsys):
+    output = tmp_path / "run"
+    output.write_text("not a folder")
+    assert main(["train", "--dataset", "digits", "--output", str(output), *FAST]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert output.read_text() == "not a folder"
+
+
+def test_overwrite_replaces_an_existing_output(tmp_path, capsys):
+    output = tmp_path / "run"
+    output.mkdir()
+    (output / "notes.txt").write_text("old run")
+    code = main(["train", "--dataset", "digits", "--epochs", "1", "--batch-size", "720", "--hidden", "8",
+                 "--output", str(output), "--overwrite", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert sorted(p.name for p in output.iterdir()) == ["history.json", "metrics.json", "model"]
+    assert len(read_json(output / "history.json")) == 1
+    assert TrainedModel.load(output / "model").network.to_config()["layers"][0] == {"type": "dense", "n_in": 64,
+                                                                                    "n_out": 8}
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # neither the old folder nor the staging one
+
+
+@pytest.mark.parametrize("missing", ["t10k-labels-idx1-ubyte.gz", "train-images-idx3-ubyte.gz"])
+def test_data_dir_missing_a_file_fails_naming_it(shared_data, tmp_path, capsys, missing):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    for f in (shared_data / "mnist").iterdir():
+        if f.name.endswith(".gz") and f.name != missing:
+            shutil.copy(f, data_dir / f.name)
+    output = tmp_path / "run"
+    code = main(["train", "--dataset", "mnist", "--data-dir", str(data_dir), "--classes", "0,1",
+                 "--output", str(output), *FAST])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert missing in captured.err and str(data_dir) in captured.err
+    assert not output.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    assert "Epoch" not in captured.out
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("--lr", "-1", ["lr=-1.0", "must be > 0"]),
+    ("--lr", "0", ["lr=0.0", "must be > 0"]),
+    ("--sample", "1.5", ["sample=1.5", "must be <= 1"]),
+    ("--sample", "0", ["sample=0.0", "must be > 0"]),
+    ("--epochs", "0", ["epochs=0", "must be >= 1"]),
+    ("--batch-size", "0", ["batch_size=0", "must be >= 1"]),
+    ("--partitions", "0", ["partitions=0", "must be >= 1"]),
+    ("--hidden", "64,0", ["hidden=(64, 0)", "positive layer sizes"]),
+    ("--classes", "0,12", ["classes", "12"]),
+])
+def test_invalid_values_exit_2_naming_the_parameter(tmp_path, capsys, option, value, words):
+    output = tmp_path / "run"
+    code = main(["train", "--dataset", "digits", option, value, "--output", str(output), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.startswith("dfnet: error: ")
+    for word in words:
+        assert word in captured.err
+    assert not output.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--activation", "softplus"], ["--activation", "softplus"]),
+    (["--epochs", "two"], ["--epochs", "two"]),
+    (["--hidden", "a,b"], ["--hidden", "comma-separated integers"]),
+    (["--dataset", "cifar"], ["--dataset", "cifar"]),
+    (["--preset", "modern"], ["--preset", "modern"]),
+])
+def test_malformed_options_are_argparse_errors(capsys, argv, words):
+    with pytest.raises(SystemExit) as info:
+        main(["train", *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    for word in words:
+        assert word in err
+
+
+# --- presets --------------------------------------------------------------------------------
+
+def parse(*argv):
+    return config_from_args(build_parser().parse_args(["train", *argv]))
+
+
+def test_classic_preset_resolves_to_the_classic_configuration():
+    config, data = parse("--preset", "classic")
+    assert config.hidden == (64,)
+    assert (config.activation, config.loss, config.init_scheme) == ("sigmoid", "mse", "classic")
+    assert (config.optimizer, config.learning_rate) == ("sgd", 0.1)
+    assert (config.epochs, config.sample, config.schedule) == (50, 0.7, "classic")
+    assert data["dataset"] == "mnist" and tuple(data["classes"]) == (0, 1)
+
+
+def test_explicit_options_override_the_preset():
+    config, data = parse("--preset", "classic", "--epochs", "3", "--lr", "0.5", "--hidden", "32,16",
+                         "--activation", "tanh", "--dataset", "fashion-mnist", "--classes", "3,5")
+    classic, _ = parse("--preset", "classic")
+    assert (config.epochs, config.lr, config.hidden, config.activation) == (3, 0.5, (32, 16), "tanh")
+    assert (data["dataset"], tuple(data["classes"])) == ("fashion-mnist", (3, 5))
+    # what was not said still comes from the preset
+    assert (config.loss, config.init, config.optimizer, config.sample, config.schedule, config.dtype) == \
+        (classic.loss, classic.init, classic.optimizer, classic.sample, classic.schedule, classic.dtype)
+
+
+def test_without_preset_the_defaults_are_dfnets_own():
+    config, data = parse()
+    assert config == TrainConfig()
+    assert data == {"dataset": "digits", "classes": None}
+
+
+def test_invalid_override_of_a_preset_is_refused():
+    with pytest.raises(ConfigError, match=r"sample=1\.5"):
+        parse("--preset", "classic", "--sample", "1.5")
