@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .config import DEFAULT_LR, OPTIMIZERS, PRESET_DATA, PRESETS, SCHEDULES, TrainConfig
+from .config import DEFAULT_LR, LR_SCHEDULES, OPTIMIZERS, PRESET_DATA, PRESETS, SCHEDULES, TrainConfig
 from .errors import DFNetError
 from .nn.layers import INITIALIZERS
 from .nn.losses import LOSSES
@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt = t.add_argument_group("optimisation")
     opt.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
     opt.add_argument("--lr", type=float, default=None, help=f"learning rate (default per optimizer: {DEFAULT_LR})")
+    opt.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                     help="constant, or cosine decay from --lr towards 0 over the epochs")
     opt.add_argument("--epochs", type=int, default=None)
     opt.add_argument("--schedule", choices=SCHEDULES, default=None,
                      help="classic: one full-batch step per epoch; minibatch: steps of --batch-size rows")
@@ -77,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
     """Merge dfnet defaults <- preset <- explicit options into a validated config and data choice."""
-    fields = {"model", "hidden", "activation", "loss", "init", "dtype", "optimizer", "lr", "epochs",
+    fields = {"model", "hidden", "activation", "loss", "init", "dtype", "optimizer", "lr", "lr_schedule", "epochs",
               "schedule", "sample", "batch_size", "seed", "partitions"}
     chosen = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     preset = PRESETS.get(args.preset, {}) if args.preset else {}

@@ -7,6 +7,7 @@ Allowed values live in one table (:data:`CONSTRAINTS`) and are checked once by
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ from .nn.layers import INITIALIZERS
 from .nn.losses import LOSSES
 
 SCHEDULES = ("classic", "minibatch")
+LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 MODELS = ("mlp",)
 #: Learning rate used when none is given, per optimizer.
@@ -37,6 +39,7 @@ class TrainConfig:
     init: str = "auto"  # he for relu, xavier otherwise
     optimizer: str = "adam"
     lr: float | None = None  # None -> DEFAULT_LR[optimizer]
+    lr_schedule: str = "constant"  # cosine: lr * (1 + cos(pi * (epoch - 1) / epochs)) / 2 in each epoch
     momentum: float = 0.9
     beta1: float = 0.9
     beta2: float = 0.999
@@ -60,6 +63,12 @@ class TrainConfig:
     @property
     def learning_rate(self) -> float:
         return DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of the steps in ``epoch`` (1-based)."""
+        if self.lr_schedule == "cosine":
+            return self.learning_rate * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / self.epochs))
+        return self.learning_rate
 
     @property
     def init_scheme(self) -> str:
@@ -121,6 +130,7 @@ CONSTRAINTS = {
     "init": _one_of(("auto", *INITIALIZERS)),
     "optimizer": _one_of(OPTIMIZERS),
     "lr": _number(0, lo_open=True, optional=True),
+    "lr_schedule": _one_of(LR_SCHEDULES),
     "momentum": _number(0, 1, hi_open=True),
     "beta1": _number(0, 1, hi_open=True),
     "beta2": _number(0, 1, hi_open=True),

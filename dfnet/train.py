@@ -179,6 +179,7 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
             start = time.perf_counter()
             loss_sum, correct, rows, steps = 0.0, 0, 0, 0
             total_steps = steps_per_epoch(config, data.count)
+            optimizer.lr = config.lr_at(epoch)
             for rows_of_step in SCHEDULES[config.schedule](data, config, epoch):
                 result = engine.gradient(params, rows_of_step, num_features, config.dtype)
                 steps += 1

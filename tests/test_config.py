@@ -167,3 +167,12 @@ def test_classic_preset_is_the_classic_network():
     assert (c.hidden, c.activation, c.loss, c.init_scheme) == ((64,), "sigmoid", "mse", "classic")
     assert (c.optimizer, c.learning_rate, c.schedule, c.epochs) == ("sgd", 0.1, "classic", 50)
     assert math.isclose(c.sample, 0.7)
+
+
+def test_cosine_schedule_decays_from_lr_towards_zero():
+    config = TrainConfig(optimizer="sgd", lr=0.2, epochs=4, lr_schedule="cosine").validate()
+    rates = [config.lr_at(e) for e in range(1, 5)]
+    expected = [0.2 * (1 + np.cos(np.pi * k / 4)) / 2 for k in range(4)]
+    np.testing.assert_allclose(rates, expected)
+    assert rates[0] == 0.2 and all(a > b > 0 for a, b in zip(rates, rates[1:]))
+    assert TrainConfig(optimizer="sgd", lr=0.2, epochs=4).lr_at(3) == 0.2
