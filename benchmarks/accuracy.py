@@ -6,8 +6,8 @@ Cases (each trained from scratch on the DataFrame engine, evaluated on the offic
   classic            --preset classic: 784-64-2 sigmoid/MSE, uniform*0.5 init, SGD 0.1, 50 full-batch epochs
   classic-centred    the same with the centred init (uniform in [-0.25, 0.25))
   mnist01-default    dfnet's defaults on MNIST 0/1 (1,000 training images), 5 epochs
-  mnist10            784-128-10 ReLU/softmax on 5,000 MNIST digits -> 10,000 test digits
-  fashion            784-128-10 ReLU/softmax on the full Fashion-MNIST, 60,000 -> 10,000, 10 epochs
+  mnist10            784-128-10 ReLU/softmax on 5,000 MNIST digits -> 10,000 test digits, 10 epochs
+  fashion            784-256-128-10 ReLU/softmax on the full Fashion-MNIST, 60,000 -> 10,000, 10 epochs
 
 Prints a table and saves benchmarks/results/accuracy.json and accuracy.html
 (test accuracy per epoch for every case).
@@ -32,9 +32,11 @@ CASES = {
     "classic-centred": dict(dataset="mnist", classes=[0, 1], config={**PRESETS["classic"], "init": "uniform"},
                             target=None),
     "mnist01-default": dict(dataset="mnist", classes=[0, 1], config={}, target=0.998),
-    "mnist10": dict(dataset="mnist", classes=None, config=dict(hidden=(128,), epochs=10), target=0.92),
+    "mnist10": dict(dataset="mnist", classes=None, config=dict(hidden=(128,), epochs=10, lr_schedule="cosine"),
+                    target=0.92),
     "fashion": dict(dataset="fashion-mnist", classes=None,
-                    config=dict(hidden=(128,), epochs=10, batch_size=512, partitions=2), target=0.88),
+                    config=dict(hidden=(256, 128), epochs=10, batch_size=512, lr=0.003, lr_schedule="cosine",
+                                partitions=2), target=0.88),
 }
 
 
