@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .config import DEFAULT_LR, LR_SCHEDULES, OPTIMIZERS, PRESET_DATA, PRESETS, SCHEDULES, TrainConfig
+from .config import DEFAULT_LR, ENGINES, LR_SCHEDULES, OPTIMIZERS, PRESET_DATA, PRESETS, SCHEDULES, TrainConfig
 from .errors import DFNetError
 from .nn.layers import INITIALIZERS
 from .nn.losses import LOSSES
@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--preset", choices=sorted(PRESETS), default=None,
                        help="named configuration (classic: 784-64-2 sigmoid/MSE on MNIST 0/1)")
     model.add_argument("--model", choices=["mlp"], default=None)
+    model.add_argument("--engine", choices=ENGINES, default=None,
+                       help="dataframe (default), or the RDD baselines rdd (per record) and rdd-batched")
     model.add_argument("--hidden", type=_int_list, default=None, help="hidden layer sizes, e.g. 64 or 128,64")
     model.add_argument("--activation", choices=["sigmoid", "relu", "tanh"], default=None)
     model.add_argument("--loss", choices=sorted(LOSSES), default=None)
@@ -79,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
     """Merge dfnet defaults <- preset <- explicit options into a validated config and data choice."""
-    fields = {"model", "hidden", "activation", "loss", "init", "dtype", "optimizer", "lr", "lr_schedule", "epochs",
+    fields = {"model", "engine", "hidden", "activation", "loss", "init", "dtype", "optimizer", "lr", "lr_schedule", "epochs",
               "schedule", "sample", "batch_size", "seed", "partitions"}
     chosen = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     preset = PRESETS.get(args.preset, {}) if args.preset else {}

@@ -16,6 +16,7 @@ from .nn.layers import INITIALIZERS
 from .nn.losses import LOSSES
 
 SCHEDULES = ("classic", "minibatch")
+ENGINES = ("dataframe", "rdd", "rdd-batched")
 LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 MODELS = ("mlp",)
@@ -33,6 +34,7 @@ class TrainConfig:
     """
 
     model: str = "mlp"
+    engine: str = "dataframe"  # rdd / rdd-batched: the RDD baselines
     hidden: tuple[int, ...] = (128,)
     activation: str = "relu"
     loss: str = "cross-entropy"
@@ -124,6 +126,7 @@ def _hidden(v):
 
 CONSTRAINTS = {
     "model": _one_of(MODELS),
+    "engine": _one_of(ENGINES),
     "hidden": _hidden,
     "activation": _one_of(("sigmoid", "relu", "tanh")),
     "loss": _one_of(tuple(LOSSES)),

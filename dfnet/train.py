@@ -15,11 +15,10 @@ from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 from .config import TrainConfig
-from .engine.data import ROW_COL, TrainingData, encode_training_data, validate_frame
-from .engine.dataframe import DataFrameEngine
+from .engine import make_engine
+from .engine.data import TrainingData, validate_frame
 from .errors import ConfigError, TrainingDivergedError
 from .model import TrainedModel
 from .nn.network import LossAndGrad, Sequential, build_mlp
@@ -51,32 +50,28 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % (2**31 - 1)
 
 
-def epoch_rows(data: TrainingData, fraction: float, seed: int, epoch: int) -> DataFrame:
+def epoch_rows(data: TrainingData, fraction: float, seed: int, epoch: int):
     """The epoch's sample without replacement (all rows when ``fraction`` is 1)."""
     if fraction >= 1.0:
-        return data.frame
-    return data.frame.sample(withReplacement=False, fraction=fraction, seed=_epoch_seed(seed, epoch))
+        return data.all_rows()
+    return data.sample(fraction, _epoch_seed(seed, epoch))
 
 
-def classic_steps(data: TrainingData, config: TrainConfig, epoch: int) -> Iterator[DataFrame]:
+def classic_steps(data: TrainingData, config: TrainConfig, epoch: int) -> Iterator:
     """One full-batch step on the epoch's sample."""
     yield epoch_rows(data, config.sample, config.seed, epoch)
 
 
-def minibatch_steps(data: TrainingData, config: TrainConfig, epoch: int) -> Iterator[DataFrame]:
-    """The epoch's sample split into ~``batch_size``-row batches by a seeded hash of the row key.
-
-    The hash is evaluated by the JVM on the cached rows, so each step ships only
-    its own batch to Python; assignment is reshuffled every epoch.
-    """
+def minibatch_steps(data: TrainingData, config: TrainConfig, epoch: int) -> Iterator:
+    """The epoch's sample split into ~``batch_size``-row batches by a seeded hash of the row key,
+    reshuffled every epoch."""
     rows = epoch_rows(data, config.sample, config.seed, epoch)
-    num_batches = max(1, round(data.count * config.sample / config.batch_size))
-    key = F.pmod(F.xxhash64(F.col(ROW_COL), F.lit(_epoch_seed(config.seed, epoch))), F.lit(num_batches))
+    num_batches = steps_per_epoch(config, data.count)
     for k in range(num_batches):
-        yield rows.filter(key == k)
+        yield data.batch(rows, k, num_batches, _epoch_seed(config.seed, epoch))
 
 
-SCHEDULES: dict[str, Callable[[TrainingData, TrainConfig, int], Iterator[DataFrame]]] = {
+SCHEDULES: dict[str, Callable[[TrainingData, TrainConfig, int], Iterator]] = {
     "classic": classic_steps,
     "minibatch": minibatch_steps,
 }
@@ -166,11 +161,11 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
 
     if validation_df is not None:
         validate_frame(validation_df, features_col, label_col, num_features, num_classes)
-    encode = dict(features_col=features_col, label_col=label_col, num_features=num_features, dtype=config.dtype)
-    data = encode_training_data(df, num_partitions=config.partitions, **encode)
-    validation = encode_training_data(validation_df, **encode) if validation_df is not None else None
+    engine = make_engine(config.engine, network)
+    data = engine.prepare(df, features_col=features_col, label_col=label_col, num_partitions=config.partitions)
+    validation = (engine.prepare(validation_df, features_col=features_col, label_col=label_col)
+                  if validation_df is not None else None)
     callbacks = list(callbacks) + ([ProgressPrinter()] if verbose else [])
-    engine = DataFrameEngine(network)
     optimizer = make_optimizer(config.optimizer, config.learning_rate, momentum=config.momentum,
                                beta1=config.beta1, beta2=config.beta2)
     history: list[EpochRecord] = []
@@ -181,7 +176,7 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
             total_steps = steps_per_epoch(config, data.count)
             optimizer.lr = config.lr_at(epoch)
             for rows_of_step in SCHEDULES[config.schedule](data, config, epoch):
-                result = engine.gradient(params, rows_of_step, num_features, config.dtype)
+                result = engine.gradient(params, rows_of_step)
                 steps += 1
                 if result.count:
                     _check_finite(result, epoch, steps, config)
@@ -194,7 +189,7 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
             record = EpochRecord(epoch, loss_sum / max(rows, 1), correct / max(rows, 1), rows, steps,
                                  rows / steps, time.perf_counter() - start)
             if validation is not None:
-                scored = engine.gradient(params, validation.frame, num_features, config.dtype)
+                scored = engine.gradient(params, validation.all_rows())
                 record.val_loss = scored.loss_sum / scored.count
                 record.val_accuracy = scored.correct / scored.count
             history.append(record)

@@ -32,7 +32,7 @@ def test_engine_gradient_equals_numpy_gradient(spark, mnist_rows, partitions):
                                 dtype="float64", num_partitions=partitions)
     try:
         assert data.frame.rdd.getNumPartitions() == partitions
-        result = DataFrameEngine(net).gradient(params, data.frame, 784, "float64")
+        result = DataFrameEngine(net).gradient(params, data.frame)
     finally:
         data.release()
     # Independent computation: the same float32 pixels, in one process.
@@ -90,3 +90,52 @@ def test_one_epoch_of_fit_equals_numpy_steps_on_the_same_rows(spark, mnist_rows,
     assert [h["epoch"] for h in model.history] == [1, 2]
     # A 0.7 sample of 300 rows: Spark's Bernoulli sampling gives about 210 rows.
     assert 150 < model.history[0]["rows"] < 270
+
+
+@pytest.mark.parametrize("schedule", ["classic", "minibatch"])
+def test_all_engines_and_numpy_give_the_same_weights_after_an_epoch(spark, mnist_rows, schedule):
+    """DataFrame engine, RDD per-record, RDD mapPartitions and single-process numpy: same start,
+    same rows, same weights after an epoch (float64, 1e-9 relative)."""
+    images, labels = mnist_rows
+    images, labels = images[:120], labels[:120]
+    df = to_dataframe(spark, images, labels, num_partitions=2)
+    net = build_mlp(784, [12], 10, activation="sigmoid", loss="mse", dtype="float64")
+    start = net.init_params(7, "uniform")
+    # sample=1.0: every engine's epoch sees all rows (the engines draw samples and batches their
+    # own way); the minibatch case still runs several dependent steps.
+    config = TrainConfig(hidden=(12,), activation="sigmoid", loss="mse", optimizer="momentum", lr=0.05,
+                         epochs=1, schedule=schedule, batch_size=120 if schedule == "minibatch" else 64,
+                         dtype="float64")
+    weights = {engine: fit(df, config.replace(engine=engine), network=net, initial_params=start,
+                           verbose=False).params
+               for engine in ("dataframe", "rdd", "rdd-batched")}
+    X = (images.reshape(len(images), -1) / np.float32(255)).astype(np.float32).astype(np.float64)
+    reference = start.copy()
+    step = net.loss_and_grad(reference, X, labels)
+    make_optimizer("momentum", 0.05).step(reference, step.grad_sum / step.count)
+    for engine, params in weights.items():
+        np.testing.assert_allclose(params, reference, rtol=1e-9, atol=1e-12, err_msg=engine)
+
+
+@pytest.mark.parametrize("engine", ["rdd", "rdd-batched"])
+def test_rdd_engine_gradients_equal_numpy_on_real_digits(spark, mnist_rows, engine):
+    from dfnet.engine import make_engine
+
+    images, labels = mnist_rows
+    images, labels = images[:90], labels[:90]
+    net = build_mlp(784, [16, 8], 10, activation="relu", dtype="float64")
+    params = net.init_params(2, "he")
+    impl = make_engine(engine, net)
+    data = impl.prepare(to_dataframe(spark, images, labels, num_partitions=3), features_col="image",
+                        label_col="label")
+    try:
+        result = impl.gradient(params, data.all_rows())
+        empty = impl.gradient(params, data.batch(data.all_rows(), 0, 1, 0).filter(lambda r: False))
+    finally:
+        data.release()
+    X = (images.reshape(90, -1) / np.float32(255)).astype(np.float32).astype(np.float64)
+    reference = net.loss_and_grad(params, X, labels)
+    assert (result.count, result.correct) == (90, reference.correct)
+    assert result.loss_sum == pytest.approx(reference.loss_sum, rel=1e-10)
+    np.testing.assert_allclose(result.grad_sum, reference.grad_sum, rtol=1e-9, atol=1e-12)
+    assert empty.count == 0 and not empty.grad_sum.any()

@@ -1,1 +1,23 @@
-"""How a training step is computed over data: the DataFrame engine (and later baselines)."""
+"""How a training step is computed over data.
+
+Every engine offers ``prepare(df, ...) -> TrainingData`` (validated rows,
+cached in the engine's own form) and ``gradient(params, rows) -> LossAndGrad``
+(summed over the rows, one Spark job), and calls the same :mod:`dfnet.nn` code,
+so engines can be tested against each other and differ only in how data moves.
+"""
+
+from __future__ import annotations
+
+from ..nn.network import Sequential
+
+
+def make_engine(name: str, network: Sequential):
+    """``dataframe`` (broadcast -> mapInPandas -> groupBy().agg), ``rdd`` (the classic per-record
+    map/reduce) or ``rdd-batched`` (mapPartitions on stacked rows)."""
+    from .dataframe import DataFrameEngine
+    from .rdd import RDDBatchedEngine, RDDPerRecordEngine
+
+    engines = {"dataframe": DataFrameEngine, "rdd": RDDPerRecordEngine, "rdd-batched": RDDBatchedEngine}
+    if name not in engines:
+        raise ValueError(f"unknown engine {name!r}; known: {sorted(engines)}")
+    return engines[name](network)

@@ -148,12 +148,32 @@ def decode_images(packed: pd.Series, num_features: int, dtype: str) -> np.ndarra
 
 @dataclass
 class TrainingData:
-    """The validated, encoded and cached rows a training run steps over."""
+    """The validated, encoded and cached rows a training run steps over.
+
+    Every engine's training data offers the same three row selections, so the
+    schedules in :mod:`dfnet.train` do not depend on the engine.
+    """
 
     frame: DataFrame  # (_row long, _x binary, _label int), persisted
     count: int
     num_features: int
     dtype: str
+
+    def all_rows(self) -> DataFrame:
+        return self.frame
+
+    def sample(self, fraction: float, seed: int) -> DataFrame:
+        """Bernoulli sample without replacement (Spark's ``sample``)."""
+        return self.frame.sample(withReplacement=False, fraction=fraction, seed=seed)
+
+    def batch(self, rows: DataFrame, k: int, num_batches: int, seed: int) -> DataFrame:
+        """Rows whose seeded hash of the row key falls in bucket ``k`` of ``num_batches``.
+
+        The JVM evaluates the hash on the cached rows, so a step ships only its
+        own batch to Python.
+        """
+        key = F.pmod(F.xxhash64(F.col(ROW_COL), F.lit(seed)), F.lit(num_batches))
+        return rows.filter(key == k)
 
     def release(self) -> None:
         self.frame.unpersist()

@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..nn.network import LossAndGrad, Sequential
-from .data import LABEL_COL, X_COL, decode_images
+from .data import LABEL_COL, X_COL, TrainingData, decode_images, encode_training_data
 
 PARTIAL_COL = "partial"
 PARTIAL_SCHEMA = T.StructType([T.StructField(PARTIAL_COL, T.ArrayType(T.DoubleType(), False), False)])
@@ -69,12 +69,19 @@ class DataFrameEngine:
     def __init__(self, network: Sequential):
         self.network = network
 
-    def gradient(self, params: np.ndarray, rows: DataFrame, num_features: int, dtype: str) -> LossAndGrad:
+    def prepare(self, df: DataFrame, *, features_col: str, label_col: str,
+                num_partitions: int | None = None) -> TrainingData:
+        """Cache the packed encoding of a validated ``df``."""
+        return encode_training_data(df, features_col=features_col, label_col=label_col,
+                                    num_features=self.network.num_features, dtype=self.network.dtype.name,
+                                    num_partitions=num_partitions)
+
+    def gradient(self, params: np.ndarray, rows: DataFrame) -> LossAndGrad:
         """Sums over ``rows`` (an encoded frame, usually a sample or batch of it) at ``params``."""
         sc = rows.sparkSession.sparkContext
         broadcast = sc.broadcast(params)
         try:
-            fn = partial_gradient_sums(self.network, broadcast, num_features, dtype)
+            fn = partial_gradient_sums(self.network, broadcast, self.network.num_features, self.network.dtype.name)
             result = rows.mapInPandas(fn, PARTIAL_SCHEMA).groupBy().agg(sum_vectors(PARTIAL_COL)).first()
         finally:
             # Release the step's weights or executors accumulate one copy per step.

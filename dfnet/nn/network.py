@@ -103,25 +103,41 @@ class Sequential:
         views = self.unflatten(params)
         out = self._as_batch(X)
         caches = []
-        fused = self.loss.fuses_softmax and isinstance(self.layers[-1], Softmax)
-        body = self.layers[:-1] if fused else self.layers
-        for layer, p in zip(body, views):
+        for layer, p in zip(self.body, views):
             out, cache = layer.forward(p, out)
             caches.append(cache)
         labels = np.asarray(labels, dtype=np.int64)
-        if fused:
-            loss, probs, delta = self.loss.from_logits(out, labels)
-        else:
-            probs = out
-            loss, delta = self.loss.value_and_grad(out, labels)
+        loss, probs, delta = self.head(out, labels)
         grad = np.empty(self.num_params, dtype=self.dtype)
-        for layer, p, cache, entries in zip(reversed(body), reversed(views[:len(body)]),
-                                            reversed(caches), reversed(self._slices[:len(body)])):
-            delta, grads = layer.backward(p, cache, delta)
-            for (s, _), g in zip(entries, grads):
-                grad[s] = g.ravel()
+        for i in reversed(range(len(self.body))):
+            delta = self.backward_layer(i, views[i], caches[i], delta, grad)
         correct = int(np.sum(np.argmax(probs, axis=1) == labels))
         return LossAndGrad(loss, grad, correct, int(X.shape[0]))
+
+    # The three pieces of loss_and_grad, public so that an engine can run them
+    # one record and one layer at a time (the classic RDD design).
+    @property
+    def body(self) -> list[Layer]:
+        """The layers whose forward pass runs before the loss: all of them, except a final
+        Softmax that the cross-entropy loss fuses (its gradient p - y is exact)."""
+        fused = self.loss.fuses_softmax and isinstance(self.layers[-1], Softmax)
+        return self.layers[:-1] if fused else self.layers
+
+    def head(self, out: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """Summed loss, class probabilities and d(loss)/d(out) for the body's output."""
+        if len(self.body) < len(self.layers):
+            return self.loss.from_logits(out, labels)
+        loss, delta = self.loss.value_and_grad(out, labels)
+        return loss, out, delta
+
+    def backward_layer(self, i: int, layer_params: list[np.ndarray], cache, delta: np.ndarray,
+                       grad: np.ndarray) -> np.ndarray:
+        """Backward through layer ``i``: write its parameter gradients into the flat ``grad``,
+        return the gradient with respect to its input."""
+        delta, grads = self.layers[i].backward(layer_params, cache, delta)
+        for (s, _), g in zip(self._slices[i], grads):
+            grad[s] = g.ravel()
+        return delta
 
     # --- description ---------------------------------------------------------------
     def to_config(self) -> dict:
