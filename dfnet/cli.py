@@ -67,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="constant, or cosine decay from --lr towards 0 over the epochs")
     opt.add_argument("--epochs", type=int, default=None)
     opt.add_argument("--schedule", choices=SCHEDULES, default=None,
-                     help="classic: one full-batch step per epoch; minibatch: steps of --batch-size rows")
+                     help="classic: one full-batch step per epoch; minibatch: steps of --batch-size rows; "
+                          "average: partitions train locally, the driver averages their weights")
+    opt.add_argument("--local-steps", type=int, default=None,
+                     help="average schedule: local steps per partition between averages (default: an epoch)")
     opt.add_argument("--sample", type=float, default=None, help="fraction of rows sampled per epoch")
     opt.add_argument("--batch-size", type=int, default=None)
     opt.add_argument("--seed", type=int, default=None)
@@ -82,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
     """Merge dfnet defaults <- preset <- explicit options into a validated config and data choice."""
     fields = {"model", "engine", "hidden", "activation", "loss", "init", "dtype", "optimizer", "lr", "lr_schedule", "epochs",
-              "schedule", "sample", "batch_size", "seed", "partitions"}
+              "schedule", "sample", "batch_size", "local_steps", "seed", "partitions"}
     chosen = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     preset = PRESETS.get(args.preset, {}) if args.preset else {}
     config = TrainConfig(**{**preset, **chosen}).validate()

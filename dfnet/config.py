@@ -15,7 +15,7 @@ from .errors import ConfigError
 from .nn.layers import INITIALIZERS
 from .nn.losses import LOSSES
 
-SCHEDULES = ("classic", "minibatch")
+SCHEDULES = ("classic", "minibatch", "average")
 ENGINES = ("dataframe", "rdd", "rdd-batched")
 LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -48,7 +48,8 @@ class TrainConfig:
     epochs: int = 5
     schedule: str = "minibatch"
     sample: float = 1.0  # fraction of the rows used per epoch (sampled without replacement)
-    batch_size: int = 64  # rows per step, mini-batch schedule only
+    batch_size: int = 64  # rows per step (minibatch), or per local step (average)
+    local_steps: int | None = None  # average: local steps per partition between averages (None: an epoch)
     partitions: int | None = None  # None keeps the DataFrame's partitioning
     seed: int = 0
     dtype: str = "float32"
@@ -141,6 +142,7 @@ CONSTRAINTS = {
     "schedule": _one_of(SCHEDULES),
     "sample": _number(0, 1, lo_open=True),
     "batch_size": _number(1, integer=True),
+    "local_steps": _number(1, integer=True, optional=True),
     "partitions": _number(1, integer=True, optional=True),
     "seed": _number(0, integer=True),
     "dtype": _one_of(("float32", "float64")),

@@ -19,6 +19,7 @@ from pyspark.sql import DataFrame
 from .config import TrainConfig
 from .engine import make_engine
 from .engine.data import TrainingData, validate_frame
+from .engine.dataframe import LocalPlan
 from .errors import ConfigError, TrainingDivergedError
 from .model import TrainedModel
 from .nn.network import LossAndGrad, Sequential, build_mlp
@@ -145,6 +146,8 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
     an empty DataFrame.
     """
     config = (config or TrainConfig()).validate()
+    if config.schedule == "average" and config.engine != "dataframe":
+        raise ConfigError(f"schedule='average' runs on the dataframe engine, not engine={config.engine!r}")
     num_features = network.num_features if network is not None else None
     if network is not None:
         num_classes = network.num_classes
@@ -170,20 +173,22 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
                                beta1=config.beta1, beta2=config.beta2)
     history: list[EpochRecord] = []
     try:
+        if config.schedule == "average":
+            max_rows = max(data.partition_sizes())
+            total_steps = averaging_rounds(config, max_rows)
+            updates = lambda epoch: _averaging_epoch(engine, data, params, config, epoch, max_rows)  # noqa: E731
+        else:
+            total_steps = steps_per_epoch(config, data.count)
+            updates = lambda epoch: _gradient_epoch(engine, data, params, optimizer, config, epoch)  # noqa: E731
         for epoch in range(1, config.epochs + 1):
             start = time.perf_counter()
             loss_sum, correct, rows, steps = 0.0, 0, 0, 0
-            total_steps = steps_per_epoch(config, data.count)
             optimizer.lr = config.lr_at(epoch)
-            for rows_of_step in SCHEDULES[config.schedule](data, config, epoch):
-                result = engine.gradient(params, rows_of_step)
+            for result in updates(epoch):
                 steps += 1
-                if result.count:
-                    _check_finite(result, epoch, steps, config)
-                    optimizer.step(params, result.grad_sum / result.count)
-                    loss_sum += result.loss_sum
-                    correct += result.correct
-                    rows += result.count
+                loss_sum += result.loss_sum
+                correct += result.correct
+                rows += result.count
                 for cb in callbacks:
                     cb.on_step(epoch, steps, total_steps)
             record = EpochRecord(epoch, loss_sum / max(rows, 1), correct / max(rows, 1), rows, steps,
@@ -200,6 +205,41 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
         if validation is not None:
             validation.release()
     return TrainedModel(network, params, config=config, history=[r.as_dict() for r in history])
+
+
+def _gradient_epoch(engine, data: TrainingData, params: np.ndarray, optimizer, config: TrainConfig,
+                    epoch: int) -> Iterator[LossAndGrad]:
+    """Synchronous schedules: one job per step, the optimizer steps on the driver."""
+    for step, rows in enumerate(SCHEDULES[config.schedule](data, config, epoch), start=1):
+        result = engine.gradient(params, rows)
+        if result.count:
+            _check_finite(result, epoch, step, config)
+            optimizer.step(params, result.grad_sum / result.count)
+        yield result
+
+
+def averaging_rounds(config: TrainConfig, max_partition_rows: int) -> int:
+    """Jobs per epoch of the averaging schedule: the largest partition's local steps / local_steps."""
+    local = max(1, math.ceil(max_partition_rows * config.sample / config.batch_size))
+    return math.ceil(local / (config.local_steps or local))
+
+
+def _averaging_epoch(engine, data: TrainingData, params: np.ndarray, config: TrainConfig, epoch: int,
+                     max_partition_rows: int) -> Iterator[LossAndGrad]:
+    """Model averaging: each job, every partition trains locally from the broadcast weights;
+    the driver replaces the weights by the row-weighted average of the partitions' results."""
+    rows = epoch_rows(data, config.sample, config.seed, epoch)
+    local = max(1, math.ceil(max_partition_rows * config.sample / config.batch_size))
+    per_round = config.local_steps or local
+    for r in range(averaging_rounds(config, max_partition_rows)):
+        plan = LocalPlan(epoch=epoch, round=r, steps=per_round, batch_size=config.batch_size, seed=config.seed,
+                         optimizer=config.optimizer, lr=config.lr_at(epoch),
+                         optimizer_args=dict(momentum=config.momentum, beta1=config.beta1, beta2=config.beta2))
+        result = engine.local_training(params, rows, plan)
+        if result.count:
+            _check_finite(result, epoch, r + 1, config)
+            params[:] = (result.grad_sum / result.count).astype(params.dtype)
+        yield result
 
 
 def _check_finite(result: LossAndGrad, epoch: int, step: int, config: TrainConfig) -> None:

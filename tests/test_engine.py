@@ -139,3 +139,56 @@ def test_rdd_engine_gradients_equal_numpy_on_real_digits(spark, mnist_rows, engi
     assert result.loss_sum == pytest.approx(reference.loss_sum, rel=1e-10)
     np.testing.assert_allclose(result.grad_sum, reference.grad_sum, rtol=1e-9, atol=1e-12)
     assert empty.count == 0 and not empty.grad_sum.any()
+
+
+def test_model_averaging_epoch_equals_an_independent_numpy_replay(spark, mnist_rows):
+    """--schedule average: each partition trains locally from the broadcast weights over its
+    own rows; the driver takes the row-weighted mean. Replayed in numpy partition by partition."""
+    from pyspark.sql import functions as F
+
+    images, labels = mnist_rows
+    images, labels = images[:200], labels[:200]
+    df = to_dataframe(spark, images, labels, num_partitions=2)
+    net = build_mlp(784, [10], 10, activation="tanh", dtype="float64")
+    start = net.init_params(5, "xavier")
+    config = TrainConfig(hidden=(10,), activation="tanh", optimizer="adam", lr=0.01, epochs=2, schedule="average",
+                         batch_size=16, local_steps=3, dtype="float64", seed=9)
+    model = fit(df, config, network=net, initial_params=start, verbose=False)
+
+    data = encode_training_data(df, features_col="image", label_col="label", num_features=784, dtype="float64")
+    try:
+        pdf = data.frame.withColumn("p", F.spark_partition_id()).toPandas()
+    finally:
+        data.release()
+    parts = {p: (decode_images(g["_x"], 784, "float64"), g["_label"].to_numpy()) for p, g in pdf.groupby("p")}
+    params = start.copy()
+    rounds = -(-max(len(y) for _, y in parts.values()) // 16)  # local steps of the largest partition
+    rounds = -(-rounds // 3)
+    assert model.history[0]["steps"] == rounds
+    for epoch in (1, 2):
+        for r in range(rounds):
+            weighted, used_total = np.zeros_like(params), 0
+            for p, (X, y) in parts.items():
+                order = np.random.default_rng([9, epoch, p]).permutation(len(y))[r * 48:(r + 1) * 48]
+                if len(order) == 0:
+                    continue
+                local, opt = params.copy(), make_optimizer("adam", 0.01)
+                for s in range(0, len(order), 16):
+                    rows = order[s:s + 16]
+                    step = net.loss_and_grad(local, X[rows], y[rows])
+                    opt.step(local, step.grad_sum / step.count)
+                weighted += local * len(order)
+                used_total += len(order)
+            params = weighted / used_total
+    np.testing.assert_allclose(model.params, params, rtol=1e-9, atol=1e-12)
+    assert model.history[0]["rows"] == 200
+
+
+def test_model_averaging_learns_mnist_0_vs_1(spark, shared_data):
+    from dfnet.datasets import load_dataframe
+
+    train = load_dataframe(spark, "mnist", "train", data_dir=shared_data, classes=[0, 1])
+    test = load_dataframe(spark, "mnist", "test", data_dir=shared_data, classes=[0, 1])
+    model = fit(train, TrainConfig(schedule="average", epochs=3, partitions=2), verbose=False)
+    assert all(h["steps"] == 1 for h in model.history)  # one Spark job per epoch
+    assert model.evaluate(test).accuracy >= 0.995

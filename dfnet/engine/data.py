@@ -175,6 +175,11 @@ class TrainingData:
         key = F.pmod(F.xxhash64(F.col(ROW_COL), F.lit(seed)), F.lit(num_batches))
         return rows.filter(key == k)
 
+    def partition_sizes(self) -> list[int]:
+        """Rows in each partition of the cache (one small Spark job)."""
+        counts = self.frame.groupBy(F.spark_partition_id().alias("p")).count().collect()
+        return [row["count"] for row in counts] or [0]
+
     def release(self) -> None:
         self.frame.unpersist()
 

@@ -12,6 +12,7 @@ cannot share an ``agg()`` with built-in aggregates, so the scalars ride along.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -61,6 +62,61 @@ def partial_gradient_sums(network: Sequential, broadcast, num_features: int, dty
     return per_partition
 
 
+def locally_trained_sums(network: Sequential, broadcast, plan: "LocalPlan"):
+    """The ``mapInPandas`` function of the model-averaging schedule.
+
+    Each partition starts from the broadcast weights, runs ``plan.steps``
+    mini-batch steps of its own rows (its round's slice of a per-epoch,
+    per-partition permutation) with a fresh local optimizer, and yields ONE
+    packed row ``[weights * rows_used..., loss_sum, correct, rows_used]``.
+    """
+    from pyspark import TaskContext
+
+    from ..optim import make_optimizer
+
+    def per_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        frames = [pdf for pdf in batches if len(pdf)]
+        if not frames:
+            return
+        pdf = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        X = decode_images(pdf[X_COL], network.num_features, network.dtype.name)
+        labels = pdf[LABEL_COL].to_numpy()
+        partition = TaskContext.get().partitionId()
+        order = np.random.default_rng([plan.seed, plan.epoch, partition]).permutation(len(labels))
+        first = plan.round * plan.steps * plan.batch_size
+        order = order[first:first + plan.steps * plan.batch_size]
+        if len(order) == 0:
+            return
+        params = np.array(broadcast.value, copy=True)
+        optimizer = make_optimizer(plan.optimizer, plan.lr, **plan.optimizer_args)
+        loss_sum, correct = 0.0, 0
+        for start in range(0, len(order), plan.batch_size):
+            rows = order[start:start + plan.batch_size]
+            step = network.loss_and_grad(params, X[rows], labels[rows])
+            optimizer.step(params, step.grad_sum / step.count)
+            loss_sum += step.loss_sum
+            correct += step.correct
+        used = len(order)
+        packed = np.concatenate([params.astype(np.float64) * used, [loss_sum, correct, used]])
+        yield pd.DataFrame({PARTIAL_COL: [packed]})
+
+    return per_partition
+
+
+@dataclass(frozen=True)
+class LocalPlan:
+    """What every partition does in one round of the averaging schedule."""
+
+    epoch: int
+    round: int
+    steps: int  # local mini-batch steps per partition in this round
+    batch_size: int
+    seed: int
+    optimizer: str
+    lr: float
+    optimizer_args: dict
+
+
 class DataFrameEngine:
     """Computes summed gradients over encoded rows with one Spark job per call."""
 
@@ -78,15 +134,22 @@ class DataFrameEngine:
 
     def gradient(self, params: np.ndarray, rows: DataFrame) -> LossAndGrad:
         """Sums over ``rows`` (an encoded frame, usually a sample or batch of it) at ``params``."""
-        sc = rows.sparkSession.sparkContext
-        broadcast = sc.broadcast(params)
+        return self._summed(params, rows, lambda b: partial_gradient_sums(
+            self.network, b, self.network.num_features, self.network.dtype.name))
+
+    def local_training(self, params: np.ndarray, rows: DataFrame, plan: LocalPlan) -> LossAndGrad:
+        """One averaging round: the returned ``grad_sum`` field holds the row-weighted SUM of the
+        partitions' locally trained weights (divide by ``count`` for the average)."""
+        return self._summed(params, rows, lambda b: locally_trained_sums(self.network, b, plan))
+
+    def _summed(self, params: np.ndarray, rows: DataFrame, make_fn) -> LossAndGrad:
+        broadcast = rows.sparkSession.sparkContext.broadcast(params)
         try:
-            fn = partial_gradient_sums(self.network, broadcast, self.network.num_features, self.network.dtype.name)
-            result = rows.mapInPandas(fn, PARTIAL_SCHEMA).groupBy().agg(sum_vectors(PARTIAL_COL)).first()
+            partials = rows.mapInPandas(make_fn(broadcast), PARTIAL_SCHEMA)
+            total = partials.groupBy().agg(sum_vectors(PARTIAL_COL)).first()[0]
         finally:
             # Release the step's weights or executors accumulate one copy per step.
             broadcast.destroy()
-        total = result[0]
         if total is None:  # no rows in this sample or batch
             return LossAndGrad(0.0, np.zeros(self.network.num_params), 0, 0)
         return unpack(np.asarray(total, dtype=np.float64))
