@@ -166,13 +166,14 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
         validate_frame(validation_df, features_col, label_col, num_features, num_classes)
     engine = make_engine(config.engine, network)
     data = engine.prepare(df, features_col=features_col, label_col=label_col, num_partitions=config.partitions)
-    validation = (engine.prepare(validation_df, features_col=features_col, label_col=label_col)
-                  if validation_df is not None else None)
+    validation = None
     callbacks = list(callbacks) + ([ProgressPrinter()] if verbose else [])
     optimizer = make_optimizer(config.optimizer, config.learning_rate, momentum=config.momentum,
                                beta1=config.beta1, beta2=config.beta2)
     history: list[EpochRecord] = []
     try:
+        if validation_df is not None:
+            validation = engine.prepare(validation_df, features_col=features_col, label_col=label_col)
         if config.schedule == "average":
             max_rows = max(data.partition_sizes())
             total_steps = averaging_rounds(config, max_rows)
