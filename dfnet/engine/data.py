@@ -142,8 +142,24 @@ def _encode_batches(features_col: str, label_col: str, dtype: str):
 
 
 def decode_images(packed: pd.Series, num_features: int, dtype: str) -> np.ndarray:
-    """Binary column of packed pixels -> ``(n, num_features)`` array, one copy."""
+    """Binary column of packed pixels (as pandas) -> ``(n, num_features)`` array, one copy."""
     return np.frombuffer(b"".join(packed.to_numpy()), dtype=dtype).reshape(len(packed), num_features)
+
+
+def decode_arrow_images(packed: pa.BinaryArray, num_features: int, dtype: str) -> np.ndarray:
+    """Arrow binary column of packed pixels -> read-only ``(n, num_features)`` view, no copy.
+
+    The values of consecutive rows sit back to back in the array's data
+    buffer, so the whole batch is one ``np.frombuffer`` (the array may be a
+    slice: its offset selects the first row).
+    """
+    n = len(packed)
+    _, offsets, values = packed.buffers()
+    bounds = np.frombuffer(offsets, dtype=np.int32, count=n + 1, offset=packed.offset * 4)
+    width = np.dtype(dtype).itemsize * num_features
+    if bounds[-1] - bounds[0] != n * width:
+        raise ValueError(f"packed images hold {bounds[-1] - bounds[0]} bytes, expected {n} x {width}")
+    return np.frombuffer(values, dtype=dtype, count=n * num_features, offset=int(bounds[0])).reshape(n, num_features)
 
 
 @dataclass
