@@ -7,8 +7,8 @@ gradient step per epoch on the DataFrame engine, warm JVM. For each partition
 count it measures, interleaved and as medians of --repeats:
 
   step         a real training step: broadcast, mapInArrow gradient pass, groupBy().agg
-  empty        the same job shape on the same partitions, reading nothing (scheduling floor)
-  read         every partition reads and decodes its rows but computes nothing (+ Arrow transfer)
+  empty        a mapInArrow job with one task per partition and no data, collected (scheduling floor)
+  read         every partition reads and decodes its rows, computes nothing, collected (+ Arrow transfer)
   collect      the gradient pass with the rows collected and summed on the driver (+ compute)
 
 so that scheduling = empty, transfer = read - empty, compute = collect - read,
@@ -29,22 +29,19 @@ from common import default_data_dir, environment, save_results
 
 from dfnet.datasets import load_dataframe
 from dfnet.engine.data import X_COL, decode_arrow_images, encode_training_data
-from dfnet.engine.dataframe import (PARTIAL_COL, PARTIAL_SCHEMA, DataFrameEngine, partial_gradient_sums,
-                                    sum_vectors)
+from dfnet.engine.dataframe import PARTIAL_COL, PARTIAL_SCHEMA, DataFrameEngine, partial_gradient_sums
 from dfnet.nn import build_mlp
 from dfnet.session import get_or_create_spark
 
 
-def reader(read_rows: bool, num_features: int):
-    """A per-partition pass that reads (and decodes) its rows, or not, and computes nothing."""
+def reader(num_features: int):
+    """A per-partition pass that reads and decodes its rows and computes nothing."""
 
     def per_partition(batches):
         count = 0
         for batch in batches:
-            if read_rows:
+            if batch.num_rows and X_COL in batch.schema.names:
                 count += len(decode_arrow_images(batch.column(X_COL), num_features, "float32"))
-            else:
-                break
         yield pa.RecordBatch.from_arrays([pa.array([[float(count)]], type=pa.list_(pa.float64()))],
                                          names=[PARTIAL_COL])
 
@@ -85,10 +82,9 @@ def measure(spark, df, net, params, partitions: int, repeats: int) -> dict:
 
     variants = {
         "step": lambda: engine.gradient(params, data.frame),
-        "empty": lambda: data.frame.mapInArrow(reader(False, 784), PARTIAL_SCHEMA)
-        .groupBy().agg(sum_vectors(PARTIAL_COL)).first(),
-        "read": lambda: data.frame.mapInArrow(reader(True, 784), PARTIAL_SCHEMA)
-        .groupBy().agg(sum_vectors(PARTIAL_COL)).first(),
+        "empty": lambda: spark.range(0, partitions, numPartitions=partitions)
+        .mapInArrow(reader(784), PARTIAL_SCHEMA).collect(),
+        "read": lambda: data.frame.mapInArrow(reader(784), PARTIAL_SCHEMA).collect(),
         "collect": collect_step,
     }
     try:
