@@ -32,5 +32,6 @@ def save_results(name: str, payload: dict, figure=None) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2))
     if figure is not None:
-        figure.write_html(RESULTS / f"{name}.html", include_plotlyjs=True, full_html=True)
+        # One shared plotly.min.js beside the charts: offline, and not 4.8 MB per chart.
+        figure.write_html(RESULTS / f"{name}.html", include_plotlyjs="directory", full_html=True)
     return path

@@ -31,7 +31,6 @@ from common import default_data_dir, environment, save_results
 
 from dfnet.config import PRESETS, TrainConfig
 from dfnet.datasets import load_arrays, load_dataframe
-from dfnet.nn import build_mlp
 from dfnet.optim import make_optimizer
 from dfnet.session import get_or_create_spark
 from dfnet.train import build_network, fit
