@@ -192,3 +192,50 @@ def test_model_averaging_learns_mnist_0_vs_1(spark, shared_data):
     model = fit(train, TrainConfig(schedule="average", epochs=3, partitions=2), verbose=False)
     assert all(h["steps"] == 1 for h in model.history)  # one Spark job per epoch
     assert model.evaluate(test).accuracy >= 0.995
+
+
+def test_pixels_are_stored_as_bytes_only_when_that_is_exact():
+    import pyarrow as pa
+
+    from dfnet.engine.data import decode_arrow_images, pack_pixels
+
+    f32 = np.dtype("float32")
+    levels = np.arange(256, dtype=np.uint8)
+    eight_bit = np.divide(levels, 255, dtype=np.float32)  # how to_dataframe scales IDX pixels
+    assert pack_pixels(eight_bit, f32).dtype == np.uint8
+    # one value a single float32 ulp away from a level: must stay float
+    nudged = eight_bit.copy()
+    nudged[7] = np.nextafter(nudged[7], np.float32(1))
+    assert pack_pixels(nudged, f32).dtype == np.float32
+    assert pack_pixels(np.array([0.5, 1.5], dtype=np.float32), f32).dtype == np.float32
+    # float32 levels seen by a float64 network are not k/255 in float64: stored as float64
+    assert pack_pixels(eight_bit.astype(np.float64), np.dtype("float64")).dtype == np.float64
+
+    # A batch mixing both encodings decodes row by row to the exact values.
+    rows = [pack_pixels(eight_bit[:4], f32), pack_pixels(nudged[4:8], f32), pack_pixels(eight_bit[8:12], f32)]
+    mixed = pa.array([r.tobytes() for r in rows], type=pa.binary())
+    decoded = decode_arrow_images(mixed, 4, "float32")
+    np.testing.assert_array_equal(decoded, np.stack([eight_bit[:4], nudged[4:8], eight_bit[8:12]]))
+    with pytest.raises(ValueError, match="expected 4 \\(uint8\\) or 16"):
+        decode_arrow_images(pa.array([b"abc", b"abcd"], type=pa.binary()), 4, "float32")
+
+
+def test_engine_on_arbitrary_float_images_equals_numpy(spark):
+    """Images that are not 8-bit levels take the float encoding and still match numpy."""
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((150, 20)).astype(np.float32)
+    y = rng.integers(0, 3, 150)
+    df = spark.createDataFrame([(i, X[i].tolist(), int(y[i])) for i in range(150)],
+                               "id long, image array<float>, label int")
+    net = build_mlp(20, [6], 3, dtype="float32")
+    params = net.init_params(0)
+    data = encode_training_data(df, features_col="image", label_col="label", num_features=20, dtype="float32",
+                                num_partitions=2)
+    try:
+        assert len(data.frame.first()["_x"]) == 80  # 4 bytes a pixel
+        result = DataFrameEngine(net).gradient(params, data.frame)
+    finally:
+        data.release()
+    reference = net.loss_and_grad(params, X, y)
+    np.testing.assert_allclose(result.grad_sum, reference.grad_sum, rtol=1e-4, atol=1e-5)
+    assert result.correct == reference.correct

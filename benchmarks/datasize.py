@@ -1,0 +1,272 @@
+"""Data size benchmark: seconds per epoch against the number of training rows.
+
+    python benchmarks/datasize.py [--sizes 6000,12000,30000,60000,120000,300000,600000] [--epochs 5]
+
+The DataFrame engine, 784-64-10 ReLU/softmax, float32, the classic schedule
+with sample 1.0 (one full-batch gradient step per epoch), `local[2]`, 2
+partitions, warm JVM. Each size is built in Spark from Fashion-MNIST's 60,000
+training rows, never on the driver: the rows are crossed with
+`spark.range(copies)` (broadcast, so the partitioning of the cached base is
+kept and nothing is shuffled), given a fresh id `copy * 60000 + id`, and
+filtered to `id < rows`, so sizes below 60,000 are a subset and sizes above
+are the training set replicated. Per size, `fit` runs --epochs epochs (the
+cache of that size is released by `fit` before the next size), and the median
+of the epochs after the first is reported.
+
+A line `seconds = intercept + slope * rows` is fitted to the medians by least
+squares; the script prints the slope per 10,000 rows, the intercept, R^2 and
+each size's residual. After each epoch it also records memory, read from
+/proc: the driver JVM's and Python's resident set (VmRSS) and peak (VmHWM),
+the Python workers' resident sets, and the bytes of Spark's cached blocks in
+memory and on disk (a cache that spills to disk reads slower and bends the
+line). Saves benchmarks/results/<--name>.json and .html.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from common import default_data_dir, environment, save_results
+from pyspark.sql import functions as F
+
+from dfnet.config import TrainConfig
+from dfnet.datasets import load_dataframe
+from dfnet.session import get_or_create_spark
+from dfnet.train import fit
+
+BASE_ROWS = 60_000
+DEFAULT_SIZES = "6000,12000,30000,60000,120000,300000,600000"
+MB = 1024 * 1024
+
+
+# --- memory, read from /proc (psutil is not installed) -------------------------------
+
+def proc_status(pid: int | str = "self") -> dict[str, int]:
+    """VmRSS and VmHWM of a process, in bytes (empty if the process is gone)."""
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def descendants(root: int) -> list[int]:
+    """PIDs of every process below ``root`` (the JVM's Python daemon and workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            # The command name may hold spaces and parentheses; the ppid follows the last ")".
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, stack = [], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+class MemoryProbe:
+    """A ``fit`` callback: memory after each epoch (after the epoch's time is taken, so not timed)."""
+
+    def __init__(self, spark):
+        self.sc = spark.sparkContext
+        self.jvm_pid = int(self.sc._jvm.java.lang.ProcessHandle.current().pid())
+        self.samples: list[dict] = []
+
+    def snapshot(self) -> dict:
+        jvm, python = proc_status(self.jvm_pid), proc_status()
+        workers = [proc_status(pid).get("VmRSS", 0) for pid in descendants(self.jvm_pid)]
+        mem = disk = 0
+        for info in self.sc._jsc.sc().getRDDStorageInfo():
+            mem += info.memSize()
+            disk += info.diskSize()
+        return {"jvm_rss": jvm.get("VmRSS"), "jvm_hwm": jvm.get("VmHWM"), "python_rss": python.get("VmRSS"),
+                "python_hwm": python.get("VmHWM"), "workers_rss": sum(workers), "workers": len(workers),
+                "cache_memory": mem, "cache_disk": disk}
+
+    def on_step(self, epoch: int, step: int, steps: int) -> None:
+        pass
+
+    def on_epoch_end(self, record, total_epochs: int) -> None:
+        self.samples.append(self.snapshot())
+
+    def peak(self) -> dict:
+        return {key: max(s[key] or 0 for s in self.samples) for key in self.samples[0]} if self.samples else {}
+
+
+def storage_memory_bytes(spark) -> int | None:
+    """The most memory Spark's block managers may use for cached blocks (in local mode: the driver's)."""
+    try:
+        values = spark.sparkContext._jsc.sc().getExecutorMemoryStatus().valuesIterator()
+        total = 0
+        while values.hasNext():
+            total += int(values.next()._1())
+        return total
+    except Exception:  # a diagnostic only; py4j details differ between Spark versions
+        return None
+
+
+# --- building a size in Spark --------------------------------------------------------
+
+def rows_of(spark, base, rows: int):
+    """``rows`` rows from the cached 60,000-row ``base``: a subset, or copies of it, built in Spark.
+
+    The copies come from a broadcast cross join with ``spark.range(copies)``,
+    so every partition of ``base`` yields its own rows ``copies`` times and the
+    result keeps ``base``'s partitioning.
+    """
+    copies = -(-rows // BASE_ROWS)
+    copy = F.broadcast(spark.range(copies).withColumnRenamed("id", "copy"))
+    return (base.crossJoin(copy)
+            .select((F.col("copy") * BASE_ROWS + F.col("id")).alias("id"), "image", "label")
+            .where(F.col("id") < rows))
+
+
+# --- one size ------------------------------------------------------------------------
+
+def measure(spark, base, rows: int, config: TrainConfig) -> dict:
+    df = rows_of(spark, base, rows)
+    probe = MemoryProbe(spark)
+    start = time.perf_counter()
+    model = fit(df, config, num_classes=10, callbacks=[probe], verbose=False)
+    total = time.perf_counter() - start
+    seconds = [h["seconds"] for h in model.history]
+    if model.history[0]["rows"] != rows:
+        raise RuntimeError(f"asked for {rows} rows, the epoch saw {model.history[0]['rows']}")
+    median = statistics.median(seconds[1:])
+    return {
+        "rows": rows, "copies": -(-rows // BASE_ROWS), "partitions": df.rdd.getNumPartitions(),
+        "seconds_per_epoch": median, "min": min(seconds[1:]), "max": max(seconds[1:]),
+        "rows_per_second": rows / median, "epoch_seconds": seconds,
+        # validation + encoding + caching, done once per fit
+        "setup_seconds": total - sum(seconds), "memory": probe.peak(),
+    }
+
+
+def fit_line(rows: list[float], seconds: list[float]) -> dict:
+    """Least-squares ``seconds = intercept + slope * rows``, with R^2 and residuals."""
+    x, y = np.asarray(rows, dtype=float), np.asarray(seconds, dtype=float)
+    if len(x) < 2 or np.ptp(x) == 0:
+        return {}
+    slope, intercept = np.polyfit(x, y, 1)
+    fitted = intercept + slope * x
+    residual = y - fitted
+    total = float(np.sum((y - y.mean()) ** 2))
+    return {"intercept": float(intercept), "slope_per_row": float(slope), "slope_per_10k_rows": float(slope * 1e4),
+            "r2": 1.0 - float(np.sum(residual ** 2)) / total if total else float("nan"),
+            "fitted": fitted.tolist(), "residuals": residual.tolist(),
+            "relative_residuals": (residual / y).tolist()}
+
+
+def figure(results: list[dict], line: dict, title: str):
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    xs = [r["rows"] for r in results]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Scatter(
+        name="s/epoch (median; bars: min-max)", x=xs, y=[r["seconds_per_epoch"] for r in results], mode="markers",
+        error_y=dict(type="data", symmetric=False, array=[r["max"] - r["seconds_per_epoch"] for r in results],
+                     arrayminus=[r["seconds_per_epoch"] - r["min"] for r in results])), secondary_y=False)
+    if line:
+        grid = np.linspace(0, max(xs), 50)
+        fig.add_trace(go.Scatter(
+            name=f"{line['intercept']:.3f} s + {line['slope_per_10k_rows']:.3f} s per 10k rows "
+                 f"(R^2 {line['r2']:.4f})", x=grid, y=line["intercept"] + line["slope_per_row"] * grid,
+            mode="lines"), secondary_y=False)
+    for key, label in (("jvm_rss", "driver JVM RSS"), ("cache_memory", "cached in memory"),
+                       ("cache_disk", "cached on disk")):
+        fig.add_trace(go.Scatter(name=f"{label} (MB, right)", x=xs, y=[r["memory"].get(key, 0) / MB for r in results],
+                                 mode="lines+markers", line=dict(dash="dot")), secondary_y=True)
+    fig.update_layout(title=title, xaxis_title="training rows")
+    fig.update_yaxes(title_text="seconds per epoch", rangemode="tozero", secondary_y=False)
+    fig.update_yaxes(title_text="MB", rangemode="tozero", secondary_y=True)
+    return fig
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default=DEFAULT_SIZES, help="training rows, comma-separated")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs per size; the first is not counted")
+    parser.add_argument("--partitions", type=int, default=2)
+    parser.add_argument("--warmup-steps", type=int, default=20, help="throwaway steps before measuring")
+    parser.add_argument("--data-dir", default=default_data_dir())
+    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--name", default="datasize", help="results/<name>.json; use another name for smoke runs")
+    args = parser.parse_args(argv)
+    sizes = [int(v) for v in args.sizes.split(",") if v]
+    if args.epochs < 2:
+        parser.error("--epochs must be >= 2 (the first epoch is not counted)")
+    if not sizes or min(sizes) < 1:
+        parser.error(f"--sizes must be positive row counts, got {args.sizes!r}")
+
+    spark = get_or_create_spark(args.master, app_name="dfnet-bench-datasize")
+    base = load_dataframe(spark, "fashion-mnist", "train", data_dir=args.data_dir,
+                          num_partitions=args.partitions).cache()
+    base.count()
+    config = TrainConfig(hidden=(64,), schedule="classic", sample=1.0, optimizer="adam", dtype="float32",
+                         epochs=args.epochs).validate()
+    if args.warmup_steps:
+        # The JVM runs ~30% slower for its first ~20 jobs.
+        start = time.perf_counter()
+        fit(base, config.replace(epochs=args.warmup_steps), num_classes=10, verbose=False)
+        print(f"warm-up: {args.warmup_steps} steps on {BASE_ROWS} rows, {time.perf_counter() - start:.1f} s",
+              flush=True)
+    storage = storage_memory_bytes(spark)
+    results = []
+    for rows in sizes:
+        r = measure(spark, base, rows, config)
+        m = r["memory"]
+        print(f"{rows:8d} rows ({r['partitions']} partitions): {r['seconds_per_epoch']:.3f} s/epoch "
+              f"[{r['min']:.3f}-{r['max']:.3f}] | setup {r['setup_seconds']:.1f} s | JVM RSS "
+              f"{m['jvm_rss'] / MB:.0f} MB | cache {m['cache_memory'] / MB:.0f} MB memory, "
+              f"{m['cache_disk'] / MB:.0f} MB disk", flush=True)
+        results.append(r)
+    base.unpersist()
+
+    line = fit_line([r["rows"] for r in results], [r["seconds_per_epoch"] for r in results])
+    print("\n| rows | copies | s/epoch (median) | min | max | line | residual | rows/s | setup s | "
+          "JVM RSS MB | Python RSS MB | workers RSS MB | cache MB (memory / disk) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for i, r in enumerate(results):
+        m = r["memory"]
+        fitted = f"{line['fitted'][i]:.3f} | {line['residuals'][i]:+.3f} ({line['relative_residuals'][i]:+.0%})" \
+            if line else "- | -"
+        print(f"| {r['rows']:,} | {r['copies']} | {r['seconds_per_epoch']:.3f} | {r['min']:.3f} | {r['max']:.3f} | "
+              f"{fitted} | {r['rows_per_second']:,.0f} | {r['setup_seconds']:.1f} | {m['jvm_rss'] / MB:.0f} | "
+              f"{m['python_rss'] / MB:.0f} | {m['workers_rss'] / MB:.0f} | "
+              f"{m['cache_memory'] / MB:.0f} / {m['cache_disk'] / MB:.0f} |")
+    if line:
+        print(f"\nline: seconds/epoch = {line['intercept']:.3f} s + {line['slope_per_10k_rows']:.4f} s per 10,000 rows"
+              f" (R^2 {line['r2']:.4f}, max |residual| {max(abs(v) for v in line['residuals']):.3f} s)")
+    if storage:
+        print(f"Spark's storage memory (block managers' maximum): {storage / MB:.0f} MB")
+    title = (f"Seconds per full-batch epoch against rows, 784-64-10, {args.master}, "
+             f"{args.partitions} partitions")
+    path = save_results(args.name, {
+        "environment": environment(spark), "layers": [784, 64, 10], "partitions": args.partitions,
+        "epochs": args.epochs, "warmup_steps": args.warmup_steps, "base_rows": BASE_ROWS,
+        "config": config.to_dict(), "unified_memory_bytes": storage, "line": line, "results": results,
+    }, figure(results, line, title))
+    print(f"\nsaved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

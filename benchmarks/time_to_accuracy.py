@@ -1,0 +1,460 @@
+"""Time-to-accuracy benchmark: wall time until test accuracy first reaches a target.
+
+    python benchmarks/time_to_accuracy.py [--task fashion|mnist01|all] [--contenders numpy-b128,df-minibatch,...]
+                                          [--max-epochs N] [--classic-epochs N] [--mllib-iters 10,20,40,80,160]
+                                          [--fashion-target 0.88] [--mnist01-target 0.995] [--master local[2]]
+
+Tasks (test accuracy on the official test split; the target is an option):
+  fashion   Fashion-MNIST, 60,000 -> 10,000 images, 784-256-128-10 ReLU/softmax, target 0.88
+  mnist01   MNIST 0/1, 1,000 -> 2,115 images (../shared/data/mnist), 784-128-2 ReLU/softmax, target 0.995
+
+Contenders, all timed in the same run from the same data (dfnet and numpy from the same initial weights):
+  numpy-b128          single process: dfnet.nn + dfnet.optim Adam 0.002, mini-batches of 128 on the driver's arrays
+  numpy-b512-cosine   single process, the same hyperparameters as df-minibatch (the algorithm without Spark)
+  df-minibatch        DataFrame engine, minibatch schedule, Adam 0.003 cosine, batches of 512 (one job per step)
+  df-average          DataFrame engine, model averaging, one job per epoch (local Adam 0.002)
+  df-average-local    the same with --local-steps local steps between averages (several jobs per epoch)
+  df-classic          DataFrame engine, one full-batch Adam 0.003 step per epoch (budget: --classic-epochs)
+  mllib               Spark MLlib MultilayerPerceptronClassifier (L-BFGS, same layer sizes), a fresh fit for each
+                      maxIter in --mllib-iters until one reaches the target
+
+How time to target is counted:
+  dfnet   the cumulative training seconds (history `seconds`: the steps only) at the first epoch whose
+          `val_accuracy` >= target; "wall" adds fit's set-up (validation, caching) and the per-epoch scoring.
+  numpy   the same: cumulative seconds of the training epochs; "wall" adds the per-epoch test scoring.
+  mllib   the wall time of the first fit that reaches the target (one fit, not the sum of the search);
+          "wall" adds scoring that model with MulticlassClassificationEvaluator.
+A contender stops at the target (unless --full-budget) or at its epoch / iteration budget ("not reached",
+with its best accuracy). Cosine learning rates decay over the budget (--max-epochs), so the budget is part
+of those contenders' hyperparameters. The JVM is warmed (~20 cheap jobs and a small MLlib fit) before any
+Spark contender is timed.
+
+Prints one markdown table per task and saves benchmarks/results/<name>.json and <name>.html (test accuracy
+against cumulative seconds, per contender).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+
+import numpy as np
+from common import default_data_dir, environment, save_results
+
+from dfnet.config import TrainConfig
+from dfnet.datasets import get_dataset, load_arrays, load_dataframe
+from dfnet.errors import TrainingDivergedError
+from dfnet.optim import make_optimizer
+from dfnet.session import get_or_create_spark
+from dfnet.train import EpochRecord, build_network, fit
+
+TASKS = {
+    "fashion": dict(dataset="fashion-mnist", classes=None, target=0.88, hidden=(256, 128), max_epochs=20,
+                    classic_epochs=150, average_batch=128),
+    # 500 rows per partition: local batches of 16 give 32 local steps per epoch, so --local-steps 20
+    # really averages twice per epoch instead of collapsing into df-average.
+    "mnist01": dict(dataset="mnist", classes=[0, 1], target=0.995, hidden=(128,), max_epochs=10,
+                    classic_epochs=100, average_batch=16),
+}
+CONTENDERS = {
+    "numpy-b128": dict(kind="numpy", config=dict(batch_size=128, lr=0.002)),
+    "numpy-b512-cosine": dict(kind="numpy", config=dict(batch_size=512, lr=0.003, lr_schedule="cosine")),
+    "df-minibatch": dict(kind="dfnet", config=dict(schedule="minibatch", batch_size=512, lr=0.003,
+                                                   lr_schedule="cosine")),
+    "df-average": dict(kind="dfnet", config=dict(schedule="average", lr=0.002)),
+    "df-average-local": dict(kind="dfnet", config=dict(schedule="average", lr=0.002)),
+    "df-classic": dict(kind="dfnet", config=dict(schedule="classic", lr=0.003)),
+    "mllib": dict(kind="mllib", config={}),
+}
+
+
+class TargetReached(Exception):
+    """Raised by :class:`TargetTracker` to end ``fit`` early: it has no stop hook of its own."""
+
+
+class TargetTracker:
+    """``fit`` callback: records test accuracy against cumulative seconds, notes the first epoch at target."""
+
+    def __init__(self, target: float, stop_at_target: bool):
+        self.target, self.stop_at_target = target, stop_at_target
+        self.start = time.perf_counter()
+        self.train_seconds = 0.0
+        self.curve: list[dict] = []
+        self.reached_at: dict | None = None
+
+    def on_step(self, epoch: int, step: int, steps: int) -> None:
+        pass
+
+    def on_epoch_end(self, record: EpochRecord, total_epochs: int) -> None:
+        self.train_seconds += record.seconds
+        point = dict(epoch=record.epoch, steps=record.steps, train_loss=record.loss, epoch_seconds=record.seconds,
+                     train_seconds=self.train_seconds, wall_seconds=time.perf_counter() - self.start,
+                     accuracy=record.val_accuracy)
+        self.curve.append(point)
+        print(f"   epoch {record.epoch:3d}/{total_epochs} | {record.steps:3d} jobs | {record.seconds:6.2f} s | "
+              f"test acc {record.val_accuracy:.4f}", flush=True)
+        if self.reached_at is None and record.val_accuracy >= self.target:
+            self.reached_at = point
+            if self.stop_at_target:
+                raise TargetReached
+
+
+def outcome(name: str, kind: str, target: float, curve: list[dict], reached_at: dict | None, *,
+            status: str | None = None, **extra) -> dict:
+    """One contender's result in the shape every kind shares."""
+    accuracies = [p["accuracy"] for p in curve]
+    return {"contender": name, "kind": kind, "target": target, "reached": reached_at is not None,
+            "status": status or ("reached" if reached_at else "not reached"),
+            "seconds_to_target": reached_at["train_seconds"] if reached_at else None,
+            "wall_seconds_to_target": reached_at["wall_seconds"] if reached_at else None,
+            "reached_at": reached_at, "final_accuracy": accuracies[-1] if accuracies else None,
+            "best_accuracy": max(accuracies) if accuracies else None, "curve": curve, **extra}
+
+
+# --- contenders ----------------------------------------------------------------------
+
+def contender_config(name: str, task: dict, args) -> TrainConfig:
+    changes = dict(hidden=task["hidden"], epochs=args.max_epochs or task["max_epochs"], partitions=args.partitions,
+                   **CONTENDERS[name]["config"])
+    if changes.get("schedule") == "average":
+        changes["batch_size"] = task["average_batch"]
+    if name == "df-average-local":
+        changes["local_steps"] = args.local_steps
+    if name == "df-classic":
+        changes["epochs"] = args.classic_epochs or task["classic_epochs"]
+    return TrainConfig(**changes).validate()
+
+
+def run_dfnet(name: str, config: TrainConfig, data: dict, target: float, args) -> dict:
+    tracker = TargetTracker(target, stop_at_target=not args.full_budget)
+    status = None
+    try:
+        fit(data["train_df"], config, num_classes=data["num_classes"], validation_df=data["test_df"],
+            callbacks=[tracker], verbose=False)
+    except TargetReached:
+        pass
+    except TrainingDivergedError as exc:
+        status = f"diverged: {exc}"
+    jobs_per_epoch = tracker.curve[0]["steps"] if tracker.curve else None
+    return outcome(name, "dfnet", target, tracker.curve, tracker.reached_at, status=status,
+                   config=config.to_dict(), jobs_per_epoch=jobs_per_epoch,
+                   budget=f"{config.epochs} epochs")
+
+
+def run_numpy(name: str, config: TrainConfig, data: dict, target: float, args) -> dict:
+    """The single-process reference: the same network, init and optimizer on the driver's arrays."""
+    X, labels, X_test, labels_test = data["arrays"]
+    net = build_network(config, X.shape[1], data["num_classes"])
+    params = net.init_params(config.seed, config.init_scheme)
+    optimizer = make_optimizer(config.optimizer, config.learning_rate, momentum=config.momentum,
+                               beta1=config.beta1, beta2=config.beta2)
+    net.loss_and_grad(params, X[:config.batch_size], labels[:config.batch_size])  # BLAS threads up, untimed
+    rng = np.random.default_rng(config.seed)
+    train_seconds = wall_seconds = 0.0
+    curve, reached_at, status = [], None, None
+    for epoch in range(1, config.epochs + 1):
+        start = time.perf_counter()
+        optimizer.lr = config.lr_at(epoch)
+        order = rng.permutation(len(labels))
+        loss_sum = 0.0
+        for first in range(0, len(order), config.batch_size):
+            rows = order[first:first + config.batch_size]
+            step = net.loss_and_grad(params, X[rows], labels[rows])
+            optimizer.step(params, step.grad_sum / step.count)
+            loss_sum += step.loss_sum
+        seconds = time.perf_counter() - start
+        scoring = time.perf_counter()
+        accuracy = float(np.mean(np.argmax(net.forward(params, X_test), axis=1) == labels_test))
+        scoring = time.perf_counter() - scoring
+        train_seconds += seconds
+        wall_seconds += seconds + scoring
+        point = dict(epoch=epoch, steps=math.ceil(len(order) / config.batch_size), train_loss=loss_sum / len(order),
+                     epoch_seconds=seconds, train_seconds=train_seconds, wall_seconds=wall_seconds, accuracy=accuracy)
+        curve.append(point)
+        print(f"   epoch {epoch:3d}/{config.epochs} | {seconds:6.3f} s | test acc {accuracy:.4f}", flush=True)
+        if not math.isfinite(loss_sum):
+            status = f"diverged at epoch {epoch}"
+            break
+        if reached_at is None and accuracy >= target:
+            reached_at = point
+            if not args.full_budget:
+                break
+    return outcome(name, "numpy", target, curve, reached_at, status=status, config=config.to_dict(),
+                   budget=f"{config.epochs} epochs")
+
+
+def mllib_frames(data: dict, partitions: int):
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
+
+    def vectors(df):
+        return df.select(array_to_vector("image").alias("features"), F.col("label").cast("double").alias("label"))
+
+    train = vectors(data["train_df"]).repartition(partitions).cache()
+    test = vectors(data["test_df"]).cache()
+    train.count(), test.count()
+    return train, test
+
+
+def run_mllib(name: str, layers: list[int], data: dict, target: float, args) -> dict:
+    """A fresh L-BFGS fit per maxIter; the time to target is the wall time of the first fit at target."""
+    from pyspark.ml.classification import MultilayerPerceptronClassifier
+    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+
+    train, test = mllib_frames(data, args.partitions)
+    evaluator = MulticlassClassificationEvaluator(metricName="accuracy")
+    curve, reached_at, status = [], None, None
+    search_seconds = 0.0
+    try:
+        for max_iter in args.mllib_iters:
+            classifier = MultilayerPerceptronClassifier(layers=layers, maxIter=max_iter, seed=args.seed,
+                                                        blockSize=128)
+            start = time.perf_counter()
+            model = classifier.fit(train)
+            fit_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            accuracy = evaluator.evaluate(model.transform(test))
+            scoring = time.perf_counter() - start
+            search_seconds += fit_seconds + scoring
+            iterations = _total_iterations(model)
+            point = dict(max_iter=max_iter, iterations=iterations, train_seconds=fit_seconds,
+                         wall_seconds=fit_seconds + scoring, accuracy=accuracy)
+            curve.append(point)
+            print(f"   maxIter {max_iter:4d} | {iterations} iterations | fit {fit_seconds:7.2f} s | "
+                  f"test acc {accuracy:.4f}", flush=True)
+            if reached_at is None and accuracy >= target:
+                reached_at = point
+                if not args.full_budget:
+                    break
+            if iterations is not None and iterations < max_iter:
+                # L-BFGS met its tolerance: a larger maxIter would refit the same model.
+                status = None if reached_at else f"converged after {iterations} iterations below the target"
+                break
+    finally:
+        train.unpersist()
+        test.unpersist()
+    return outcome(name, "mllib", target, curve, reached_at, status=status, layers=layers,
+                   solver="l-bfgs", search_seconds=search_seconds,
+                   budget=f"maxIter {', '.join(map(str, args.mllib_iters))}")
+
+
+def _total_iterations(model) -> int | None:
+    try:
+        summary = model.summary
+        summary = summary() if callable(summary) else summary  # a method in pyspark 4.3
+        return int(summary.totalIterations)
+    except Exception:  # no training summary: the count is informative only
+        return None
+
+
+# --- data and warm-up ----------------------------------------------------------------
+
+def load_task(spark, task: dict, args) -> dict:
+    """The task's train/test rows as cached DataFrames (for Spark) and as float arrays (for numpy)."""
+    spec = get_dataset(task["dataset"])
+    classes = task["classes"]
+
+    def arrays(split):
+        images, labels = load_arrays(task["dataset"], split, args.data_dir)
+        if classes is not None:
+            keep = np.isin(labels, classes)
+            images, labels = images[keep], labels[keep]
+            labels = np.array([classes.index(int(v)) for v in labels], dtype=np.int64)
+        # The same scaling as datasets.to_dataframe, so numpy and Spark see identical pixels.
+        return np.divide(images.reshape(len(images), -1), spec.max_value, dtype=np.float32), labels
+
+    X, y = arrays("train")
+    X_test, y_test = arrays("test")
+    train_df = load_dataframe(spark, task["dataset"], "train", data_dir=args.data_dir, classes=classes,
+                              num_partitions=args.partitions).cache()
+    test_df = load_dataframe(spark, task["dataset"], "test", data_dir=args.data_dir, classes=classes).cache()
+    train_rows, test_rows = train_df.count(), test_df.count()
+    if (train_rows, test_rows) != (len(y), len(y_test)):
+        raise RuntimeError(f"Spark and numpy disagree on the rows: {train_rows}/{test_rows} "
+                           f"against {len(y)}/{len(y_test)}")
+    return dict(train_df=train_df, test_df=test_df, arrays=(X, y, X_test, y_test),
+                num_classes=len(classes) if classes else spec.num_classes, train_rows=train_rows,
+                test_rows=test_rows)
+
+
+def warm_up(data: dict, hidden: tuple[int, ...], with_mllib: bool, partitions: int) -> float:
+    """~20 cheap jobs through dfnet's path (and a tiny MLlib fit): the JVM is ~30% slower before."""
+    start = time.perf_counter()
+    small = data["train_df"].limit(1000).cache()
+    small.count()
+    fit(small, TrainConfig(hidden=hidden, schedule="classic", epochs=20), num_classes=data["num_classes"],
+        verbose=False)
+    if with_mllib:
+        from pyspark.ml.classification import MultilayerPerceptronClassifier
+
+        train, _ = mllib_frames(dict(train_df=small, test_df=small.limit(10)), partitions)
+        MultilayerPerceptronClassifier(layers=[train.first()["features"].size, *hidden, data["num_classes"]],
+                                       maxIter=5, seed=0).fit(train)
+        train.unpersist()
+    small.unpersist()
+    return time.perf_counter() - start
+
+
+# --- one task --------------------------------------------------------------------------
+
+def run_task(spark, task_name: str, args) -> dict:
+    task = TASKS[task_name]
+    target = args.targets[task_name]
+    data = load_task(spark, task, args)
+    layers = [data["arrays"][0].shape[1], *task["hidden"], data["num_classes"]]
+    print(f"\n== {task_name}: {task['dataset']} classes {task['classes'] or 'all'}, {data['train_rows']} -> "
+          f"{data['test_rows']} rows, layers {layers}, target test accuracy {target}", flush=True)
+    results = []
+    for name in args.contenders:
+        kind = CONTENDERS[name]["kind"]
+        if kind != "numpy" and not args.warm:
+            seconds = warm_up(data, task["hidden"], "mllib" in args.contenders, args.partitions)
+            print(f"   (JVM warm-up: {seconds:.1f} s, untimed)", flush=True)
+            args.warm = True
+        print(f"-- {name}", flush=True)
+        if kind == "mllib":
+            result = run_mllib(name, layers, data, target, args)
+        else:
+            config = contender_config(name, task, args)
+            print(f"   {config.schedule}, {config.optimizer} {config.learning_rate} {config.lr_schedule}, "
+                  f"batch {config.batch_size}, local steps {config.local_steps}, budget {config.epochs} epochs",
+                  flush=True)
+            if name == "df-average-local":
+                per_epoch = math.ceil(math.ceil(data["train_rows"] / args.partitions) / config.batch_size)
+                if config.local_steps >= per_epoch:
+                    print(f"   note: --local-steps {config.local_steps} >= ~{per_epoch} local steps per epoch: "
+                          f"the same as df-average", flush=True)
+            runner = run_numpy if kind == "numpy" else run_dfnet
+            result = runner(name, config, data, target, args)
+        results.append(result)
+        summary = (f"reached in {result['seconds_to_target']:.2f} s" if result["reached"]
+                   else f"{result['status']} (best {result['best_accuracy']:.4f})")
+        print(f"   -> {summary}", flush=True)
+    data["train_df"].unpersist()
+    data["test_df"].unpersist()
+    references = [r["seconds_to_target"] for r in results if r["kind"] == "numpy" and r["reached"]]
+    fastest = min(references) if references else None
+    for r in results:
+        r["ratio_to_fastest_numpy"] = (r["seconds_to_target"] / fastest) if (fastest and r["reached"]) else None
+    return {"task": task_name, "dataset": task["dataset"], "classes": task["classes"], "target": target,
+            "train_rows": data["train_rows"], "test_rows": data["test_rows"], "layers": layers,
+            "fastest_numpy_seconds": fastest, "results": results}
+
+
+# --- report ------------------------------------------------------------------------------
+
+def progress_cell(r: dict) -> str:
+    """Epochs (or MLlib iterations) at the target, else how far the contender got."""
+    if r["kind"] == "mllib":
+        point = r["reached_at"] or (r["curve"][-1] if r["curve"] else None)
+        return "-" if point is None else f"maxIter {point['max_iter']} ({point['iterations']} it.)"
+    point = r["reached_at"] or (r["curve"][-1] if r["curve"] else None)
+    if point is None:
+        return "-"
+    jobs = f", {point['epoch'] * point['steps']} steps" if r["kind"] == "numpy" else \
+        f", {sum(p['steps'] for p in r['curve'] if p['epoch'] <= point['epoch'])} jobs"
+    return f"{point['epoch']} epochs{jobs}" + ("" if r["reached"] else " (budget)")
+
+
+def print_table(report: dict) -> None:
+    print(f"\n### {report['task']}: {report['dataset']} {report['classes'] or 'all classes'}, "
+          f"{report['train_rows']:,} -> {report['test_rows']:,}, target {report['target']}\n")
+    print("| contender | reached? | seconds to target | wall incl. validation | epochs / iterations | "
+          "final accuracy | x fastest numpy |")
+    print("|---|---|---|---|---|---|---|")
+    for r in report["results"]:
+        reached = "yes" if r["reached"] else f"no ({r['status']}; best {r['best_accuracy']:.4f})" \
+            if r["best_accuracy"] is not None else f"no ({r['status']})"
+        seconds = f"{r['seconds_to_target']:.2f}" if r["reached"] else "-"
+        wall = f"{r['wall_seconds_to_target']:.2f}" if r["reached"] else "-"
+        ratio = f"{r['ratio_to_fastest_numpy']:.1f}x" if r["ratio_to_fastest_numpy"] else "-"
+        final = "-" if r["final_accuracy"] is None else f"{r['final_accuracy']:.4f}"
+        print(f"| {r['contender']} | {reached} | {seconds} | {wall} | {progress_cell(r)} | {final} | {ratio} |")
+    if report["fastest_numpy_seconds"] is None:
+        print("\n(no single-process reference reached the target: no ratios)")
+
+
+def figure(reports: list[dict]):
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=len(reports), cols=1, vertical_spacing=0.12,
+                        subplot_titles=[f"{r['task']} ({r['dataset']}), target {r['target']}" for r in reports])
+    colors = {name: qualitative.Plotly[i % len(qualitative.Plotly)] for i, name in enumerate(CONTENDERS)}
+    shown = set()
+    for row, report in enumerate(reports, start=1):
+        for r in report["results"]:
+            if not r["curve"]:
+                continue
+            labels = [f"maxIter {p['max_iter']}" if r["kind"] == "mllib" else f"epoch {p['epoch']}"
+                      for p in r["curve"]]
+            fig.add_trace(go.Scatter(x=[p["train_seconds"] for p in r["curve"]], y=[p["accuracy"] for p in r["curve"]],
+                                     text=labels, mode="lines+markers", name=r["contender"],
+                                     legendgroup=r["contender"], showlegend=r["contender"] not in shown,
+                                     line=dict(color=colors[r["contender"]])), row=row, col=1)
+            shown.add(r["contender"])
+        fig.add_hline(y=report["target"], line_dash="dot", line_color="grey", row=row, col=1)
+        fig.update_xaxes(type="log", title_text="cumulative training seconds (MLlib: seconds of that fit)",
+                         row=row, col=1)
+        fig.update_yaxes(title_text="test accuracy", row=row, col=1)
+    fig.update_layout(title="Test accuracy against training time, per contender (same run)",
+                      height=450 * len(reports))
+    return fig
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="all", choices=[*TASKS, "all"])
+    parser.add_argument("--contenders", default=",".join(CONTENDERS),
+                        help="comma-separated subset of: " + ", ".join(CONTENDERS))
+    parser.add_argument("--max-epochs", type=int, default=None,
+                        help="epoch budget (and cosine horizon) of the mini-batch, averaging and numpy contenders "
+                             "(default: " + ", ".join(f"{k} {t['max_epochs']}" for k, t in TASKS.items()) + ")")
+    parser.add_argument("--classic-epochs", type=int, default=None,
+                        help="epoch budget of df-classic, one full-batch step each "
+                             "(default: " + ", ".join(f"{k} {t['classic_epochs']}" for k, t in TASKS.items()) + ")")
+    parser.add_argument("--mllib-iters", default="10,20,40,80,160", help="maxIter of each fresh MLlib fit, in order")
+    parser.add_argument("--local-steps", type=int, default=20, help="local steps between averages (df-average-local)")
+    for name, task in TASKS.items():
+        parser.add_argument(f"--{name}-target", type=float, default=task["target"],
+                            help=f"test accuracy to reach on {name} ({task['target']})")
+    parser.add_argument("--full-budget", action="store_true",
+                        help="keep training to the budget after the target (the time to target is unchanged)")
+    parser.add_argument("--partitions", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="MLlib's seed (dfnet and numpy use TrainConfig's)")
+    parser.add_argument("--data-dir", default=default_data_dir())
+    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--name", default="time_to_accuracy", help="results file name")
+    args = parser.parse_args(argv)
+    args.contenders = [c for c in args.contenders.split(",") if c]
+    unknown = sorted(set(args.contenders) - set(CONTENDERS))
+    if unknown or not args.contenders:
+        parser.error(f"unknown contenders {unknown}; known: {', '.join(CONTENDERS)}")
+    try:
+        args.mllib_iters = [int(n) for n in args.mllib_iters.split(",") if n]
+    except ValueError:
+        parser.error(f"--mllib-iters must be comma-separated integers, got {args.mllib_iters!r}")
+    for option in ("max_epochs", "classic_epochs", "local_steps"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            parser.error(f"--{option.replace('_', '-')} must be >= 1, got {value}")
+    args.targets = {name: getattr(args, f"{name}_target") for name in TASKS}
+    args.warm = False
+    tasks = list(TASKS) if args.task == "all" else [args.task]
+
+    spark = get_or_create_spark(args.master, app_name="dfnet-bench-time-to-accuracy")
+    reports = [run_task(spark, name, args) for name in tasks]
+    for report in reports:
+        print_table(report)
+    options = {k: v for k, v in vars(args).items() if k not in ("warm",)}
+    path = save_results(args.name, {"environment": environment(spark), "options": options, "tasks": reports},
+                        figure(reports))
+    print(f"\nsaved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
