@@ -150,7 +150,7 @@ def run_numpy(name: str, config: TrainConfig, data: dict, target: float, args) -
     params = net.init_params(config.seed, config.init_scheme)
     optimizer = make_optimizer(config.optimizer, config.learning_rate, momentum=config.momentum,
                                beta1=config.beta1, beta2=config.beta2)
-    net.loss_and_grad(params, X[:config.batch_size], labels[:config.batch_size])  # BLAS threads up, untimed
+    _warm_numpy(net, params, X, labels, config.batch_size)
     rng = np.random.default_rng(config.seed)
     train_seconds = wall_seconds = 0.0
     curve, reached_at, status = [], None, None
@@ -183,6 +183,18 @@ def run_numpy(name: str, config: TrainConfig, data: dict, target: float, args) -
                 break
     return outcome(name, "numpy", target, curve, reached_at, status=status, config=config.to_dict(),
                    budget=f"{config.epochs} epochs")
+
+
+def _warm_numpy(net, params: np.ndarray, X: np.ndarray, labels: np.ndarray, batch_size: int,
+                seconds: float = 0.5) -> None:
+    """Untimed steps on a copy of the weights: the first BLAS calls of a process (thread pool, page
+    faults) are several times slower than the rest."""
+    scratch = params.copy()
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        step = net.loss_and_grad(scratch, X[:batch_size], labels[:batch_size])
+        scratch -= 1e-6 * step.grad_sum
+    net.forward(scratch, X[:batch_size])
 
 
 def mllib_frames(data: dict, partitions: int):
@@ -241,11 +253,13 @@ def run_mllib(name: str, layers: list[int], data: dict, target: float, args) -> 
 
 
 def _total_iterations(model) -> int | None:
+    from py4j.protocol import Py4JError
+
     try:
         summary = model.summary
         summary = summary() if callable(summary) else summary  # a method in pyspark 4.3
         return int(summary.totalIterations)
-    except Exception:  # no training summary: the count is informative only
+    except (AttributeError, RuntimeError, Py4JError):  # no training summary: the count is informative only
         return None
 
 
@@ -318,9 +332,10 @@ def run_task(spark, task_name: str, args) -> dict:
             result = run_mllib(name, layers, data, target, args)
         else:
             config = contender_config(name, task, args)
+            batch = "full batch" if config.schedule == "classic" else f"batch {config.batch_size}"
+            local = f", {config.local_steps} local steps per average" if config.local_steps else ""
             print(f"   {config.schedule}, {config.optimizer} {config.learning_rate} {config.lr_schedule}, "
-                  f"batch {config.batch_size}, local steps {config.local_steps}, budget {config.epochs} epochs",
-                  flush=True)
+                  f"{batch}{local}, budget {config.epochs} epochs", flush=True)
             if name == "df-average-local":
                 per_epoch = math.ceil(math.ceil(data["train_rows"] / args.partitions) / config.batch_size)
                 if config.local_steps >= per_epoch:
@@ -353,15 +368,21 @@ def progress_cell(r: dict) -> str:
     point = r["reached_at"] or (r["curve"][-1] if r["curve"] else None)
     if point is None:
         return "-"
-    jobs = f", {point['epoch'] * point['steps']} steps" if r["kind"] == "numpy" else \
-        f", {sum(p['steps'] for p in r['curve'] if p['epoch'] <= point['epoch'])} jobs"
-    return f"{point['epoch']} epochs{jobs}" + ("" if r["reached"] else " (budget)")
+    if r["kind"] == "numpy":
+        jobs = _count(point["epoch"] * point["steps"], "step")
+    else:
+        jobs = _count(sum(p["steps"] for p in r["curve"] if p["epoch"] <= point["epoch"]), "job")
+    return f"{_count(point['epoch'], 'epoch')}, {jobs}" + ("" if r["reached"] else " (budget)")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def print_table(report: dict) -> None:
     print(f"\n### {report['task']}: {report['dataset']} {report['classes'] or 'all classes'}, "
           f"{report['train_rows']:,} -> {report['test_rows']:,}, target {report['target']}\n")
-    print("| contender | reached? | seconds to target | wall incl. validation | epochs / iterations | "
+    print("| contender | reached? | seconds to target | wall incl. set-up + validation | epochs / iterations | "
           "final accuracy | x fastest numpy |")
     print("|---|---|---|---|---|---|---|")
     for r in report["results"]:

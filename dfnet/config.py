@@ -61,6 +61,8 @@ class TrainConfig:
             message = check(value)
             if message:
                 raise ConfigError(f"{name}={value!r}: {message}")
+        if self.schedule == "average" and self.engine != "dataframe":
+            raise ConfigError(f"schedule='average' runs on the dataframe engine, not engine={self.engine!r}")
         return self
 
     @property

@@ -146,8 +146,6 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
     an empty DataFrame.
     """
     config = (config or TrainConfig()).validate()
-    if config.schedule == "average" and config.engine != "dataframe":
-        raise ConfigError(f"schedule='average' runs on the dataframe engine, not engine={config.engine!r}")
     num_features = network.num_features if network is not None else None
     if network is not None:
         num_classes = network.num_classes

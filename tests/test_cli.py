@@ -251,3 +251,17 @@ def test_without_preset_the_defaults_are_dfnets_own():
 def test_invalid_override_of_a_preset_is_refused():
     with pytest.raises(ConfigError, match=r"sample=1\.5"):
         parse("--preset", "classic", "--sample", "1.5")
+
+
+def test_engine_schedule_and_learning_rate_options_reach_the_config():
+    config, _ = parse("--engine", "rdd-batched", "--schedule", "minibatch", "--lr-schedule", "cosine")
+    assert (config.engine, config.schedule, config.lr_schedule) == ("rdd-batched", "minibatch", "cosine")
+    config, _ = parse("--schedule", "average", "--local-steps", "20")
+    assert (config.engine, config.schedule, config.local_steps) == ("dataframe", "average", 20)
+
+
+def test_average_schedule_on_an_rdd_engine_is_refused_before_training(tmp_path, capsys):
+    code = main(["train", "--engine", "rdd", "--schedule", "average", "--output", str(tmp_path / "run")])
+    assert code == 2
+    assert "schedule='average' runs on the dataframe engine" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
