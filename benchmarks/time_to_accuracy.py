@@ -10,6 +10,7 @@ Tasks (test accuracy on the official test split; the target is an option):
 
 Contenders, all timed in the same run from the same data (dfnet and numpy from the same initial weights):
   numpy-b128          single process: dfnet.nn + dfnet.optim Adam 0.002, mini-batches of 128 on the driver's arrays
+                      (--numpy-threads BLAS threads, default 1: what one Spark task gets)
   numpy-b512-cosine   single process, the same hyperparameters as df-minibatch (the algorithm without Spark)
   df-minibatch        DataFrame engine, minibatch schedule, Adam 0.003 cosine, batches of 512 (one job per step)
   df-average          DataFrame engine, model averaging, one job per epoch (local Adam 0.002)
@@ -93,7 +94,7 @@ class TargetTracker:
                      train_seconds=self.train_seconds, wall_seconds=time.perf_counter() - self.start,
                      accuracy=record.val_accuracy)
         self.curve.append(point)
-        print(f"   epoch {record.epoch:3d}/{total_epochs} | {record.steps:3d} jobs | {record.seconds:6.2f} s | "
+        print(f"   epoch {record.epoch:3d}/{total_epochs} | jobs {record.steps:3d} | {record.seconds:6.2f} s | "
               f"test acc {record.val_accuracy:.4f}", flush=True)
         if self.reached_at is None and record.val_accuracy >= self.target:
             self.reached_at = point
@@ -145,6 +146,18 @@ def run_dfnet(name: str, config: TrainConfig, data: dict, target: float, args) -
 
 def run_numpy(name: str, config: TrainConfig, data: dict, target: float, args) -> dict:
     """The single-process reference: the same network, init and optimizer on the driver's arrays."""
+    # threadpoolctl comes with scikit-learn, which dfnet requires.
+    from threadpoolctl import threadpool_limits
+
+    # Spark sets OMP_NUM_THREADS=1 in its Python workers (one core per task); OpenBLAS's default of
+    # one thread per core made these small products 10-60x slower and erratic on a busy 2-core machine.
+    with threadpool_limits(limits=args.numpy_threads, user_api="blas"):
+        result = _numpy_training(name, config, data, target, args)
+    result["blas_threads"] = args.numpy_threads
+    return result
+
+
+def _numpy_training(name: str, config: TrainConfig, data: dict, target: float, args) -> dict:
     X, labels, X_test, labels_test = data["arrays"]
     net = build_network(config, X.shape[1], data["num_classes"])
     params = net.init_params(config.seed, config.init_scheme)
@@ -303,10 +316,11 @@ def warm_up(data: dict, hidden: tuple[int, ...], with_mllib: bool, partitions: i
     if with_mllib:
         from pyspark.ml.classification import MultilayerPerceptronClassifier
 
-        train, _ = mllib_frames(dict(train_df=small, test_df=small.limit(10)), partitions)
+        train, test = mllib_frames(dict(train_df=small, test_df=small.limit(10)), partitions)
         MultilayerPerceptronClassifier(layers=[train.first()["features"].size, *hidden, data["num_classes"]],
                                        maxIter=5, seed=0).fit(train)
         train.unpersist()
+        test.unpersist()
     small.unpersist()
     return time.perf_counter() - start
 
@@ -386,8 +400,13 @@ def print_table(report: dict) -> None:
           "final accuracy | x fastest numpy |")
     print("|---|---|---|---|---|---|---|")
     for r in report["results"]:
-        reached = "yes" if r["reached"] else f"no ({r['status']}; best {r['best_accuracy']:.4f})" \
-            if r["best_accuracy"] is not None else f"no ({r['status']})"
+        if r["reached"]:
+            reached = "yes"
+        else:
+            why = [] if r["status"] == "not reached" else [r["status"]]
+            if r["best_accuracy"] is not None:
+                why.append(f"best {r['best_accuracy']:.4f}")
+            reached = "no" + (f" ({'; '.join(why)})" if why else "")
         seconds = f"{r['seconds_to_target']:.2f}" if r["reached"] else "-"
         wall = f"{r['wall_seconds_to_target']:.2f}" if r["reached"] else "-"
         ratio = f"{r['ratio_to_fastest_numpy']:.1f}x" if r["ratio_to_fastest_numpy"] else "-"
@@ -444,6 +463,8 @@ def main(argv=None) -> int:
                             help=f"test accuracy to reach on {name} ({task['target']})")
     parser.add_argument("--full-budget", action="store_true",
                         help="keep training to the budget after the target (the time to target is unchanged)")
+    parser.add_argument("--numpy-threads", type=int, default=1,
+                        help="BLAS threads of the numpy contenders (1, like one Spark task; 2 uses both cores)")
     parser.add_argument("--partitions", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="MLlib's seed (dfnet and numpy use TrainConfig's)")
     parser.add_argument("--data-dir", default=default_data_dir())
@@ -458,7 +479,7 @@ def main(argv=None) -> int:
         args.mllib_iters = [int(n) for n in args.mllib_iters.split(",") if n]
     except ValueError:
         parser.error(f"--mllib-iters must be comma-separated integers, got {args.mllib_iters!r}")
-    for option in ("max_epochs", "classic_epochs", "local_steps"):
+    for option in ("max_epochs", "classic_epochs", "local_steps", "numpy_threads", "partitions"):
         value = getattr(args, option)
         if value is not None and value < 1:
             parser.error(f"--{option.replace('_', '-')} must be >= 1, got {value}")
