@@ -1,7 +1,7 @@
 """Cluster sizes benchmark: seconds per epoch of the DataFrame engine on local and standalone Spark.
 
     python benchmarks/clusters.py [--configs local1,local2,standalone1,standalone2] [--epochs 6]
-    python benchmarks/clusters.py --rows 6000 --epochs 3          # a quick smoke run
+    python benchmarks/clusters.py --rows 6000 --epochs 3          # smoke run, saves clusters-smoke.*
 
 Configurations (each gets its own SparkSession; partitions = its cores unless --partitions):
 
@@ -26,12 +26,15 @@ median of the epochs after the first is reported, with the speed-up over
 ``local[1]`` measured in the same run. Also reported, as overheads: session
 start, waiting for executors, the first job (caching the rows), and the
 median latency of an empty Python (mapInArrow) job with one task per partition.
+On a standalone cluster "session start" includes launching the executors: the
+scheduler is told to wait until all of the configuration's cores registered.
 Saves benchmarks/results/clusters.json and clusters.html.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -99,7 +102,9 @@ class StandaloneCluster:
         conf_dir.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, "SPARK_HOME": str(spark_home()), "SPARK_CONF_DIR": str(conf_dir),
                     "SPARK_LOCAL_IP": LOOPBACK, "SPARK_LOCAL_DIRS": str(root / "local"),
-                    "SPARK_WORKER_DIR": str(root / "work"), "PYSPARK_PYTHON": sys.executable}
+                    "SPARK_WORKER_DIR": str(root / "work"), "PYSPARK_PYTHON": sys.executable,
+                    # The REST submission server would take the fixed port 6066; nothing here needs it.
+                    "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false"}
         self._pdeathsig = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
 
     def _spawn(self, name: str, main_class: str, *args: str) -> subprocess.Popen:
@@ -329,7 +334,8 @@ def main(argv=None) -> int:
     parser.add_argument("--worker-memory", default="4g")
     parser.add_argument("--executor-memory", default="3g", help="must fit in --worker-memory")
     parser.add_argument("--data-dir", default=default_data_dir())
-    parser.add_argument("--name", default="clusters")
+    parser.add_argument("--name", default=None,
+                        help="results name (default: clusters, or clusters-smoke with --rows)")
     args = parser.parse_args(argv)
     names = [c for c in args.configs.split(",") if c]
     unknown = [c for c in names if c not in CONFIGS]
@@ -340,6 +346,7 @@ def main(argv=None) -> int:
     if args.rows is not None and args.rows < 1:
         parser.error(f"--rows must be >= 1, got {args.rows}")
     args.hidden = [int(h) for h in args.hidden.split(",") if h]
+    args.name = args.name or ("clusters" if args.rows is None else "clusters-smoke")
 
     # The driver JVM and every executor bind to loopback and run this Python.
     os.environ["SPARK_LOCAL_IP"] = LOOPBACK
@@ -350,6 +357,14 @@ def main(argv=None) -> int:
         images, labels = images[:args.rows], labels[:args.rows]
 
     def stop_on_signal(signum, _frame):
+        # As pyspark's own SIGINT handler does: cancel the running jobs first, or the exception
+        # unwinding out of a py4j call can block in pyspark's clean-up until the job ends.
+        from pyspark import SparkContext
+
+        active = SparkContext._active_spark_context
+        if active is not None:
+            with contextlib.suppress(Exception):  # the JVM may be gone; stopping matters more
+                active.cancelAllJobs()
         raise SystemExit(128 + signum)  # unwinds through the finally below
 
     previous = {s: signal.signal(s, stop_on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}

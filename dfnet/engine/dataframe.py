@@ -49,10 +49,19 @@ def unpack(vector: np.ndarray) -> LossAndGrad:
     return LossAndGrad(float(vector[-3]), vector[:-_SCALARS], int(round(vector[-2])), int(round(vector[-1])))
 
 
-@F.pandas_udf(T.ArrayType(T.DoubleType(), False))
-def sum_vectors(partials: pd.Series) -> np.ndarray:
-    """Grouped-aggregate UDF: element-wise sum of equal-length vectors."""
+def _sum_vectors(partials: pd.Series) -> np.ndarray:
     return np.sum(np.stack(partials.to_numpy()), axis=0)
+
+
+def make_sum_vectors():
+    """A new grouped-aggregate pandas UDF: element-wise sum of equal-length vectors.
+
+    Made per engine, not once per module: pyspark binds a UDF's JVM side to
+    the SparkContext that first used it, so a module-level UDF breaks (one
+    "Failed to update accumulator" error per task) after a notebook restarts
+    its session.
+    """
+    return F.pandas_udf(_sum_vectors, T.ArrayType(T.DoubleType(), False))
 
 
 def _partial_row(vector: np.ndarray) -> pa.RecordBatch:
@@ -142,6 +151,7 @@ class DataFrameEngine:
 
     def __init__(self, network: Sequential):
         self.network = network
+        self.sum_vectors = make_sum_vectors()
 
     def prepare(self, df: DataFrame, *, features_col: str, label_col: str,
                 num_partitions: int | None = None) -> TrainingData:
@@ -163,7 +173,7 @@ class DataFrameEngine:
         broadcast = rows.sparkSession.sparkContext.broadcast(params)
         try:
             partials = rows.mapInArrow(make_fn(broadcast), PARTIAL_SCHEMA)
-            total = partials.groupBy().agg(sum_vectors(PARTIAL_COL)).first()[0]
+            total = partials.groupBy().agg(self.sum_vectors(PARTIAL_COL)).first()[0]
         finally:
             # Release the step's weights or executors accumulate one copy per step.
             broadcast.destroy()
