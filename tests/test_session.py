@@ -1,0 +1,43 @@
+"""dfnet and the user's SparkSession: reuse it untouched, and keep working across a restart."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from dfnet.session import get_or_create_spark
+
+
+def test_an_active_session_is_returned_untouched(spark):
+    shuffle = spark.conf.get("spark.sql.shuffle.partitions")
+    assert get_or_create_spark(master="local[1]", conf={"spark.sql.shuffle.partitions": "3"}) is spark
+    assert spark.conf.get("spark.sql.shuffle.partitions") == shuffle
+    assert spark.sparkContext.master == "local[2]"
+
+
+def test_training_works_again_after_the_session_is_restarted():
+    """A notebook that stops its session and starts a new one: the second fit must run cleanly
+    and give the same weights (a UDF bound to the first SparkContext would report to its dead
+    accumulator server from every task)."""
+    script = textwrap.dedent("""
+        import numpy as np
+        from dfnet.config import TrainConfig
+        from dfnet.session import get_or_create_spark
+        from dfnet.train import fit
+
+        rng = np.random.default_rng(0)
+        X, y = rng.random((60, 5)).astype(np.float32), rng.integers(0, 2, 60)
+        weights = []
+        for _ in range(2):
+            spark = get_or_create_spark("local[1]")
+            df = spark.createDataFrame([(X[i].tolist(), int(y[i])) for i in range(60)], "image array<float>, label int")
+            config = TrainConfig(hidden=(4,), epochs=2, schedule="classic", optimizer="sgd")
+            weights.append(fit(df, config, verbose=False).params)
+            spark.stop()
+        assert np.array_equal(weights[0], weights[1])
+        print("OK")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+    assert "Failed to update accumulator" not in proc.stderr
