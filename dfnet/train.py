@@ -98,7 +98,6 @@ class ProgressPrinter:
         self.out = out or sys.stdout
         self.bar_stream = sys.stderr
         self.bar = self.bar_stream.isatty() if bar is None else bar
-        self.total_epochs = 0
 
     def on_step(self, epoch: int, step: int, steps: int) -> None:
         if not self.bar:
@@ -217,9 +216,14 @@ def _gradient_epoch(engine, data: TrainingData, params: np.ndarray, optimizer, c
         yield result
 
 
+def _local_steps_per_epoch(config: TrainConfig, max_partition_rows: int) -> int:
+    """Local mini-batch steps the largest partition makes in one epoch of the averaging schedule."""
+    return max(1, math.ceil(max_partition_rows * config.sample / config.batch_size))
+
+
 def averaging_rounds(config: TrainConfig, max_partition_rows: int) -> int:
     """Jobs per epoch of the averaging schedule: the largest partition's local steps / local_steps."""
-    local = max(1, math.ceil(max_partition_rows * config.sample / config.batch_size))
+    local = _local_steps_per_epoch(config, max_partition_rows)
     return math.ceil(local / (config.local_steps or local))
 
 
@@ -228,8 +232,7 @@ def _averaging_epoch(engine, data: TrainingData, params: np.ndarray, config: Tra
     """Model averaging: each job, every partition trains locally from the broadcast weights;
     the driver replaces the weights by the row-weighted average of the partitions' results."""
     rows = epoch_rows(data, config.sample, config.seed, epoch)
-    local = max(1, math.ceil(max_partition_rows * config.sample / config.batch_size))
-    per_round = config.local_steps or local
+    per_round = config.local_steps or _local_steps_per_epoch(config, max_partition_rows)
     for r in range(averaging_rounds(config, max_partition_rows)):
         plan = LocalPlan(epoch=epoch, round=r, steps=per_round, batch_size=config.batch_size, seed=config.seed,
                          optimizer=config.optimizer, lr=config.lr_at(epoch),

@@ -201,8 +201,6 @@ class TrainingData:
 
     frame: DataFrame  # (_row long, _x binary, _label int), persisted
     count: int
-    num_features: int
-    dtype: str
 
     def all_rows(self) -> DataFrame:
         return self.frame
@@ -238,4 +236,4 @@ def encode_training_data(df: DataFrame, *, features_col: str, label_col: str, nu
     source = source.withColumn(ROW_COL, F.monotonically_increasing_id())
     frame = source.mapInArrow(_encode_batches(features_col, label_col, num_features, dtype), ENCODED_SCHEMA)
     frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
-    return TrainingData(frame, frame.count(), num_features, dtype)
+    return TrainingData(frame, frame.count())
