@@ -6,10 +6,14 @@ Every layer has the same small surface:
 - ``forward(params, X) -> (Y, cache)`` on a batch ``X`` of shape ``(n, ...)``,
 - ``backward(params, cache, dY) -> (dX, grads)`` where ``grads`` are the
   gradients of the *summed* loss with respect to each parameter array,
+- ``param_grads(params, cache, dY) -> grads`` without ``dX``, for a network's
+  first layer (nobody needs the gradient with respect to the data),
 - ``to_config()`` / ``repr``.
 
 Parameters are views into one flat vector owned by :class:`~dfnet.nn.network.Sequential`,
-so a layer never allocates or keeps weights itself.
+so a layer never allocates or keeps weights itself. Convolutional layers live in
+:mod:`dfnet.nn.conv`; the registry of all layer types (``LAYERS``,
+``layer_from_config``) in :mod:`dfnet.nn.network`.
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ class Layer:
     def backward(self, params: list[Array], cache: Any, dY: Array) -> tuple[Array, list[Array]]:
         raise NotImplementedError
 
+    def param_grads(self, params: list[Array], cache: Any, dY: Array) -> list[Array]:
+        """The parameter gradients of ``backward`` alone; layers override it to skip ``dX``."""
+        return self.backward(params, cache, dY)[1]
+
     def to_config(self) -> dict:
         return {"type": self.kind}
 
@@ -66,6 +74,8 @@ class Dense(Layer):
         return [(self.n_in, self.n_out), (self.n_out,)]
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if tuple(input_shape) != (self.n_in,):
+            raise ValueError(f"{self!r} needs inputs of shape ({self.n_in},), got {tuple(input_shape)}")
         return (self.n_out,)
 
     def init_params(self, rng: np.random.Generator, scheme: str, dtype: np.dtype) -> list[Array]:
@@ -82,8 +92,11 @@ class Dense(Layer):
 
     def backward(self, params, cache, dY):
         W, _ = params
+        return dY @ W.T, self.param_grads(params, cache, dY)
+
+    def param_grads(self, params, cache, dY):
         X = cache
-        return dY @ W.T, [X.T @ dY, dY.sum(axis=0)]
+        return [X.T @ dY, dY.sum(axis=0)]
 
     def to_config(self) -> dict:
         return {"type": self.kind, "n_in": self.n_in, "n_out": self.n_out}
@@ -185,13 +198,3 @@ INITIALIZERS = {"classic": _classic, "uniform": _uniform, "xavier": _xavier, "he
 BIASED_INITS = frozenset({"classic", "uniform"})
 
 ACTIVATIONS: dict[str, type[Layer]] = {"sigmoid": Sigmoid, "relu": ReLU, "tanh": Tanh, "softmax": Softmax}
-LAYERS: dict[str, type[Layer]] = {"dense": Dense, **ACTIVATIONS}
-
-
-def layer_from_config(config: dict) -> Layer:
-    """Rebuild a layer from the dict produced by ``to_config``."""
-    config = dict(config)
-    kind = config.pop("type")
-    if kind not in LAYERS:
-        raise ValueError(f"unknown layer type {kind!r}; known: {sorted(LAYERS)}")
-    return LAYERS[kind](**config)

@@ -2,7 +2,12 @@
 
 The flat vector is what travels through Spark (one array column, one
 broadcast), so every engine calls the same two functions here:
-``forward(params, X)`` and ``loss_and_grad(params, X, labels)``.
+``forward(params, X)`` and ``loss_and_grad(params, X, labels)``. A network
+whose first layer is a :class:`~dfnet.nn.conv.Conv2D` also takes that layer's
+patches precomputed (``patches=``), e.g. cut by a Spark UDF.
+
+``LAYERS`` here is the registry of every layer type, dense and convolutional,
+that ``layer_from_config`` and ``Sequential.from_config`` rebuild.
 """
 
 from __future__ import annotations
@@ -13,8 +18,20 @@ from typing import Sequence
 
 import numpy as np
 
-from .layers import ACTIVATIONS, INITIALIZERS, Dense, Layer, Softmax, layer_from_config
+from .conv import CONV_LAYERS, Conv2D, Flatten, MaxPool2D
+from .layers import ACTIVATIONS, INITIALIZERS, Dense, Layer, Softmax
 from .losses import LOSSES, Loss
+
+LAYERS: dict[str, type[Layer]] = {"dense": Dense, **ACTIVATIONS, **CONV_LAYERS}
+
+
+def layer_from_config(config: dict) -> Layer:
+    """Rebuild a layer from the dict produced by ``to_config``."""
+    config = dict(config)
+    kind = config.pop("type")
+    if kind not in LAYERS:
+        raise ValueError(f"unknown layer type {kind!r}; known: {sorted(LAYERS)}")
+    return LAYERS[kind](**config)
 
 
 @dataclass(frozen=True)
@@ -34,7 +51,8 @@ class Sequential:
     ----------
     layers : list of Layer
     loss : Loss
-    input_shape : shape of one example as the first layer sees it, e.g. ``(784,)``.
+    input_shape : shape of one example as the first layer sees it, e.g. ``(784,)``
+        for an MLP, ``(28, 28, 1)`` (H, W, C) for a CNN.
     dtype : float32 or float64, the dtype of parameters and activations.
     """
 
@@ -60,6 +78,10 @@ class Sequential:
         for layer in self.layers:
             shape = layer.output_shape(shape)
         self.output_shape = shape
+        first = self.layers[0] if self.layers else None
+        #: One example's patches for a first Conv2D, ``(H_out, W_out, kh*kw*C)``, else None.
+        self.patch_shape = (first.output_shape(self.input_shape)[:2] + (first.patch_size,)
+                            if isinstance(first, Conv2D) else None)
 
     # --- parameters ----------------------------------------------------------------
     @property
@@ -88,22 +110,41 @@ class Sequential:
     def _as_batch(self, X: np.ndarray) -> np.ndarray:
         return np.asarray(X, dtype=self.dtype).reshape((X.shape[0],) + self.input_shape)
 
-    def forward(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
-        """Network output for a batch ``X`` of shape ``(n, num_features)``: ``(n, num_classes)``."""
-        out = self._as_batch(X)
-        for layer, p in zip(self.layers, self.unflatten(params)):
+    def _first_forward(self, layer_params: list[np.ndarray], X: np.ndarray | None,
+                       patches: np.ndarray | None) -> tuple[np.ndarray, object]:
+        """Forward through layer 0, from ``X`` or from the first Conv2D's patches."""
+        if patches is None:
+            return self.layers[0].forward(layer_params, self._as_batch(X))
+        if self.patch_shape is None:
+            raise ValueError(f"patches= needs a Conv2D first layer, not {self.layers[0]!r}")
+        P = np.asarray(patches, dtype=self.dtype).reshape((-1,) + self.patch_shape)
+        return self.layers[0].forward_patches(layer_params, P)
+
+    def forward(self, params: np.ndarray, X: np.ndarray | None, *, patches: np.ndarray | None = None) -> np.ndarray:
+        """Network output for a batch ``X`` of shape ``(n, num_features)``: ``(n, num_classes)``.
+
+        ``patches`` (``X`` is then ignored and may be None): the first Conv2D's
+        patches in any row-major layout of ``(n, *patch_shape)``, e.g. the
+        ``(H_out*W_out, kh*kw*C)`` blocks of :func:`~dfnet.nn.conv.patches_of_image`
+        stacked per image.
+        """
+        views = self.unflatten(params)
+        out, _ = self._first_forward(views[0], X, patches)
+        for layer, p in zip(self.layers[1:], views[1:]):
             out, _ = layer.forward(p, out)
         return out
 
-    def loss_and_grad(self, params: np.ndarray, X: np.ndarray, labels: np.ndarray) -> LossAndGrad:
+    def loss_and_grad(self, params: np.ndarray, X: np.ndarray | None, labels: np.ndarray, *,
+                      patches: np.ndarray | None = None) -> LossAndGrad:
         """Summed loss, summed gradient (flat), and correct count on a batch.
 
-        ``X`` has shape ``(n, num_features)``; ``labels`` are class indices ``(n,)``.
+        ``X`` has shape ``(n, num_features)``; ``labels`` are class indices ``(n,)``;
+        ``patches`` as in :meth:`forward`.
         """
         views = self.unflatten(params)
-        out = self._as_batch(X)
-        caches = []
-        for layer, p in zip(self.body, views):
+        out, cache = self._first_forward(views[0], X, patches)
+        caches = [cache]
+        for layer, p in zip(self.body[1:], views[1:]):
             out, cache = layer.forward(p, out)
             caches.append(cache)
         labels = np.asarray(labels, dtype=np.int64)
@@ -112,7 +153,7 @@ class Sequential:
         for i in reversed(range(len(self.body))):
             delta = self.backward_layer(i, views[i], caches[i], delta, grad)
         correct = int(np.sum(np.argmax(probs, axis=1) == labels))
-        return LossAndGrad(loss, grad, correct, int(X.shape[0]))
+        return LossAndGrad(loss, grad, correct, int(labels.shape[0]))
 
     # The three pieces of loss_and_grad, public so that an engine can run them
     # one record and one layer at a time (the classic RDD design).
@@ -131,10 +172,14 @@ class Sequential:
         return loss, out, delta
 
     def backward_layer(self, i: int, layer_params: list[np.ndarray], cache, delta: np.ndarray,
-                       grad: np.ndarray) -> np.ndarray:
+                       grad: np.ndarray) -> np.ndarray | None:
         """Backward through layer ``i``: write its parameter gradients into the flat ``grad``,
-        return the gradient with respect to its input."""
-        delta, grads = self.layers[i].backward(layer_params, cache, delta)
+        return the gradient with respect to its input (None for layer 0: the
+        gradient with respect to the data is never used, so it is not computed)."""
+        if i == 0:
+            delta, grads = None, self.layers[0].param_grads(layer_params, cache, delta)
+        else:
+            delta, grads = self.layers[i].backward(layer_params, cache, delta)
         for (s, _), g in zip(self._slices[i], grads):
             grad[s] = g.ravel()
         return delta
@@ -157,15 +202,18 @@ class Sequential:
         return f"Sequential(\n  {inner},\n  loss={self.loss!r}, params={self.num_params})"
 
 
-def build_mlp(n_in: int, hidden: Sequence[int], n_out: int, *, activation: str = "relu",
-              loss: str = "cross-entropy", output: str | None = None, dtype: str = "float64") -> Sequential:
-    """A multilayer perceptron ``n_in -> hidden... -> n_out``.
+def _check_activation(name: str, parameter: str) -> str:
+    if name not in ACTIVATIONS or name == "softmax":
+        raise ValueError(f"unknown {parameter} {name!r}; known: sigmoid, relu, tanh")
+    return name
 
-    ``output`` is the final activation; by default softmax for cross-entropy and
-    sigmoid for MSE (the classic network).
-    """
-    if activation not in ACTIVATIONS or activation == "softmax":
-        raise ValueError(f"unknown hidden activation {activation!r}; known: sigmoid, relu, tanh")
+
+def _dense_tail(n_in: int, hidden: Sequence[int], n_out: int, activation: str, loss: str,
+                output: str | None) -> list[Layer]:
+    """Dense layers ``n_in -> hidden... -> n_out``, each hidden one followed by
+    ``activation``, the last by ``output`` (default: softmax for cross-entropy,
+    sigmoid for MSE, the classic network)."""
+    _check_activation(activation, "hidden activation")
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; known: {sorted(LOSSES)}")
     output = output or ("softmax" if loss == "cross-entropy" else "sigmoid")
@@ -175,5 +223,48 @@ def build_mlp(n_in: int, hidden: Sequence[int], n_out: int, *, activation: str =
     sizes = [n_in, *hidden]
     for a, b in zip(sizes[:-1], sizes[1:]):
         layers += [Dense(a, b), ACTIVATIONS[activation]()]
-    layers += [Dense(sizes[-1], n_out), ACTIVATIONS[output]()]
+    return layers + [Dense(sizes[-1], n_out), ACTIVATIONS[output]()]
+
+
+def build_mlp(n_in: int, hidden: Sequence[int], n_out: int, *, activation: str = "relu",
+              loss: str = "cross-entropy", output: str | None = None, dtype: str = "float64") -> Sequential:
+    """A multilayer perceptron ``n_in -> hidden... -> n_out``.
+
+    ``output`` is the final activation; by default softmax for cross-entropy and
+    sigmoid for MSE (the classic network).
+    """
+    layers = _dense_tail(n_in, hidden, n_out, activation, loss, output)
     return Sequential(layers, LOSSES[loss](), (n_in,), dtype)
+
+
+def build_cnn(input_shape: Sequence[int], conv: Sequence[tuple[int, int | Sequence[int]]], *, n_out: int,
+              dense: Sequence[int] = (), activation: str = "relu", conv_activation: str | None = None,
+              padding: str = "valid", pool: int | None = 2, loss: str = "cross-entropy",
+              output: str | None = None, dtype: str = "float64") -> Sequential:
+    """A convolutional network on ``(H, W, C)`` images.
+
+    Each ``(filters, kernel_size)`` in ``conv`` is a block Conv2D ->
+    ``conv_activation`` (default: ``activation``) -> MaxPool2D(``pool``) (no
+    pooling when ``pool`` is None); then Flatten and the dense tail of
+    :func:`build_mlp`: ``dense`` hidden sizes with ``activation``, then
+    ``n_out`` outputs.
+
+    >>> build_cnn((28, 28, 1), [(8, 5), (16, 3)], dense=[32], n_out=10).output_shape
+    (10,)
+    """
+    input_shape = tuple(int(d) for d in input_shape)
+    if len(input_shape) != 3:
+        raise ValueError(f"input_shape must be (H, W, C), got {input_shape}")
+    conv_activation = _check_activation(conv_activation or activation, "conv activation")
+    layers: list[Layer] = []
+    shape = input_shape
+    for filters, kernel_size in conv:
+        block = [Conv2D(shape[2], filters, kernel_size, padding), ACTIVATIONS[conv_activation]()]
+        if pool is not None:
+            block.append(MaxPool2D(pool))
+        for layer in block:
+            shape = layer.output_shape(shape)
+        layers += block
+    layers.append(Flatten())
+    layers += _dense_tail(int(np.prod(shape)), dense, n_out, activation, loss, output)
+    return Sequential(layers, LOSSES[loss](), input_shape, dtype)
