@@ -12,7 +12,6 @@ DEFAULT_CONF: dict[str, str] = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.shuffle.partitions": "8",
     "spark.driver.memory": "4g",
-    "spark.sql.execution.pyspark.udf.faulthandler.enabled": "true",
 }
 
 

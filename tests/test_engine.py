@@ -239,3 +239,43 @@ def test_engine_on_arbitrary_float_images_equals_numpy(spark):
     reference = net.loss_and_grad(params, X, y)
     np.testing.assert_allclose(result.grad_sum, reference.grad_sum, rtol=1e-4, atol=1e-5)
     assert result.correct == reference.correct
+
+
+def _jobs_run_by(spark, action) -> int:
+    sc = spark.sparkContext
+    group = f"dfnet-test-{np.random.default_rng().integers(1 << 62)}"
+    sc.setJobGroup(group, "count jobs")
+    try:
+        action()
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    return len(sc.statusTracker().getJobIdsForGroup(group))
+
+
+@pytest.mark.parametrize("user_setting", ["true", "false", None])
+def test_a_step_is_one_job_and_leaves_the_sessions_aqe_setting_as_it_was(spark, mnist_rows, user_setting):
+    images, labels = mnist_rows
+    net = build_mlp(784, [8], 10, dtype="float64")
+    data = encode_training_data(to_dataframe(spark, images[:50], labels[:50]), features_col="image",
+                                label_col="label", num_features=784, dtype="float64", num_partitions=2)
+    key = "spark.sql.adaptive.enabled"
+    before = spark.conf.get(key, None)
+    try:
+        if user_setting is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, user_setting)
+        engine = DataFrameEngine(net)
+        assert _jobs_run_by(spark, lambda: engine.gradient(net.init_params(0), data.frame)) == 1
+        expected = spark.conf.get(key, None) if user_setting is None else user_setting
+        assert spark.conf.get(key, None) == expected
+        if user_setting == "true":
+            # The same aggregation under the user's AQE would have been two jobs.
+            two = data.frame.groupBy().count()
+            assert _jobs_run_by(spark, two.collect) == 2
+    finally:
+        data.release()
+        if before is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, before)

@@ -22,6 +22,7 @@ rows with ``groupBy("chunk")`` and ``aggregate``/``zip_with`` 0.89 s.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -144,6 +145,35 @@ class LocalPlan:
     optimizer_args: dict
 
 
+AQE_CONF = "spark.sql.adaptive.enabled"
+
+
+@contextmanager
+def adaptive_execution_off(spark):
+    """Run a step's query without adaptive query execution, then restore the session's setting.
+
+    AQE runs the aggregation's shuffle as a job of its own before planning the
+    rest, so a step becomes two jobs; it has nothing to re-plan in a
+    one-row-per-partition sum. Measured at 60,000 rows, 784-64-10,
+    ``local[2]``: 0.335 s per step without AQE against 0.385 s with it. The
+    setting is the session's, so a query the user runs concurrently in the same
+    session during a step also runs without AQE.
+    """
+    conf = spark.conf
+    before = conf.get(AQE_CONF, None)
+    if before == "false":
+        yield
+        return
+    conf.set(AQE_CONF, "false")
+    try:
+        yield
+    finally:
+        if before is None:
+            conf.unset(AQE_CONF)
+        else:
+            conf.set(AQE_CONF, before)
+
+
 class DataFrameEngine:
     """Computes summed gradients over encoded rows with one Spark job per call."""
 
@@ -170,10 +200,12 @@ class DataFrameEngine:
         return self._summed(params, rows, lambda b: locally_trained_sums(self.network, b, plan))
 
     def _summed(self, params: np.ndarray, rows: DataFrame, make_fn) -> LossAndGrad:
-        broadcast = rows.sparkSession.sparkContext.broadcast(params)
+        spark = rows.sparkSession
+        broadcast = spark.sparkContext.broadcast(params)
         try:
             partials = rows.mapInArrow(make_fn(broadcast), PARTIAL_SCHEMA)
-            total = partials.groupBy().agg(self.sum_vectors(PARTIAL_COL)).first()[0]
+            with adaptive_execution_off(spark):
+                total = partials.groupBy().agg(self.sum_vectors(PARTIAL_COL)).first()[0]
         finally:
             # Release the step's weights or executors accumulate one copy per step.
             broadcast.destroy()
