@@ -33,6 +33,7 @@ def test_engine_gradient_equals_numpy_gradient(spark, mnist_rows, partitions):
     try:
         assert data.frame.rdd.getNumPartitions() == partitions
         result = DataFrameEngine(net).gradient(params, data.frame)
+        empty = DataFrameEngine(net).gradient(params, data.frame.filter("_label < 0"))
     finally:
         data.release()
     # Independent computation: the same float32 pixels, in one process.
@@ -43,6 +44,7 @@ def test_engine_gradient_equals_numpy_gradient(spark, mnist_rows, partitions):
     assert result.loss_sum == pytest.approx(reference.loss_sum, rel=1e-10)
     scale = np.abs(reference.grad_sum).max()
     assert np.abs(result.grad_sum - reference.grad_sum).max() <= 1e-10 * scale
+    assert empty.count == 0 and empty.loss_sum == 0 and not empty.grad_sum.any()
 
 
 def test_encoding_round_trips_pixels_exactly(spark, mnist_rows):

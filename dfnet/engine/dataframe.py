@@ -205,10 +205,10 @@ class DataFrameEngine:
         try:
             partials = rows.mapInArrow(make_fn(broadcast), PARTIAL_SCHEMA)
             with adaptive_execution_off(spark):
-                total = partials.groupBy().agg(self.sum_vectors(PARTIAL_COL)).first()[0]
+                total = partials.groupBy().agg(self.sum_vectors(PARTIAL_COL)).toArrow().column(0)
         finally:
             # Release the step's weights or executors accumulate one copy per step.
             broadcast.destroy()
-        if total is None:  # no rows in this sample or batch
+        if len(total) == 0 or total.null_count:  # no rows in this sample or batch
             return LossAndGrad(0.0, np.zeros(self.network.num_params), 0, 0)
-        return unpack(np.asarray(total, dtype=np.float64))
+        return unpack(total.combine_chunks().flatten().to_numpy())
