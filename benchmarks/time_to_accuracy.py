@@ -14,7 +14,9 @@ Contenders, all timed in the same run from the same data (dfnet and numpy from t
   numpy-b512-cosine   single process, the same hyperparameters as df-minibatch (the algorithm without Spark)
   df-minibatch        DataFrame engine, minibatch schedule, Adam 0.003 cosine, batches of 512 (one job per step)
   df-average          DataFrame engine, model averaging, one job per epoch (local Adam 0.002)
-  df-average-local    the same with --local-steps local steps between averages (several jobs per epoch)
+  df-average-1p       the same on ONE partition: one task trains on all rows where they are cached (averaging
+                      k models trains each on 1/k of the data, and needs ~k times the epochs to the same accuracy)
+  df-average-local    df-average with --local-steps local steps between averages (several jobs per epoch)
   df-classic          DataFrame engine, one full-batch Adam 0.003 step per epoch (budget: --classic-epochs)
   mllib               Spark MLlib MultilayerPerceptronClassifier (L-BFGS, same layer sizes), a fresh fit for each
                       maxIter in --mllib-iters until one reaches the target
@@ -65,6 +67,7 @@ CONTENDERS = {
     "df-minibatch": dict(kind="dfnet", config=dict(schedule="minibatch", batch_size=512, lr=0.003,
                                                    lr_schedule="cosine")),
     "df-average": dict(kind="dfnet", config=dict(schedule="average", lr=0.002)),
+    "df-average-1p": dict(kind="dfnet", config=dict(schedule="average", lr=0.002, partitions=1)),
     "df-average-local": dict(kind="dfnet", config=dict(schedule="average", lr=0.002)),
     "df-classic": dict(kind="dfnet", config=dict(schedule="classic", lr=0.003)),
     "mllib": dict(kind="mllib", config={}),
@@ -117,8 +120,8 @@ def outcome(name: str, kind: str, target: float, curve: list[dict], reached_at: 
 # --- contenders ----------------------------------------------------------------------
 
 def contender_config(name: str, task: dict, args) -> TrainConfig:
-    changes = dict(hidden=task["hidden"], epochs=args.max_epochs or task["max_epochs"], partitions=args.partitions,
-                   **CONTENDERS[name]["config"])
+    changes = dict(hidden=task["hidden"], epochs=args.max_epochs or task["max_epochs"], partitions=args.partitions)
+    changes.update(CONTENDERS[name]["config"])
     if changes.get("schedule") == "average":
         changes["batch_size"] = task["average_batch"]
     if name == "df-average-local":

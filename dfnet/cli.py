@@ -6,6 +6,8 @@ split and writes the run folder: ``model/`` (architecture + weights),
 temporary name and renamed into place at the end, so a failed run leaves
 nothing half-written and an existing folder is never overwritten without
 ``--overwrite``.
+
+``dfnet bench NAME [ARGS]`` runs ``benchmarks/NAME.py`` of a source checkout.
 """
 
 from __future__ import annotations
@@ -79,7 +81,35 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", default=None, help="run folder (default runs/<dataset>-<time>)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing --output folder")
     run.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    b = sub.add_parser("bench", help="run one of the benchmarks in benchmarks/ (source checkout only)",
+                       description="Runs benchmarks/<name>.py with the remaining arguments; see each "
+                                   "script's --help. Results go to benchmarks/results/.")
+    b.add_argument("name", nargs="?", help="benchmark name; omit to list them")
+    b.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
     return parser
+
+
+BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def available_benchmarks() -> list[str]:
+    return sorted(p.stem for p in BENCHMARKS_DIR.glob("*.py") if p.stem != "common") if BENCHMARKS_DIR.is_dir() else []
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    import subprocess
+
+    names = available_benchmarks()
+    if not names:
+        raise DFNetError(f"no benchmarks found in {BENCHMARKS_DIR}: `dfnet bench` runs the scripts of a source "
+                         f"checkout (pip install -e .), which an installed wheel does not include")
+    if args.name is None:
+        print("benchmarks: " + ", ".join(names) + f"\n(scripts in {BENCHMARKS_DIR}; `dfnet bench NAME --help`)")
+        return 0
+    name = args.name.replace("-", "_")
+    if name not in names:
+        raise DFNetError(f"unknown benchmark {args.name!r}; available: {', '.join(names)}")
+    return subprocess.call([sys.executable, str(BENCHMARKS_DIR / f"{name}.py"), *args.args])
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
@@ -165,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return train_command(args)
+        if args.command == "bench":
+            return bench_command(args)
     except DFNetError as e:
         print(f"dfnet: error: {e}", file=sys.stderr)
         return 2

@@ -265,3 +265,31 @@ def test_average_schedule_on_an_rdd_engine_is_refused_before_training(tmp_path, 
     assert code == 2
     assert "schedule='average' runs on the dataframe engine" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_bench_lists_the_benchmark_scripts(capsys):
+    assert main(["bench"]) == 0
+    listed = capsys.readouterr().out
+    for name in ("engines", "partitions", "clusters", "datasize", "projection", "time_to_accuracy", "aggregation"):
+        assert name in listed
+
+
+def test_bench_unknown_name_exits_2_listing_the_known_ones(capsys):
+    assert main(["bench", "no-such-benchmark"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-benchmark" in err and "engines" in err
+
+
+def test_bench_runs_a_benchmark_with_its_arguments():
+    """A real (tiny) run of the aggregation benchmark in its own process: exit 0, results saved,
+    and every variant's sum checked against numpy inside the script."""
+    import json
+
+    from dfnet.cli import BENCHMARKS_DIR
+
+    result = BENCHMARKS_DIR / "results" / "aggregation-smoke.json"
+    result.unlink(missing_ok=True)
+    assert main(["bench", "aggregation", "--sizes", "1000", "--partitions", "2", "--repeats", "1",
+                 "--name", "aggregation-smoke"]) == 0
+    saved = json.loads(result.read_text())
+    assert [(r["size"], r["partitions"]) for r in saved["results"]] == [(1000, 2)]
