@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .config import DEFAULT_LR, ENGINES, LR_SCHEDULES, OPTIMIZERS, PRESET_DATA, PRESETS, SCHEDULES, TrainConfig
+from .config import AGGREGATES, DEFAULT_LR, ENGINES, LR_SCHEDULES, OPTIMIZERS, PRESET_DATA, PRESETS, SCHEDULES, TrainConfig
 from .errors import DFNetError
 from .nn.layers import INITIALIZERS
 from .nn.losses import LOSSES
@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--sample", type=float, default=None, help="fraction of rows sampled per epoch")
     opt.add_argument("--batch-size", type=int, default=None)
     opt.add_argument("--seed", type=int, default=None)
+    opt.add_argument("--aggregate", choices=AGGREGATES, default=None,
+                     help="how the dataframe engine adds the partitions' sums: agg (groupBy().agg, the driver "
+                          "receives one vector) or collect (every partition's vector streamed to the driver "
+                          "as Arrow and summed there: faster on few partitions, driver memory grows with them)")
     run = t.add_argument_group("run")
     run.add_argument("--master", default=None, help="Spark master, e.g. local[2] (default local[*])")
     run.add_argument("--output", default=None, help="run folder (default runs/<dataset>-<time>)")
@@ -115,7 +119,7 @@ def bench_command(args: argparse.Namespace) -> int:
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
     """Merge dfnet defaults <- preset <- explicit options into a validated config and data choice."""
     fields = {"model", "engine", "hidden", "activation", "loss", "init", "dtype", "optimizer", "lr", "lr_schedule", "epochs",
-              "schedule", "sample", "batch_size", "local_steps", "seed", "partitions"}
+              "schedule", "sample", "batch_size", "local_steps", "seed", "partitions", "aggregate"}
     chosen = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     preset = PRESETS.get(args.preset, {}) if args.preset else {}
     config = TrainConfig(**{**preset, **chosen}).validate()

@@ -20,6 +20,7 @@ ENGINES = ("dataframe", "rdd", "rdd-batched")
 LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 MODELS = ("mlp",)
+AGGREGATES = ("agg", "collect")
 #: Learning rate used when none is given, per optimizer.
 DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "adam": 0.002}
 
@@ -51,6 +52,7 @@ class TrainConfig:
     batch_size: int = 64  # rows per step (minibatch), or per local step (average)
     local_steps: int | None = None  # average: local steps per partition between averages (None: an epoch)
     partitions: int | None = None  # None keeps the DataFrame's partitioning
+    aggregate: str = "agg"  # dataframe engine: groupBy().agg, or "collect" (Arrow collect, summed on the driver)
     seed: int = 0
     dtype: str = "float32"
 
@@ -61,6 +63,8 @@ class TrainConfig:
             message = check(value)
             if message:
                 raise ConfigError(f"{name}={value!r}: {message}")
+        if self.aggregate != "agg" and self.engine != "dataframe":
+            raise ConfigError(f"aggregate={self.aggregate!r} applies to the dataframe engine, not engine={self.engine!r}")
         if self.schedule == "average" and self.engine != "dataframe":
             raise ConfigError(f"schedule='average' runs on the dataframe engine, not engine={self.engine!r}")
         return self
@@ -146,6 +150,7 @@ CONSTRAINTS = {
     "batch_size": _number(1, integer=True),
     "local_steps": _number(1, integer=True, optional=True),
     "partitions": _number(1, integer=True, optional=True),
+    "aggregate": _one_of(AGGREGATES),
     "seed": _number(0, integer=True),
     "dtype": _one_of(("float32", "float64")),
 }

@@ -161,7 +161,7 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
 
     if validation_df is not None:
         validate_frame(validation_df, features_col, label_col, num_features, num_classes)
-    engine = make_engine(config.engine, network)
+    engine = make_engine(config.engine, network, config.aggregate)
     data = engine.prepare(df, features_col=features_col, label_col=label_col, num_partitions=config.partitions)
     validation = None
     callbacks = list(callbacks) + ([ProgressPrinter()] if verbose else [])

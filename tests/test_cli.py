@@ -258,6 +258,8 @@ def test_engine_schedule_and_learning_rate_options_reach_the_config():
     assert (config.engine, config.schedule, config.lr_schedule) == ("rdd-batched", "minibatch", "cosine")
     config, _ = parse("--schedule", "average", "--local-steps", "20")
     assert (config.engine, config.schedule, config.local_steps) == ("dataframe", "average", 20)
+    config, _ = parse("--aggregate", "collect")
+    assert (config.engine, config.aggregate) == ("dataframe", "collect")
 
 
 def test_average_schedule_on_an_rdd_engine_is_refused_before_training(tmp_path, capsys):

@@ -23,6 +23,7 @@ BAD_VALUES = [
     ("optimizer", "rmsprop", ["must be one of", "'sgd'", "'momentum'", "'adam'"]),
     ("schedule", "online", ["must be one of", "'classic'", "'minibatch'"]),
     ("dtype", "float16", ["must be one of", "'float32'", "'float64'"]),
+    ("aggregate", "reduce", ["must be one of", "'agg'", "'collect'"]),
     # layer sizes
     ("hidden", (64, 0), ["positive layer sizes"]),
     ("hidden", (64, -3), ["positive layer sizes"]),
@@ -176,3 +177,9 @@ def test_cosine_schedule_decays_from_lr_towards_zero():
     np.testing.assert_allclose(rates, expected)
     assert rates[0] == 0.2 and all(a > b > 0 for a, b in zip(rates, rates[1:]))
     assert TrainConfig(optimizer="sgd", lr=0.2, epochs=4).lr_at(3) == 0.2
+
+
+def test_collect_aggregation_is_refused_on_the_rdd_engines():
+    with pytest.raises(ConfigError, match="aggregate='collect' applies to the dataframe engine"):
+        TrainConfig(engine="rdd", aggregate="collect").validate()
+    assert TrainConfig(engine="dataframe", aggregate="collect").validate().aggregate == "collect"

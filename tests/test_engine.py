@@ -22,8 +22,8 @@ def mnist_rows(shared_data):
     return images[pick], labels[pick]
 
 
-@pytest.mark.parametrize("partitions", [1, 2, 7])
-def test_engine_gradient_equals_numpy_gradient(spark, mnist_rows, partitions):
+@pytest.mark.parametrize("partitions,aggregate", [(1, "agg"), (2, "agg"), (7, "agg"), (2, "collect"), (7, "collect")])
+def test_engine_gradient_equals_numpy_gradient(spark, mnist_rows, partitions, aggregate):
     images, labels = mnist_rows
     df = to_dataframe(spark, images, labels)
     net = build_mlp(784, [32], 10, activation="tanh", dtype="float64")
@@ -32,8 +32,8 @@ def test_engine_gradient_equals_numpy_gradient(spark, mnist_rows, partitions):
                                 dtype="float64", num_partitions=partitions)
     try:
         assert data.frame.rdd.getNumPartitions() == partitions
-        result = DataFrameEngine(net).gradient(params, data.frame)
-        empty = DataFrameEngine(net).gradient(params, data.frame.filter("_label < 0"))
+        result = DataFrameEngine(net, aggregate).gradient(params, data.frame)
+        empty = DataFrameEngine(net, aggregate).gradient(params, data.frame.filter("_label < 0"))
     finally:
         data.release()
     # Independent computation: the same float32 pixels, in one process.

@@ -11,13 +11,16 @@ from __future__ import annotations
 from ..nn.network import Sequential
 
 
-def make_engine(name: str, network: Sequential):
-    """``dataframe`` (broadcast -> mapInPandas -> groupBy().agg), ``rdd`` (the classic per-record
-    map/reduce) or ``rdd-batched`` (mapPartitions on stacked rows)."""
+def make_engine(name: str, network: Sequential, aggregate: str = "agg"):
+    """``dataframe`` (broadcast -> mapInArrow -> groupBy().agg, or an Arrow collect with
+    ``aggregate="collect"``), ``rdd`` (the classic per-record map/reduce) or ``rdd-batched``
+    (mapPartitions on stacked rows)."""
     from .dataframe import DataFrameEngine
     from .rdd import RDDBatchedEngine, RDDPerRecordEngine
 
     engines = {"dataframe": DataFrameEngine, "rdd": RDDPerRecordEngine, "rdd-batched": RDDBatchedEngine}
     if name not in engines:
         raise ValueError(f"unknown engine {name!r}; known: {sorted(engines)}")
+    if name == "dataframe":
+        return DataFrameEngine(network, aggregate=aggregate)
     return engines[name](network)

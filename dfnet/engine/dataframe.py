@@ -174,13 +174,24 @@ def adaptive_execution_off(spark):
             conf.set(AQE_CONF, before)
 
 
+def _sum_on_driver(column: pa.ChunkedArray) -> np.ndarray | None:
+    """The element-wise sum of the non-null vectors in an Arrow list column (None if there are none)."""
+    column = column.combine_chunks().drop_null()
+    if len(column) == 0:
+        return None
+    return column.flatten().to_numpy().reshape(len(column), -1).sum(axis=0)
+
+
 class DataFrameEngine:
     """Computes summed gradients over encoded rows with one Spark job per call."""
 
     name = "dataframe"
 
-    def __init__(self, network: Sequential):
+    def __init__(self, network: Sequential, aggregate: str = "agg"):
+        if aggregate not in ("agg", "collect"):
+            raise ValueError(f"aggregate must be 'agg' or 'collect', got {aggregate!r}")
         self.network = network
+        self.aggregate = aggregate
         self.sum_vectors = make_sum_vectors()
 
     def prepare(self, df: DataFrame, *, features_col: str, label_col: str,
@@ -204,11 +215,14 @@ class DataFrameEngine:
         broadcast = spark.sparkContext.broadcast(params)
         try:
             partials = rows.mapInArrow(make_fn(broadcast), PARTIAL_SCHEMA)
-            with adaptive_execution_off(spark):
-                total = partials.groupBy().agg(self.sum_vectors(PARTIAL_COL)).toArrow().column(0)
+            if self.aggregate == "collect":
+                total = _sum_on_driver(partials.toArrow().column(0))
+            else:
+                with adaptive_execution_off(spark):
+                    total = _sum_on_driver(partials.groupBy().agg(self.sum_vectors(PARTIAL_COL)).toArrow().column(0))
         finally:
             # Release the step's weights or executors accumulate one copy per step.
             broadcast.destroy()
-        if len(total) == 0 or total.null_count:  # no rows in this sample or batch
+        if total is None:  # no rows in this sample or batch
             return LossAndGrad(0.0, np.zeros(self.network.num_params), 0, 0)
-        return unpack(total.combine_chunks().flatten().to_numpy())
+        return unpack(total)
