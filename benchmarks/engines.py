@@ -7,7 +7,8 @@ For each case, every engine trains the same network from the same weights for
 median of the epochs after the first (the warm-up) is reported:
 
   numpy        single process, the same dfnet.nn code on the driver's arrays (the floor)
-  dataframe    broadcast -> mapInPandas partial sums -> groupBy().agg (dfnet's engine)
+  dataframe    broadcast -> mapInArrow partial sums -> groupBy().agg (dfnet's engine)
+  dataframe-collect  the same with --aggregate collect (partial sums collected as Arrow, summed on the driver)
   rdd          the classic per-record map chain + reduce
   rdd-batched  mapPartitions over stacked pickled records
   mllib        Spark MLlib's MultilayerPerceptronClassifier (L-BFGS), seconds per iteration,
@@ -40,7 +41,9 @@ CASES = {
     "fashion-64": dict(classes=None, config=dict(hidden=(64,), schedule="classic", sample=1.0, optimizer="adam")),
     "fashion-128": dict(classes=None, config=dict(hidden=(128,), schedule="classic", sample=1.0, optimizer="adam")),
 }
-ENGINES = ("numpy", "dataframe", "rdd-batched", "rdd", "mllib")
+ENGINES = ("numpy", "dataframe", "dataframe-collect", "rdd-batched", "rdd", "mllib")
+#: Benchmark names that are a dfnet engine with a non-default option.
+VARIANTS = {"dataframe-collect": dict(engine="dataframe", aggregate="collect")}
 
 
 def numpy_epochs(images, labels, config: TrainConfig, num_classes: int, epochs: int) -> list[float]:
@@ -104,7 +107,8 @@ def run_case(spark, name: str, case: dict, args) -> dict:
             per_iter = mllib_seconds_per_iteration(df, layers, args.epochs)
             seconds = [per_iter] * 2
         else:
-            model = fit(df, config.replace(engine=engine), num_classes=num_classes, verbose=False)
+            options = VARIANTS.get(engine, dict(engine=engine))
+            model = fit(df, config.replace(**options), num_classes=num_classes, verbose=False)
             seconds = [h["seconds"] for h in model.history]
         median = statistics.median(seconds[1:])
         result["engines"][engine] = {"median_epoch_seconds": median, "epoch_seconds": seconds}
