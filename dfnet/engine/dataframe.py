@@ -35,6 +35,7 @@ from pyspark.sql import types as T
 
 from ..nn.network import LossAndGrad, Sequential
 from .data import LABEL_COL, X_COL, TrainingData, decode_arrow_images, encode_training_data
+from .faults import inject_task_fault
 
 PARTIAL_COL = "partial"
 PARTIAL_SCHEMA = T.StructType([T.StructField(PARTIAL_COL, T.ArrayType(T.DoubleType(), False), False)])
@@ -78,6 +79,7 @@ def partial_gradient_sums(network: Sequential, broadcast):
     """The ``mapInArrow`` function: one packed partial-sum row per non-empty partition."""
 
     def per_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        inject_task_fault()
         params = broadcast.value
         total = None
         for batch in batches:
@@ -104,6 +106,7 @@ def locally_trained_sums(network: Sequential, broadcast, plan: "LocalPlan"):
     from ..optim import make_optimizer
 
     def per_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        inject_task_fault()
         parts = [_images_and_labels(batch, network) for batch in batches if batch.num_rows]
         if not parts:
             return
