@@ -211,8 +211,9 @@ def _gradient_epoch(engine, data: TrainingData, params: np.ndarray, optimizer, c
     for step, rows in enumerate(SCHEDULES[config.schedule](data, config, epoch), start=1):
         result = engine.gradient(params, rows)
         if result.count:
-            _check_finite(result, epoch, step, config)
+            _check_finite(result, epoch, step, config, "the loss or gradient")
             optimizer.step(params, result.grad_sum / result.count)
+            _check_finite_weights(params, epoch, step, config)
         yield result
 
 
@@ -239,13 +240,25 @@ def _averaging_epoch(engine, data: TrainingData, params: np.ndarray, config: Tra
                          optimizer_args=dict(momentum=config.momentum, beta1=config.beta1, beta2=config.beta2))
         result = engine.local_training(params, rows, plan)
         if result.count:
-            _check_finite(result, epoch, r + 1, config)
+            _check_finite(result, epoch, r + 1, config, "the loss or the partitions' locally trained weights")
             params[:] = (result.grad_sum / result.count).astype(params.dtype)
+            _check_finite_weights(params, epoch, r + 1, config)
         yield result
 
 
-def _check_finite(result: LossAndGrad, epoch: int, step: int, config: TrainConfig) -> None:
+def _check_finite(result: LossAndGrad, epoch: int, step: int, config: TrainConfig, what: str) -> None:
     if not (math.isfinite(result.loss_sum) and np.all(np.isfinite(result.grad_sum))):
         raise TrainingDivergedError(
-            f"training diverged at epoch {epoch}, step {step}: the loss or gradient is NaN or infinite "
+            f"training diverged at epoch {epoch}, step {step}: {what} is NaN or infinite "
+            f"(lr={config.learning_rate}); lower the learning rate")
+
+
+def _check_finite_weights(params: np.ndarray, epoch: int, step: int, config: TrainConfig) -> None:
+    """After every update: a finite gradient times a huge learning rate can still overflow the
+    weights, and the last step of a run would otherwise hand back NaN or infinite weights."""
+    with np.errstate(all="ignore"):
+        finite = bool(np.isfinite(params).all())
+    if not finite:
+        raise TrainingDivergedError(
+            f"training diverged at epoch {epoch}, step {step}: the updated weights are NaN or infinite "
             f"(lr={config.learning_rate}); lower the learning rate")

@@ -62,8 +62,14 @@ def make_sum_vectors():
     the SparkContext that first used it, so a module-level UDF breaks (one
     "Failed to update accumulator" error per task) after a notebook restarts
     its session.
+
+    Its elements are nullable: pandas' conversion of the result to Arrow turns
+    NaN (pandas' missing value) into null, so a diverged sum arrives with
+    nulls, which :meth:`DataFrameEngine._summed` reads back as NaN for the
+    divergence check (a non-nullable type failed the job with "Value at index
+    is null" instead).
     """
-    return F.pandas_udf(_sum_vectors, T.ArrayType(T.DoubleType(), False))
+    return F.pandas_udf(_sum_vectors, T.ArrayType(T.DoubleType(), True))
 
 
 def _partial_row(vector: np.ndarray) -> pa.RecordBatch:
@@ -214,4 +220,4 @@ class DataFrameEngine:
             broadcast.destroy()
         if len(total) == 0 or total.null_count:  # no rows in this sample or batch
             return LossAndGrad(0.0, np.zeros(self.network.num_params), 0, 0)
-        return unpack(total.combine_chunks().flatten().to_numpy())
+        return unpack(total.combine_chunks().flatten().to_numpy(zero_copy_only=False))  # null -> NaN
