@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import uuid
 import warnings
@@ -51,6 +52,7 @@ from .errors import CheckpointError
 MAGIC = b"DFNETCKPT 1\n"
 FORMAT_VERSION = 1
 DEFAULT_KEEP = 3
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _NAME = re.compile(r"^checkpoint-(\d{6,})\.dfnet$")
 _TEMP = re.compile(r"^\.checkpoint-\d{6,}\.dfnet\.[0-9a-f]+\.tmp$")
 #: Configuration fields a resumed run may change: more (or fewer) epochs. With a cosine
@@ -160,6 +162,9 @@ class CheckpointStore:
         self._jvm = jvm
         self._dir = jvm.org.apache.hadoop.fs.Path(self.directory)
         fs = self._dir.getFileSystem(spark._jsc.hadoopConfiguration())
+        if fs.getScheme() == "file" and not _SCHEME.match(self.directory) and not os.path.isabs(self.directory):
+            # The JVM resolves a relative path against its own start-up folder; the user means ours.
+            self._dir = jvm.org.apache.hadoop.fs.Path(os.path.abspath(self.directory))
         # The local file system is a ChecksumFileSystem that writes a .crc file beside every file;
         # the checkpoint carries its own SHA-256, so write through the raw one (no side files).
         self._fs = fs.getRawFileSystem() if fs.getScheme() == "file" else fs

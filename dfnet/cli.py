@@ -7,6 +7,12 @@ temporary name and renamed into place at the end, so a failed run leaves
 nothing half-written and an existing folder is never overwritten without
 ``--overwrite``.
 
+With ``--checkpoint-dir D`` a checkpoint is written to D (any path Spark can
+write) every ``--checkpoint-every`` epochs; ``--resume`` continues a killed run
+from the newest good checkpoint there, to the same weights as an uninterrupted
+run (see :mod:`dfnet.checkpoint`). D must lie outside the run folder, which
+still appears only whole, at the end.
+
 ``dfnet bench NAME [ARGS]`` runs ``benchmarks/NAME.py`` of a source checkout.
 """
 

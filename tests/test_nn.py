@@ -147,7 +147,8 @@ def test_activations_and_losses_raise_no_floating_point_error_on_huge_inputs(dty
     assert (s[0, 0], s[0, -1]) == (0.0, 1.0)
     np.testing.assert_array_equal(p[0], [0, 0, 0, 0, 1])
     np.testing.assert_array_equal(p[1], [0.5, 0, 0, 0, 0.5])
-    assert np.isfinite(loss) and loss == pytest.approx(4 * big + np.log(2), rel=1e-6)  # 2 big per row, log 2 for the tie
+    # 2 big per row, and log 2 for the tie in row 1
+    assert np.isfinite(loss) and loss == pytest.approx(4 * big + np.log(2), rel=1e-6)
     assert np.isfinite(mse)
 
 
