@@ -69,6 +69,7 @@ def test_a_huge_learning_rate_stops_with_a_clear_error(mnist01):
         fit(train, config, verbose=False)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # the overflow under test
 def test_weights_that_overflow_in_the_last_update_are_not_returned(mnist01):
     """One full-batch step whose gradient is finite but whose update overflows float32: the run
     stops at that step instead of handing back infinite weights."""
