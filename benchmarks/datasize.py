@@ -19,8 +19,13 @@ each size's residual. After each epoch it also records memory, read from
 /proc: the driver JVM's and Python's resident set (VmRSS) and peak (VmHWM),
 the Python workers' resident sets, and the bytes of Spark's cached blocks in
 memory and on disk (a cache that spills to disk reads slower and bends the
-line). With 8-bit pixels packed as one byte each, the training cache holds
-about 520 bytes per row (600,000 rows: ~310 MB), far below the driver's
+line). While each size trains, a background thread also samples every 0.2 s: the
+driver Python process's and the JVM's peak RSS (VmHWM), the largest peak of any
+one Python worker (the pyspark daemon and the workers it forks, the JVM's
+descendants in /proc) and the largest sum of the workers' RSS; the table and
+the JSON report these peaks per size, and the seconds per epoch at 60,000 and
+600,000 rows on lines of their own. With 8-bit pixels packed as one byte each,
+the training cache holds about 520 bytes per row (600,000 rows: ~310 MB), far below the driver's
 storage memory; the 60,000-row source stays cached as `array<float>`
 (~190 MB). Saves benchmarks/results/<--name>.json and .html.
 """
@@ -32,6 +37,7 @@ import functools
 import os
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -49,6 +55,8 @@ from dfnet.train import fit
 
 BASE_ROWS = 60_000
 DEFAULT_SIZES = "6000,12000,30000,60000,120000,300000,600000"
+#: Sizes whose seconds per epoch are reported on their own line and in the JSON.
+REPORTED_SIZES = (60_000, 600_000)
 MB = 1024 * 1024
 
 
@@ -94,25 +102,59 @@ def cached_rdds(sc) -> dict[int, tuple[int, int]]:
 
 
 class MemoryProbe:
-    """A ``fit`` callback: memory after each epoch (after the epoch's time is taken, so not timed).
+    """Memory during a ``fit``: a ``fit`` callback (after each epoch, once its time is taken, so not
+    timed) and a context manager whose background thread samples the processes every
+    ``interval`` seconds while training runs.
 
-    ``cache_*`` counts only the caches that appeared after the probe was made
-    (the training encoding), not the 60,000-row source cached before.
+    Peaks, in bytes: ``python_hwm`` and ``jvm_hwm`` are the driver Python process's and the
+    JVM's VmHWM (the kernel's high-water mark since the process started, so the peak over this
+    size and every size measured before it in the same run); ``worker_hwm`` is the largest
+    VmHWM of any one Python worker (the pyspark daemon and its forked workers, found as
+    descendants of the JVM in /proc), ``workers_rss`` the largest sum of the workers' VmRSS
+    seen at one sample. ``cache_*`` counts only the caches that appeared after the probe was
+    made (the training encoding), not the 60,000-row source cached before.
     """
 
-    def __init__(self, spark):
+    def __init__(self, spark, interval: float = 0.2):
         self.sc = spark.sparkContext
         self.jvm_pid = int(self.sc._jvm.java.lang.ProcessHandle.current().pid())
         self.existing = set(cached_rdds(self.sc))
         self.samples: list[dict] = []
+        self.interval = interval
+        self.sampled: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def processes(self) -> dict:
+        """One reading of the driver, JVM and worker processes from /proc."""
+        jvm, python = proc_status(self.jvm_pid), proc_status()
+        workers = [proc_status(pid) for pid in descendants(self.jvm_pid)]
+        return {"jvm_rss": jvm.get("VmRSS", 0), "jvm_hwm": jvm.get("VmHWM", 0),
+                "python_rss": python.get("VmRSS", 0), "python_hwm": python.get("VmHWM", 0),
+                "workers_rss": sum(w.get("VmRSS", 0) for w in workers),
+                "worker_hwm": max((w.get("VmHWM", 0) for w in workers), default=0), "workers": len(workers)}
+
+    def _keep_peaks(self, reading: dict) -> None:
+        for key, value in reading.items():
+            self.sampled[key] = max(self.sampled.get(key, 0), value or 0)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._keep_peaks(self.processes())
+
+    def __enter__(self) -> "MemoryProbe":
+        self._thread = threading.Thread(target=self._run, name="memory-probe", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._keep_peaks(self.processes())
 
     def snapshot(self) -> dict:
-        jvm, python = proc_status(self.jvm_pid), proc_status()
-        workers = [proc_status(pid).get("VmRSS", 0) for pid in descendants(self.jvm_pid)]
         new = [sizes for rdd, sizes in cached_rdds(self.sc).items() if rdd not in self.existing]
-        return {"jvm_rss": jvm.get("VmRSS"), "jvm_hwm": jvm.get("VmHWM"), "python_rss": python.get("VmRSS"),
-                "python_hwm": python.get("VmHWM"), "workers_rss": sum(workers), "workers": len(workers),
-                "cache_memory": sum(m for m, _ in new), "cache_disk": sum(d for _, d in new)}
+        return {**self.processes(), "cache_memory": sum(m for m, _ in new), "cache_disk": sum(d for _, d in new)}
 
     def on_step(self, epoch: int, step: int, steps: int) -> None:
         pass
@@ -121,7 +163,11 @@ class MemoryProbe:
         self.samples.append(self.snapshot())
 
     def peak(self) -> dict:
-        return {key: max(s[key] or 0 for s in self.samples) for key in self.samples[0]} if self.samples else {}
+        """The largest value of each reading, over the epoch-end snapshots and the background samples."""
+        peaks = {key: max(s[key] or 0 for s in self.samples) for key in self.samples[0]} if self.samples else {}
+        for key, value in self.sampled.items():
+            peaks[key] = max(peaks.get(key, 0), value)
+        return peaks
 
 
 def storage_memory_bytes(spark) -> int | None:
@@ -179,7 +225,8 @@ def measure(spark, base, rows: int, config: TrainConfig, partitions: int) -> dic
     sizes = partition_rows(df)
     probe = MemoryProbe(spark)
     start = time.perf_counter()
-    model = fit(df, config, num_classes=10, callbacks=[probe], verbose=False)
+    with probe:
+        model = fit(df, config, num_classes=10, callbacks=[probe], verbose=False)
     total = time.perf_counter() - start
     seconds = [h["seconds"] for h in model.history]
     if model.history[0]["rows"] != rows:
@@ -229,7 +276,8 @@ def figure(results: list[dict], line: dict, title: str):
             name=f"{line['intercept']:.3f} s + {line['slope_per_10k_rows']:.3f} s per 10k rows "
                  f"(R^2 {line['r2']:.4f})", x=grid, y=line["intercept"] + line["slope_per_row"] * grid,
             mode="lines"), secondary_y=False)
-    for key, label in (("jvm_rss", "driver JVM RSS"), ("cache_memory", "cached in memory"),
+    for key, label in (("jvm_hwm", "driver JVM peak RSS"), ("python_hwm", "driver Python peak RSS"),
+                       ("worker_hwm", "largest Python worker peak RSS"), ("cache_memory", "cached in memory"),
                        ("cache_disk", "cached on disk")):
         fig.add_trace(go.Scatter(name=f"{label} (MB, right)", x=xs, y=[r["memory"].get(key, 0) / MB for r in results],
                                  mode="lines+markers", line={"dash": "dot"}), secondary_y=True)
@@ -277,24 +325,30 @@ def main(argv=None) -> int:
         r = measure(spark, base, rows, config, args.partitions)
         m = r["memory"]
         print(f"{rows:8d} rows ({r['partitions']} partitions): {r['seconds_per_epoch']:.3f} s/epoch "
-              f"[{r['min']:.3f}-{r['max']:.3f}] | setup {r['setup_seconds']:.1f} s | JVM RSS "
-              f"{m['jvm_rss'] / MB:.0f} MB | cache {m['cache_memory'] / MB:.0f} MB memory, "
-              f"{m['cache_disk'] / MB:.0f} MB disk", flush=True)
+              f"[{r['min']:.3f}-{r['max']:.3f}] | setup {r['setup_seconds']:.1f} s | peak RSS: driver Python "
+              f"{m['python_hwm'] / MB:.0f} MB, JVM {m['jvm_hwm'] / MB:.0f} MB, largest worker "
+              f"{m['worker_hwm'] / MB:.0f} MB, {m['workers']} workers {m['workers_rss'] / MB:.0f} MB | cache "
+              f"{m['cache_memory'] / MB:.0f} MB memory, {m['cache_disk'] / MB:.0f} MB disk", flush=True)
         results.append(r)
     base.unpersist()
 
     line = fit_line([r["rows"] for r in results], [r["seconds_per_epoch"] for r in results])
     print("\n| rows | copies | s/epoch (median) | min | max | line | residual | rows/s | setup s | "
-          "JVM RSS MB | Python RSS MB | workers RSS MB | cache MB (memory / disk) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "driver Python peak MB | JVM peak MB | largest worker peak MB | workers RSS peak MB (sum) | "
+          "cache MB (memory / disk) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for i, r in enumerate(results):
         m = r["memory"]
         fitted = f"{line['fitted'][i]:.3f} | {line['residuals'][i]:+.3f} ({line['relative_residuals'][i]:+.0%})" \
             if line else "- | -"
         print(f"| {r['rows']:,} | {r['copies']} | {r['seconds_per_epoch']:.3f} | {r['min']:.3f} | {r['max']:.3f} | "
-              f"{fitted} | {r['rows_per_second']:,.0f} | {r['setup_seconds']:.1f} | {m['jvm_rss'] / MB:.0f} | "
-              f"{m['python_rss'] / MB:.0f} | {m['workers_rss'] / MB:.0f} | "
+              f"{fitted} | {r['rows_per_second']:,.0f} | {r['setup_seconds']:.1f} | {m['python_hwm'] / MB:.0f} | "
+              f"{m['jvm_hwm'] / MB:.0f} | {m['worker_hwm'] / MB:.0f} | {m['workers_rss'] / MB:.0f} | "
               f"{m['cache_memory'] / MB:.0f} / {m['cache_disk'] / MB:.0f} |")
+    at = {r["rows"]: r["seconds_per_epoch"] for r in results if r["rows"] in REPORTED_SIZES}
+    for rows in REPORTED_SIZES:
+        print(f"seconds per epoch at {rows:,} rows: " + (f"{at[rows]:.3f}" if rows in at else "not measured "
+                                                         "(add it to --sizes)"))
     if line:
         print(f"\nline: seconds/epoch = {line['intercept']:.3f} s + {line['slope_per_10k_rows']:.4f} s per 10,000 rows"
               f" (R^2 {line['r2']:.4f}, max |residual| {max(abs(v) for v in line['residuals']):.3f} s)")
@@ -307,6 +361,9 @@ def main(argv=None) -> int:
         "epochs": args.epochs, "warmup_steps": args.warmup_steps, "base_rows": BASE_ROWS,
         "packed_bytes_per_row": packed,
         "config": config.to_dict(), "storage_memory_bytes": storage, "line": line, "results": results,
+        "seconds_per_epoch_at": {str(rows): at.get(rows) for rows in REPORTED_SIZES},
+        "peak_memory_bytes": {key: max(r["memory"].get(key, 0) for r in results)
+                              for key in ("python_hwm", "jvm_hwm", "worker_hwm", "workers_rss")},
     }, figure(results, line, title))
     print(f"\nsaved {path}")
     return 0

@@ -7,6 +7,12 @@ temporary name and renamed into place at the end, so a failed run leaves
 nothing half-written and an existing folder is never overwritten without
 ``--overwrite``.
 
+With ``--checkpoint-dir D`` a checkpoint is written to D (any path Spark can
+write) every ``--checkpoint-every`` epochs; ``--resume`` continues a killed run
+from the newest good checkpoint there, to the same weights as an uninterrupted
+run (see :mod:`dfnet.checkpoint`). D must lie outside the run folder, which
+still appears only whole, at the end.
+
 ``dfnet bench NAME [ARGS]`` runs ``benchmarks/NAME.py`` of a source checkout.
 """
 
@@ -85,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", default=None, help="run folder (default runs/<dataset>-<time>)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing --output folder")
     run.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    ckpt = t.add_argument_group("checkpoints")
+    ckpt.add_argument("--checkpoint-dir", default=None,
+                      help="write a checkpoint here (any path Spark can write: local, hdfs://, dbfs:/, s3a://); "
+                           "the newest 3 are kept; must not lie inside --output")
+    ckpt.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
+    ckpt.add_argument("--resume", action="store_true",
+                      help="continue from the newest good checkpoint in --checkpoint-dir (from scratch if none)")
     b = sub.add_parser("bench", help="run one of the benchmarks in benchmarks/ (source checkout only)",
                        description="Runs benchmarks/<name>.py with the remaining arguments; see each "
                                    "script's --help. Results go to benchmarks/results/.")
@@ -151,6 +164,20 @@ def _publish(staging: Path, target: Path) -> None:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
+def _check_checkpoint_options(args: argparse.Namespace, target: Path) -> None:
+    if args.resume and args.checkpoint_dir is None:
+        raise DFNetError("--resume needs --checkpoint-dir, the folder to resume from")
+    if args.checkpoint_every < 1:
+        raise DFNetError(f"--checkpoint-every={args.checkpoint_every}: must be >= 1")
+    if args.checkpoint_dir is not None and "://" not in args.checkpoint_dir and ":" not in args.checkpoint_dir[:6]:
+        # The run folder appears whole at the end of a run, so checkpoints written inside it
+        # during the run would make it exist (and be refused, or replaced) before it is done.
+        checkpoints, output = Path(args.checkpoint_dir).resolve(), target.resolve()
+        if checkpoints == output or output in checkpoints.parents:
+            raise DFNetError(f"--checkpoint-dir {args.checkpoint_dir} lies inside --output {target}, which is "
+                             f"written whole at the end of the run; choose a folder beside it")
+
+
 def train_command(args: argparse.Namespace) -> int:
     from .datasets import check_classes, get_dataset, load_dataframe
     from .session import get_or_create_spark
@@ -158,6 +185,7 @@ def train_command(args: argparse.Namespace) -> int:
 
     config, data = config_from_args(args)
     target = _prepare_output(args.output, data["dataset"], args.overwrite)
+    _check_checkpoint_options(args, target)
     spec = get_dataset(data["dataset"])
     classes = check_classes(data["dataset"], data["classes"]) if data["classes"] else None
     class_names = [spec.class_names[c] for c in classes] if classes else list(spec.class_names)
@@ -170,7 +198,8 @@ def train_command(args: argparse.Namespace) -> int:
     test_df = load_dataframe(spark, data["dataset"], "test", data_dir=args.data_dir, classes=classes)
     printer = ProgressPrinter(bar=False if args.no_progress else None)
     start = time.perf_counter()
-    model = fit(train_df, config, num_classes=len(class_names), callbacks=[printer], verbose=False)
+    model = fit(train_df, config, num_classes=len(class_names), callbacks=[printer], verbose=False,
+                checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume)
     train_seconds = time.perf_counter() - start
     model.class_names = class_names
     evaluation = model.evaluate(test_df)

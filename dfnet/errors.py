@@ -33,3 +33,7 @@ class ModelFormatError(DFNetError, ValueError):
 
 class TrainingDivergedError(DFNetError, ArithmeticError):
     """The loss or the weights became NaN or infinite during training."""
+
+
+class CheckpointError(DFNetError, ValueError):
+    """A checkpoint is corrupt or unreadable, or belongs to a different run than the one resuming."""

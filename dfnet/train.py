@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Protocol, Sequence
 import numpy as np
 from pyspark.sql import DataFrame
 
+from .checkpoint import DEFAULT_KEEP, Checkpoint, CheckpointStore, check_compatible
 from .config import TrainConfig
 from .engine import make_engine
 from .engine.data import TrainingData, validate_frame
@@ -87,6 +88,9 @@ def steps_per_epoch(config: TrainConfig, rows: int) -> int:
 # --- progress ----------------------------------------------------------------------
 
 class Callback(Protocol):
+    """What ``fit`` tells its callbacks. A callback may also have ``on_message(text)``: one-line
+    notes such as where a run resumes from."""
+
     def on_step(self, epoch: int, step: int, steps: int) -> None: ...
     def on_epoch_end(self, record: EpochRecord, total_epochs: int) -> None: ...
 
@@ -107,6 +111,9 @@ class ProgressPrinter:
         self.bar_stream.write(f"\r  epoch {epoch} [{'#' * filled}{'.' * (width - filled)}] {step}/{steps} steps")
         self.bar_stream.flush()
 
+    def on_message(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
     def on_epoch_end(self, record: EpochRecord, total_epochs: int) -> None:
         if self.bar:
             self.bar_stream.write("\r" + " " * 70 + "\r")
@@ -126,7 +133,9 @@ def build_network(config: TrainConfig, num_features: int, num_classes: int) -> S
 def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str = "image",
         label_col: str = "label", num_classes: int | None = None, network: Sequential | None = None,
         initial_params: np.ndarray | None = None, validation_df: DataFrame | None = None,
-        callbacks: Sequence[Callback] = (), verbose: bool = True) -> TrainedModel:
+        callbacks: Sequence[Callback] = (), verbose: bool = True, checkpoint_dir: str | None = None,
+        checkpoint_every: int = 1, checkpoint_keep: int | None = DEFAULT_KEEP,
+        resume: bool = False) -> TrainedModel:
     """Train a network on a DataFrame of images and integer labels.
 
     Parameters
@@ -139,16 +148,31 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
     initial_params : flat starting weights; by default drawn with ``config.init``.
     validation_df : labelled rows scored after every epoch (``val_loss``,
         ``val_accuracy`` in the history); one extra Spark job per epoch.
+    checkpoint_dir : a directory Spark can write (local, ``hdfs://``, ``dbfs:/``,
+        ``s3a://`` ...); a checkpoint is written there every ``checkpoint_every``
+        epochs and after the last one, keeping the newest ``checkpoint_keep``
+        (None: all). See :mod:`dfnet.checkpoint`.
+    resume : continue from the newest good checkpoint in ``checkpoint_dir``
+        (bit-identical to an uninterrupted run); with none there, start from
+        scratch. Without ``resume``, a ``checkpoint_dir`` that already holds
+        checkpoints is refused rather than mixed with a new run's.
 
     Everything about the input is checked before the first step: missing
     columns, wrong types, image lengths, NaN/inf pixels, labels out of range,
-    an empty DataFrame.
+    an empty DataFrame, more partitions than rows, a checkpoint of another run.
     """
     config = (config or TrainConfig()).validate()
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ConfigError(f"checkpoint_every={checkpoint_every!r}: must be an integer >= 1")
+    if resume and checkpoint_dir is None:
+        raise ConfigError("resume=True needs a checkpoint_dir to resume from")
     num_features = network.num_features if network is not None else None
     if network is not None:
         num_classes = network.num_classes
     summary = validate_frame(df, features_col, label_col, num_features, num_classes)
+    if config.partitions is not None and config.partitions > summary["rows"]:
+        raise ConfigError(f"partitions={config.partitions} is more than the {summary['rows']} rows of the "
+                          f"DataFrame: some partitions would hold no rows; use at most {summary['rows']}")
     num_features = int(summary["max_len"])
     num_classes = num_classes or max(2, int(summary["max_label"]) + 1)
     network = network or build_network(config, num_features, num_classes)
@@ -158,17 +182,41 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
               else np.array(initial_params, dtype=network.dtype))
     if params.shape != (network.num_params,):
         raise ConfigError(f"initial_params has shape {params.shape}, the network needs ({network.num_params},)")
+    if not np.all(np.isfinite(params)):
+        raise ConfigError(f"initial_params holds {int(np.sum(~np.isfinite(params)))} NaN or infinite value(s)")
+
+    callbacks = list(callbacks) + ([ProgressPrinter()] if verbose else [])
+    optimizer = make_optimizer(config.optimizer, config.learning_rate, momentum=config.momentum,
+                               beta1=config.beta1, beta2=config.beta2)
+    history: list[EpochRecord] = []
+    store, resumed = None, None
+    if checkpoint_dir is not None:
+        store = CheckpointStore(df.sparkSession, checkpoint_dir, keep=checkpoint_keep)
+        if resume:
+            resumed = store.latest()
+            if resumed is None:
+                _tell(callbacks, f"No checkpoint in {store.uri}: starting from scratch")
+            else:
+                check_compatible(resumed, network.to_config(), config.to_dict(), {"rows": summary["rows"]})
+                params = resumed.params.astype(network.dtype)
+                optimizer.load_state_dict(resumed.optimizer_state)
+                history = [EpochRecord(**h) for h in resumed.history]
+        elif store.epochs():
+            raise ConfigError(f"checkpoint directory {store.uri} already holds checkpoints (epochs "
+                              f"{store.epochs()}); pass resume=True (--resume) to continue that run, or choose "
+                              f"an empty directory")
 
     if validation_df is not None:
         validate_frame(validation_df, features_col, label_col, num_features, num_classes)
     engine = make_engine(config.engine, network, config.aggregate)
     data = engine.prepare(df, features_col=features_col, label_col=label_col, num_partitions=config.partitions)
     validation = None
-    callbacks = list(callbacks) + ([ProgressPrinter()] if verbose else [])
-    optimizer = make_optimizer(config.optimizer, config.learning_rate, momentum=config.momentum,
-                               beta1=config.beta1, beta2=config.beta2)
-    history: list[EpochRecord] = []
     try:
+        partitions = data.num_partitions()
+        if resumed is not None:
+            check_compatible(resumed, network.to_config(), config.to_dict(),
+                             {"rows": data.count, "partitions": partitions})
+            _tell(callbacks, f"Resuming from {resumed.uri} (epoch {resumed.epoch} of {config.epochs} done)")
         if validation_df is not None:
             validation = engine.prepare(validation_df, features_col=features_col, label_col=label_col)
         if config.schedule == "average":
@@ -178,7 +226,7 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
         else:
             total_steps = steps_per_epoch(config, data.count)
             updates = lambda epoch: _gradient_epoch(engine, data, params, optimizer, config, epoch)  # noqa: E731
-        for epoch in range(1, config.epochs + 1):
+        for epoch in range(len(history) + 1, config.epochs + 1):
             start = time.perf_counter()
             loss_sum, correct, rows, steps = 0.0, 0, 0, 0
             optimizer.lr = config.lr_at(epoch)
@@ -196,6 +244,10 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
                 record.val_loss = scored.loss_sum / scored.count
                 record.val_accuracy = scored.correct / scored.count
             history.append(record)
+            if store is not None and (epoch % checkpoint_every == 0 or epoch == config.epochs):
+                store.save(Checkpoint(epoch, params.copy(), config.optimizer, optimizer.state_dict(),
+                                      [r.as_dict() for r in history], network.to_config(), config.to_dict(),
+                                      {"rows": data.count, "partitions": partitions}))
             for cb in callbacks:
                 cb.on_epoch_end(record, config.epochs)
     finally:
@@ -205,14 +257,21 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
     return TrainedModel(network, params, config=config, history=[r.as_dict() for r in history])
 
 
+def _tell(callbacks: Sequence[Callback], text: str) -> None:
+    for cb in callbacks:
+        if hasattr(cb, "on_message"):
+            cb.on_message(text)
+
+
 def _gradient_epoch(engine, data: TrainingData, params: np.ndarray, optimizer, config: TrainConfig,
                     epoch: int) -> Iterator[LossAndGrad]:
     """Synchronous schedules: one job per step, the optimizer steps on the driver."""
     for step, rows in enumerate(SCHEDULES[config.schedule](data, config, epoch), start=1):
         result = engine.gradient(params, rows)
         if result.count:
-            _check_finite(result, epoch, step, config)
+            _check_finite(result, epoch, step, config, "the loss or gradient")
             optimizer.step(params, result.grad_sum / result.count)
+            _check_finite_weights(params, epoch, step, config)
         yield result
 
 
@@ -239,13 +298,25 @@ def _averaging_epoch(engine, data: TrainingData, params: np.ndarray, config: Tra
                          optimizer_args=dict(momentum=config.momentum, beta1=config.beta1, beta2=config.beta2))
         result = engine.local_training(params, rows, plan)
         if result.count:
-            _check_finite(result, epoch, r + 1, config)
+            _check_finite(result, epoch, r + 1, config, "the loss or the partitions' locally trained weights")
             params[:] = (result.grad_sum / result.count).astype(params.dtype)
+            _check_finite_weights(params, epoch, r + 1, config)
         yield result
 
 
-def _check_finite(result: LossAndGrad, epoch: int, step: int, config: TrainConfig) -> None:
+def _check_finite(result: LossAndGrad, epoch: int, step: int, config: TrainConfig, what: str) -> None:
     if not (math.isfinite(result.loss_sum) and np.all(np.isfinite(result.grad_sum))):
         raise TrainingDivergedError(
-            f"training diverged at epoch {epoch}, step {step}: the loss or gradient is NaN or infinite "
+            f"training diverged at epoch {epoch}, step {step}: {what} is NaN or infinite "
+            f"(lr={config.learning_rate}); lower the learning rate")
+
+
+def _check_finite_weights(params: np.ndarray, epoch: int, step: int, config: TrainConfig) -> None:
+    """After every update: a finite gradient times a huge learning rate can still overflow the
+    weights, and the last step of a run would otherwise hand back NaN or infinite weights."""
+    with np.errstate(all="ignore"):
+        finite = bool(np.isfinite(params).all())
+    if not finite:
+        raise TrainingDivergedError(
+            f"training diverged at epoch {epoch}, step {step}: the updated weights are NaN or infinite "
             f"(lr={config.learning_rate}); lower the learning rate")

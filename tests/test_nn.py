@@ -127,6 +127,46 @@ def test_activations_are_stable_for_huge_inputs():
     assert np.isfinite(loss) and loss == pytest.approx(2e4)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("big", [1e4, 1e30])
+def test_activations_and_losses_raise_no_floating_point_error_on_huge_inputs(dtype, big):
+    """Under np.errstate(all="raise") and warnings-as-errors, not even an underflow is reported:
+    exp of a huge negative number is 0, the correct limit, and every result is finite."""
+    x = np.array([[-big, -1.0, 0.0, 1.0, big], [big, -big, 0.0, -big, big]], dtype=dtype)
+    labels = np.array([0, 1])
+    with np.errstate(all="raise"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = sigmoid(x)
+        p = softmax(x)
+        loss, probs, grad = LOSSES["cross-entropy"]().from_logits(x, labels)
+        mse, mse_grad = LOSSES["mse"]().value_and_grad(s, labels)
+        net = build_mlp(5, [4], 2, activation="sigmoid", dtype=dtype)
+        out = net.forward(net.init_params(0, "xavier"), x)  # hidden sigmoids saturate, output softmax
+    for array in (s, p, probs, grad, mse_grad, out):
+        assert array.dtype == np.dtype(dtype) and np.all(np.isfinite(array))
+    assert (s[0, 0], s[0, -1]) == (0.0, 1.0)
+    np.testing.assert_array_equal(p[0], [0, 0, 0, 0, 1])
+    np.testing.assert_array_equal(p[1], [0.5, 0, 0, 0, 0.5])
+    # 2 big per row, and log 2 for the tie in row 1
+    assert np.isfinite(loss) and loss == pytest.approx(4 * big + np.log(2), rel=1e-6)
+    assert np.isfinite(mse)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cross_entropy_on_probabilities_of_exactly_zero_is_finite(dtype):
+    """A probability of exactly 0 for the true class (a softmax that underflowed) gives a large,
+    finite loss and gradient, not inf: the floor is the dtype's smallest normal number."""
+    probs = np.array([[0.0, 1.0], [1.0, 0.0], [0.25, 0.75]], dtype=dtype)
+    labels = np.array([0, 1, 1])
+    with np.errstate(all="raise"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss, grad = LOSSES["cross-entropy"]().value_and_grad(probs, labels)
+    tiny = np.finfo(dtype).tiny
+    assert np.isfinite(loss) and loss == pytest.approx(-2 * np.log(tiny) - np.log(0.75), rel=1e-6)
+    assert grad.dtype == np.dtype(dtype) and np.all(np.isfinite(grad))
+    assert grad[0, 0] == pytest.approx(-1 / tiny, rel=1e-6) and grad[2, 1] == pytest.approx(-4 / 3)
+
+
 def test_config_round_trip_rebuilds_the_same_function():
     net = build_mlp(6, [5], 3, activation="tanh")
     clone = Sequential.from_config(net.to_config())

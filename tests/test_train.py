@@ -69,6 +69,40 @@ def test_a_huge_learning_rate_stops_with_a_clear_error(mnist01):
         fit(train, config, verbose=False)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # the overflow under test
+def test_weights_that_overflow_in_the_last_update_are_not_returned(mnist01):
+    """One full-batch step whose gradient is finite but whose update overflows float32: the run
+    stops at that step instead of handing back infinite weights."""
+    train, _ = mnist01
+    recorder = []
+    config = TrainConfig(optimizer="sgd", lr=1e300, epochs=1, schedule="classic", hidden=(8,), dtype="float32")
+    with pytest.raises(TrainingDivergedError, match=r"epoch 1, step 1: the updated weights are NaN or infinite "
+                                                    r"\(lr=1e\+300\); lower the learning rate"):
+        fit(train, config, callbacks=[StepRecorder(recorder)], verbose=False)
+    assert recorder == []  # the diverged step is never reported as done
+
+
+@pytest.mark.parametrize("local_steps", [None, 2])
+def test_the_averaging_schedule_stops_on_divergence_too(mnist01, local_steps):
+    train, _ = mnist01
+    config = TrainConfig(optimizer="sgd", lr=1e30, epochs=2, schedule="average", batch_size=100,
+                         local_steps=local_steps, partitions=2, hidden=(8,))
+    with pytest.raises(TrainingDivergedError, match=r"epoch 1, step 1: the loss or the partitions' locally "
+                                                    r"trained weights is NaN or infinite .*lower the learning rate"):
+        fit(train, config, verbose=False)
+
+
+class StepRecorder:
+    def __init__(self, steps):
+        self.steps = steps
+
+    def on_step(self, epoch, step, steps):
+        self.steps.append((epoch, step))
+
+    def on_epoch_end(self, record, total_epochs):
+        pass
+
+
 def test_same_seed_same_weights(mnist01):
     train, _ = mnist01
     config = TrainConfig(hidden=(8,), epochs=1, batch_size=250)

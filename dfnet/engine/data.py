@@ -223,6 +223,10 @@ class TrainingData:
         counts = self.frame.groupBy(F.spark_partition_id().alias("p")).count().collect()
         return [row["count"] for row in counts] or [0]
 
+    def num_partitions(self) -> int:
+        """Partitions of the cache (no Spark job)."""
+        return self.frame.rdd.getNumPartitions()
+
     def release(self) -> None:
         self.frame.unpersist()
 

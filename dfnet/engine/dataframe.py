@@ -46,6 +46,7 @@ from pyspark.sql import types as T
 
 from ..nn.network import LossAndGrad, Sequential
 from .data import LABEL_COL, X_COL, TrainingData, decode_arrow_images, encode_training_data
+from .faults import inject_task_fault
 
 PARTIAL_COL = "partial"
 PARTIAL_SCHEMA = T.StructType([T.StructField(PARTIAL_COL, T.ArrayType(T.DoubleType(), False), False)])
@@ -72,8 +73,14 @@ def make_sum_vectors():
     the SparkContext that first used it, so a module-level UDF breaks (one
     "Failed to update accumulator" error per task) after a notebook restarts
     its session.
+
+    Its elements are nullable: pandas' conversion of the result to Arrow turns
+    NaN (pandas' missing value) into null, so a diverged sum arrives with
+    nulls, which :meth:`DataFrameEngine._summed` reads back as NaN for the
+    divergence check (a non-nullable type failed the job with "Value at index
+    is null" instead).
     """
-    return F.pandas_udf(_sum_vectors, T.ArrayType(T.DoubleType(), False))
+    return F.pandas_udf(_sum_vectors, T.ArrayType(T.DoubleType(), True))
 
 
 def _partial_row(vector: np.ndarray) -> pa.RecordBatch:
@@ -89,6 +96,7 @@ def partial_gradient_sums(network: Sequential, broadcast):
     """The ``mapInArrow`` function: one packed partial-sum row per non-empty partition."""
 
     def per_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        inject_task_fault()
         params = broadcast.value
         total = None
         for batch in batches:
@@ -115,6 +123,7 @@ def locally_trained_sums(network: Sequential, broadcast, plan: "LocalPlan"):
     from ..optim import make_optimizer
 
     def per_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        inject_task_fault()
         parts = [_images_and_labels(batch, network) for batch in batches if batch.num_rows]
         if not parts:
             return
@@ -190,7 +199,9 @@ def _sum_on_driver(column: pa.ChunkedArray) -> np.ndarray | None:
     column = column.combine_chunks().drop_null()
     if len(column) == 0:
         return None
-    return column.flatten().to_numpy().reshape(len(column), -1).sum(axis=0)
+    # A NaN the aggregation UDF returned arrives as a null element: read back as NaN, so the
+    # divergence check sees it.
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1).sum(axis=0)
 
 
 class DataFrameEngine:

@@ -52,6 +52,9 @@ class RDDTrainingData:
         salt = _mix64(seed)
         return rows.filter(lambda r: _mix64(r[0] ^ salt) % num_batches == k)
 
+    def num_partitions(self) -> int:
+        return self.records.getNumPartitions()
+
     def release(self) -> None:
         self.records.unpersist()
 

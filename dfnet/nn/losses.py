@@ -47,16 +47,18 @@ class CrossEntropy(Loss):
 
     name = "cross-entropy"
     fuses_softmax = True
-    #: Floor for log(p): a probability that underflowed to zero gives a large,
-    #: finite loss instead of inf.
-    eps = 1e-300
 
     def value_and_grad(self, output, labels):
+        # Floor for log(p) and 1/p: a probability that underflowed to (or is exactly) zero gives
+        # a large, finite loss and gradient instead of inf. The floor is the dtype's smallest
+        # normal number (float32: 1.2e-38); a float64 constant like 1e-300 would round to 0 in
+        # a float32 array.
+        eps = np.finfo(output.dtype).tiny
         n = output.shape[0]
         p = output[np.arange(n), labels]
-        loss = -float(np.sum(np.log(np.maximum(p, self.eps))))
+        loss = -float(np.sum(np.log(np.maximum(p, eps))))
         grad = np.zeros_like(output)
-        grad[np.arange(n), labels] = -1.0 / np.maximum(p, self.eps)
+        grad[np.arange(n), labels] = -1.0 / np.maximum(p, eps)
         return loss, grad
 
     def from_logits(self, logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -67,9 +69,10 @@ class CrossEntropy(Loss):
         """
         n = logits.shape[0]
         shifted = logits - logits.max(axis=1, keepdims=True)
-        log_norm = np.log(np.sum(np.exp(shifted), axis=1))
+        with np.errstate(under="ignore"):  # exp of very negative logits is 0: the correct limit
+            log_norm = np.log(np.sum(np.exp(shifted), axis=1))
+            probs = np.exp(shifted - log_norm[:, None])
         loss = float(np.sum(log_norm - shifted[np.arange(n), labels]))
-        probs = np.exp(shifted - log_norm[:, None])
         return loss, probs, probs - one_hot(labels, logits.shape[1], logits.dtype)
 
 
