@@ -33,3 +33,7 @@ class ModelFormatError(DFNetError, ValueError):
 
 class TrainingDivergedError(DFNetError, ArithmeticError):
     """The loss or the weights became NaN or infinite during training."""
+
+
+class OutputExistsError(DFNetError, FileExistsError):
+    """A save would replace something that already exists, and overwriting was not asked for."""
