@@ -9,6 +9,7 @@ and derives per-class TP/FP/FN/TN, precision, recall and F1 from it in Spark.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -89,6 +90,45 @@ def check_thresholds(thresholds: Sequence[float], num_classes: int) -> np.ndarra
     return values
 
 
+#: Spark 4.3 feeds a pandas UDF straight from a columnar scan (e.g. Parquet) when this is true,
+#: and then fails on ANY user-defined-type column the scan carries, such as Spark ML vectors, even
+#: one the UDF never reads ([UNSUPPORTED_DATATYPE] in RowToColumnConverter).
+COLUMNAR_UDF_INPUT = "spark.sql.execution.arrow.pythonUDF.columnarInput.enabled"
+
+
+def _has_udt(kind: T.DataType) -> bool:
+    if isinstance(kind, T.UserDefinedType):
+        return True
+    if isinstance(kind, T.StructType):
+        return any(_has_udt(f.dataType) for f in kind.fields)
+    if isinstance(kind, T.ArrayType):
+        return _has_udt(kind.elementType)
+    if isinstance(kind, T.MapType):
+        return _has_udt(kind.keyType) or _has_udt(kind.valueType)
+    return False
+
+
+def allow_udt_columns(df: DataFrame) -> None:
+    """Switch off :data:`COLUMNAR_UDF_INPUT` in ``df``'s session, with a warning, when ``df`` has a
+    user-defined-type column that the setting would make a pandas UDF fail on.
+
+    The plan runs lazily, after this returns, so the setting cannot be restored
+    afterwards; it only turns off an optimisation, never changes results.
+    """
+    if not _has_udt(df.schema):
+        return
+    conf = df.sparkSession.conf
+    try:
+        enabled = str(conf.get(COLUMNAR_UDF_INPUT)).lower() == "true"
+    except Exception:  # a Spark without the setting has no such failure
+        return
+    if enabled:
+        conf.set(COLUMNAR_UDF_INPUT, "false")
+        warnings.warn(f"dfnet set {COLUMNAR_UDF_INPUT}=false for this session: with it, Spark 4.3 fails "
+                      f"(UNSUPPORTED_DATATYPE) on a pandas UDF over a scan that carries vector/UDT columns",
+                      stacklevel=3)
+
+
 _SCORES_COL = "__dfnet_scores"
 _SCORE_FIELDS = {"prediction": T.IntegerType(), "probability": T.ArrayType(T.DoubleType(), False),
                  "raw": T.ArrayType(T.DoubleType(), False)}
@@ -119,6 +159,7 @@ def predict(df: DataFrame, network: Sequential, params: np.ndarray, *, features_
         validate_frame(df, features_col, None, network.num_features, None)
     if not outputs:
         return df
+    allow_udt_columns(df)
     schema = T.StructType([T.StructField(kind, _SCORE_FIELDS[kind]) for kind in outputs])  # Arrow hands back nullable fields
     broadcast = df.sparkSession.sparkContext.broadcast(params)
 

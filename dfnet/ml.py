@@ -480,9 +480,11 @@ class DFNetModel(ProbabilisticClassificationModel, _DFNetParams, MLReadable["DFN
                       prediction_col=outputs["prediction"] or None, probability_col=outputs["probability"] or None,
                       raw_prediction_col=outputs["raw"] or None, thresholds=self._optional(self.thresholds),
                       validate=False)  # lazy: its own checks (output names, thresholds) need no job
-        # One job checks the features, under the user's column name so that errors name it.
-        validate_frame(dataset if arrays is None else dataset.withColumn(features, arrays), features, None,
-                       network.num_features, None)
+        # One job checks the features, under the user's column name so that errors name it. A
+        # stream cannot run it: its rows are only checked as the network reads them.
+        if not dataset.isStreaming:
+            validate_frame(dataset if arrays is None else dataset.withColumn(features, arrays), features, None,
+                           network.num_features, None)
         converted = {name: array_to_vector(F.col(name)) for name in (outputs["raw"], outputs["probability"]) if name}
         if outputs["prediction"]:
             converted[outputs["prediction"]] = F.col(outputs["prediction"]).cast(T.DoubleType())

@@ -26,6 +26,7 @@ from sklearn.metrics import f1_score, log_loss, roc_auc_score
 from dfnet import DFNetClassifier, DFNetModel, TrainedModel
 from dfnet.cli import main as cli_main
 from dfnet.datasets import load_arrays, to_dataframe
+from dfnet.evaluate import COLUMNAR_UDF_INPUT
 from dfnet.errors import ConfigError, DataValidationError, ModelFormatError, OutputExistsError
 from dfnet.nn import build_cnn
 
@@ -277,6 +278,19 @@ def test_save_refuses_an_existing_path_and_overwrite_replaces_it(pipeline_model,
     assert os.listdir(tmp_path) == ["model"]  # no staging folder left behind
 
 
+def test_a_failed_overwrite_leaves_the_old_model(pipeline_model, tmp_path):
+    first = stage_of(pipeline_model)
+    path = str(tmp_path / "model")
+    first.write().save(path)
+    trained = first.trained_model
+    unsaveable = DFNetModel.from_trained(TrainedModel(trained.network, trained.params * 0.5, trained.config,
+                                                      history=[{"loss": np.float32(0.5)}]))  # not JSON
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        unsaveable.write().overwrite().save(path)  # fails after its metadata was written
+    np.testing.assert_array_equal(DFNetModel.load(path).trained_model.params, trained.params)
+    assert os.listdir(tmp_path) == ["model"]
+
+
 def test_estimator_saves_and_loads_its_params(tmp_path):
     estimator = DFNetClassifier(layers=MLP, stepSize=0.003, schedule="average", featuresCol="pixels",
                                 thresholds=[1.0] * 10)
@@ -317,6 +331,58 @@ def test_thresholds_choose_the_largest_probability_over_threshold(pipeline_model
     np.testing.assert_array_equal(out["prediction"], np.argmax(probability / np.array(thresholds), axis=1))
     with pytest.raises(ConfigError, match="thresholds=.*one value per class \\(10\\)"):
         model.copy({model.thresholds: [0.5, 0.5]}).transform(test)
+
+
+@pytest.fixture
+def vectors_in_parquet(frames, spark, tmp_path):
+    """50 test digits as (id, features vector) in Parquet, with Spark 4.3's columnar pandas-UDF input on,
+    as in a user's session (it fails on vector columns; dfnet must turn it off); the setting restored after."""
+    test = frames[1].select("id", F.col("pixels").alias("features")).where(F.col("id") < 50)
+    source = str(tmp_path / "source")
+    test.write.parquet(source)
+    before = spark.conf.get(COLUMNAR_UDF_INPUT)
+    spark.conf.set(COLUMNAR_UDF_INPUT, "true")
+    yield test, source
+    spark.conf.set(COLUMNAR_UDF_INPUT, before)
+
+
+def test_vectors_read_from_parquet_are_scored(pipeline_model, vectors_in_parquet, spark):
+    model = stage_of(pipeline_model)
+    test, source = vectors_in_parquet
+    with pytest.warns(UserWarning, match=f"dfnet set {COLUMNAR_UDF_INPUT}=false"):
+        scored = model.transform(spark.read.parquet(source)).select("id", "prediction", "probability")
+    assert spark.conf.get(COLUMNAR_UDF_INPUT) == "false"
+    assert collect_sorted(scored, "id", "prediction", "probability") == \
+        collect_sorted(model.transform(test), "id", "prediction", "probability")
+
+
+def test_streaming_dataframes_are_scored_like_batches(pipeline_model, vectors_in_parquet, spark):
+    """transform() stays lazy on a stream (no validation job a stream could not run)."""
+    model = stage_of(pipeline_model)
+    test, source = vectors_in_parquet
+    stream = spark.readStream.schema(test.schema).parquet(source)
+    with pytest.warns(UserWarning, match=COLUMNAR_UDF_INPUT):
+        scored = model.transform(stream).select("id", "prediction", "probability")
+    query = (scored.writeStream
+             .format("memory").queryName("dfnet_stream_test").trigger(availableNow=True).start())
+    try:
+        query.awaitTermination()
+        streamed = collect_sorted(spark.table("dfnet_stream_test"), "id", "prediction", "probability")
+    finally:
+        query.stop()
+        spark.catalog.dropTempView("dfnet_stream_test")
+    assert streamed == collect_sorted(model.transform(test), "id", "prediction", "probability")
+    assert len(streamed["id"]) == 50
+
+
+def test_module_example_runs(spark, tmp_path):
+    import doctest
+
+    import dfnet.ml
+
+    result = doctest.testmod(dfnet.ml, extraglobs={"spark": spark, "temp_path": str(tmp_path)},
+                             optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 6 and result.failed == 0
 
 
 # --- bad input ------------------------------------------------------------------------------
