@@ -185,7 +185,7 @@ def test_float_double_and_vector_features_train_to_identical_models(frames):
     for kind, column in features.items():
         data = train.select("id", column.alias("features"), F.col("label").cast("double").alias("label"))
         assert data.schema["features"].dataType.simpleString() == kind
-        model = DFNetClassifier(layers=[784, 16, 10], maxIter=2, schedule="average", seed=5).fit(data)
+        model = DFNetClassifier(layers=[784, 16, 10], maxIter=1, schedule="average", seed=5).fit(data)
         weights[kind] = model.trained_model.params
         scored = model.transform(test.select("id", column.alias("features")))
         predictions[kind] = collect_sorted(scored, "prediction", "probability")
@@ -242,14 +242,14 @@ def test_cross_validator_picks_the_step_size_that_learns(frames):
 
 def test_cli_run_folder_loads_like_trained_model_load(spark, tmp_path):
     run = tmp_path / "run"
-    assert cli_main(["train", "--dataset", "digits", "--epochs", "2", "--batch-size", "256",
+    assert cli_main(["train", "--dataset", "digits", "--epochs", "2", "--schedule", "average",
                      "--output", str(run), "--no-progress"]) == 0
     native = TrainedModel.load(run / "model")
     model = DFNetModel.load(str(run / "model"))
     np.testing.assert_array_equal(model.trained_model.params, native.params)
     assert model.network.to_config() == native.network.to_config()
     assert model.trained_model.class_names == native.class_names and model.history == native.history
-    assert (model.getMaxIter(), model.getBatchSize(), model.getLayers()) == (2, 256, [64, 128, 10])
+    assert (model.getMaxIter(), model.getSchedule(), model.getLayers()) == (2, "average", [64, 128, 10])
 
     images, labels = load_arrays("digits", "test")
     df = to_dataframe(spark, images, labels, max_value=16.0)
