@@ -366,7 +366,7 @@ class DFNetClassifier(ProbabilisticClassifier, _DFNetParams, MLReadable["DFNetCl
         features = self.getFeaturesCol()
         arrays = _feature_arrays(dataset, features, config.dtype)
         frame = dataset if arrays is None else dataset.withColumn(features, arrays)
-        trained = fit(frame, config, features_col=self.getFeaturesCol(), label_col=self.getLabelCol(),
+        trained = fit(frame, config, features_col=features, label_col=self.getLabelCol(),
                       network=network, verbose=self.getVerbose())
         model = DFNetModel(trained)
         self._copyValues(model)
