@@ -101,7 +101,7 @@ def test_pipeline_output_matches_numpy_and_survives_save_and_load(pipeline_model
     _, test = frames
     _, (Xte, _) = digits
     out = pipeline_model.transform(test)
-    types = dict((f.name, f.dataType) for f in out.schema.fields)
+    types = {f.name: f.dataType for f in out.schema.fields}
     assert isinstance(types["rawPrediction"], VectorUDT) and isinstance(types["probability"], VectorUDT)
     assert types["prediction"] == T.DoubleType()
     got = collect_sorted(out, "prediction", "probability", "rawPrediction")
