@@ -399,7 +399,7 @@ def jobs_run(spark, action):
     return len(sc.statusTracker().getJobIdsForGroup(group))
 
 
-@pytest.mark.parametrize("case, make, error, words, max_jobs", [
+BAD_INPUT = [
     # A validation aggregation is one job, or two when adaptive execution splits it; a fit that
     # started training would run 4 or more (validation, encoding, partition sizes, an epoch).
     ("missing-features", lambda tr: tr, DataValidationError, ["'features' not found", "'pixels'"], 0),
@@ -411,7 +411,10 @@ def jobs_run(spark, action):
      DataValidationError, ["'label'", "non-integer"], 2),
     ("labels-beyond-layers", lambda tr: tr.withColumn("features", F.col("pixels")).withColumn("label", F.col("label") + 5),
      DataValidationError, ["'label'", "[0, 9]", "14"], 2),
-], ids=lambda v: v if isinstance(v, str) else None)
+]
+
+
+@pytest.mark.parametrize("case, make, error, words, max_jobs", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
 def test_bad_input_is_refused_before_training(spark, frames, case, make, error, words, max_jobs):
     train, _ = frames
     data = make(train)
