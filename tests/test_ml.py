@@ -58,6 +58,7 @@ def as_frame(spark, X, y):
 def frames(spark, digits):
     (Xtr, ytr), (Xte, yte) = digits
     train, test = as_frame(spark, Xtr, ytr), as_frame(spark, Xte, yte)
+    assert train.count() == TRAIN_ROWS and test.count() == TEST_ROWS  # fill the caches now, not in a test's jobs
     yield train, test
     train.unpersist()
     test.unpersist()
