@@ -37,3 +37,7 @@ class TrainingDivergedError(DFNetError, ArithmeticError):
 
 class CheckpointError(DFNetError, ValueError):
     """A checkpoint is corrupt or unreadable, or belongs to a different run than the one resuming."""
+
+
+class OutputExistsError(DFNetError, FileExistsError):
+    """A save would replace something that already exists, and overwriting was not asked for."""

@@ -7,6 +7,7 @@ name and renamed into place, so a failure never leaves a half-written model.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -70,23 +71,38 @@ class TrainedModel:
         """Load a saved model; with ``expect``, refuse one of a different architecture."""
         path = Path(path)
         try:
-            meta = json.loads((path / "model.json").read_text())
-            if meta.get("format_version") != FORMAT_VERSION:
-                raise ModelFormatError(f"{path}: model format version {meta.get('format_version')!r}, "
-                                       f"this dfnet reads version {FORMAT_VERSION}")
-            params = np.load(path / "weights.npy", allow_pickle=False)
-            network = Sequential.from_config(meta["network"])
-            config = TrainConfig.from_dict(meta["config"]) if meta.get("config") else None
+            meta_text = (path / "model.json").read_bytes()
+            weights = (path / "weights.npy").read_bytes()
         except FileNotFoundError as e:
             raise ModelFormatError(f"{path}: not a dfnet model folder (missing {Path(e.filename).name})") from e
+        except OSError as e:
+            raise ModelFormatError(f"{path}: cannot read the model files ({type(e).__name__}: {e})") from e
+        return cls.from_saved(meta_text, weights, source=str(path), expect=expect)
+
+    @classmethod
+    def from_saved(cls, meta_text: str | bytes, weights_npy: bytes, *, source: str,
+                   expect: Sequential | None = None) -> "TrainedModel":
+        """A model from the contents of a saved folder's ``model.json`` and ``weights.npy``, however
+        they were read (the local file system, or Spark's readers for any Hadoop path).
+        ``source`` names the folder in errors."""
+        try:
+            meta = json.loads(meta_text.decode("utf-8") if isinstance(meta_text, bytes) else meta_text)
+            if meta.get("format_version") != FORMAT_VERSION:
+                raise ModelFormatError(f"{source}: model format version {meta.get('format_version')!r}, "
+                                       f"this dfnet reads version {FORMAT_VERSION}")
+            params = np.load(io.BytesIO(weights_npy), allow_pickle=False)
+            network = Sequential.from_config(meta["network"])
+            config = TrainConfig.from_dict(meta["config"]) if meta.get("config") else None
+        except ModelFormatError:
+            raise
         except (ValueError, KeyError, TypeError, AttributeError, EOFError, OSError) as e:
             # ConfigError and JSONDecodeError are ValueErrors too.
-            raise ModelFormatError(f"{path}: corrupt model files ({type(e).__name__}: {e})") from e
+            raise ModelFormatError(f"{source}: corrupt model files ({type(e).__name__}: {e})") from e
         if params.shape != (network.num_params,):
-            raise ModelFormatError(f"{path}: weights.npy holds {params.size} values, the architecture "
+            raise ModelFormatError(f"{source}: weights.npy holds {params.size} values, the architecture "
                                    f"needs {network.num_params}")
         if expect is not None and expect.to_config() != network.to_config():
-            raise ModelFormatError(f"{path}: saved architecture {network.to_config()['layers']} differs from the "
+            raise ModelFormatError(f"{source}: saved architecture {network.to_config()['layers']} differs from the "
                                    f"expected {expect.to_config()['layers']}")
         return cls(network, params.astype(network.dtype), config, meta.get("history", []), meta.get("class_names"))
 
