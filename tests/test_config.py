@@ -16,7 +16,7 @@ from dfnet.optim import Adam
 # (field, bad value, words the message must contain besides the field and the value)
 BAD_VALUES = [
     # one of a set: the message lists the allowed options
-    ("model", "cnn", ["must be one of", "'mlp'"]),
+    ("model", "resnet", ["must be one of", "'mlp'", "'cnn'"]),
     ("activation", "softplus", ["must be one of", "'sigmoid'", "'relu'", "'tanh'"]),
     ("loss", "hinge", ["must be one of", "'mse'", "'cross-entropy'"]),
     ("init", "zeros", ["must be one of", "'auto'", "'he'", "'xavier'", "'classic'"]),

@@ -8,16 +8,25 @@ so engines can be tested against each other and differ only in how data moves.
 
 from __future__ import annotations
 
+from ..errors import ConfigError
 from ..nn.network import Sequential
 
 
-def make_engine(name: str, network: Sequential):
-    """``dataframe`` (broadcast -> mapInPandas -> groupBy().agg), ``rdd`` (the classic per-record
-    map/reduce) or ``rdd-batched`` (mapPartitions on stacked rows)."""
+def make_engine(name: str, network: Sequential, *, patches: str = "inline", patch_rows: str = "image-row"):
+    """``dataframe`` (broadcast -> mapInArrow -> groupBy().agg), ``rdd`` (the classic per-record
+    map/reduce) or ``rdd-batched`` (mapPartitions on stacked rows).
+
+    ``patches="explode"`` (dataframe only) caches a CNN's first-layer patches as rows
+    (:mod:`dfnet.engine.patches`); ``inline`` cuts them inside each step.
+    """
     from .dataframe import DataFrameEngine
     from .rdd import RDDBatchedEngine, RDDPerRecordEngine
 
     engines = {"dataframe": DataFrameEngine, "rdd": RDDPerRecordEngine, "rdd-batched": RDDBatchedEngine}
     if name not in engines:
         raise ValueError(f"unknown engine {name!r}; known: {sorted(engines)}")
+    if name == "dataframe":
+        return DataFrameEngine(network, patches=patches, patch_rows=patch_rows)
+    if patches != "inline":
+        raise ConfigError(f"patches={patches!r} runs on the dataframe engine, not engine={name!r}")
     return engines[name](network)

@@ -34,7 +34,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..nn.network import LossAndGrad, Sequential
-from .data import LABEL_COL, X_COL, TrainingData, decode_arrow_images, encode_training_data
+from .data import ImageRows, TrainingData, encode_training_data
+from .patches import PatchRows, explode_patches
 
 PARTIAL_COL = "partial"
 PARTIAL_SCHEMA = T.StructType([T.StructField(PARTIAL_COL, T.ArrayType(T.DoubleType(), False), False)])
@@ -69,21 +70,27 @@ def _partial_row(vector: np.ndarray) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays([pa.array([vector], type=pa.list_(pa.float64()))], names=[PARTIAL_COL])
 
 
-def _images_and_labels(batch: pa.RecordBatch, network: Sequential) -> tuple[np.ndarray, np.ndarray]:
-    return (decode_arrow_images(batch.column(X_COL), network.num_features, network.dtype.name),
-            batch.column(LABEL_COL).to_numpy())
+Rows = ImageRows | PatchRows  # how a cached row is read back: a whole image, or patch rows of one
 
 
-def partial_gradient_sums(network: Sequential, broadcast):
+def decode_partition(rows: Rows, batches: Iterator[pa.RecordBatch]) -> tuple[np.ndarray, np.ndarray] | None:
+    """A whole partition as ONE ``(inputs, labels)`` pair (images or patches), None when it is empty."""
+    parts = list(rows.decode(batches))
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def partial_gradient_sums(network: Sequential, broadcast, rows: Rows):
     """The ``mapInArrow`` function: one packed partial-sum row per non-empty partition."""
 
     def per_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         params = broadcast.value
         total = None
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            part = pack(network.loss_and_grad(params, *_images_and_labels(batch, network)))
+        for inputs, labels in rows.decode(batches):
+            part = pack(rows.loss_and_grad(network, params, inputs, labels))
             total = part if total is None else total + part
         if total is not None:
             yield _partial_row(total)
@@ -91,11 +98,11 @@ def partial_gradient_sums(network: Sequential, broadcast):
     return per_partition
 
 
-def locally_trained_sums(network: Sequential, broadcast, plan: "LocalPlan"):
+def locally_trained_sums(network: Sequential, broadcast, plan: "LocalPlan", rows: Rows):
     """The ``mapInArrow`` function of the model-averaging schedule.
 
     Each partition starts from the broadcast weights, runs ``plan.steps``
-    mini-batch steps of its own rows (its round's slice of a per-epoch,
+    mini-batch steps of its own rows (images, or whole images' patches) (its round's slice of a per-epoch,
     per-partition permutation) with a fresh local optimizer, and yields ONE
     packed row ``[weights * rows_used..., loss_sum, correct, rows_used]``.
     """
@@ -104,11 +111,10 @@ def locally_trained_sums(network: Sequential, broadcast, plan: "LocalPlan"):
     from ..optim import make_optimizer
 
     def per_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        parts = [_images_and_labels(batch, network) for batch in batches if batch.num_rows]
-        if not parts:
+        partition_data = decode_partition(rows, batches)
+        if partition_data is None:
             return
-        X = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
-        labels = np.concatenate([p[1] for p in parts])
+        X, labels = partition_data
         partition = TaskContext.get().partitionId()
         order = np.random.default_rng([plan.seed, plan.epoch, partition]).permutation(len(labels))
         first = plan.round * plan.steps * plan.batch_size
@@ -119,8 +125,8 @@ def locally_trained_sums(network: Sequential, broadcast, plan: "LocalPlan"):
         optimizer = make_optimizer(plan.optimizer, plan.lr, **plan.optimizer_args)
         loss_sum, correct = 0.0, 0
         for start in range(0, len(order), plan.batch_size):
-            rows = order[start:start + plan.batch_size]
-            step = network.loss_and_grad(params, X[rows], labels[rows])
+            batch = order[start:start + plan.batch_size]
+            step = rows.loss_and_grad(network, params, X[batch], labels[batch])
             optimizer.step(params, step.grad_sum / step.count)
             loss_sum += step.loss_sum
             correct += step.correct
@@ -179,25 +185,32 @@ class DataFrameEngine:
 
     name = "dataframe"
 
-    def __init__(self, network: Sequential):
+    def __init__(self, network: Sequential, *, patches: str = "inline", patch_rows: str = "image-row"):
         self.network = network
         self.sum_vectors = make_sum_vectors()
+        #: ``inline``: cached images, the first convolution cuts its patches in the step;
+        #: ``explode``: cached patch rows (:mod:`dfnet.engine.patches`).
+        self.rows: Rows = (ImageRows(network.num_features, network.dtype.name) if patches == "inline"
+                           else PatchRows.of(network, patch_rows))
 
     def prepare(self, df: DataFrame, *, features_col: str, label_col: str,
                 num_partitions: int | None = None) -> TrainingData:
-        """Cache the packed encoding of a validated ``df``."""
+        """Cache the packed encoding (images, or patch rows) of a validated ``df``."""
+        if isinstance(self.rows, PatchRows):
+            return explode_patches(df, self.rows, features_col=features_col, label_col=label_col,
+                                   num_partitions=num_partitions)
         return encode_training_data(df, features_col=features_col, label_col=label_col,
                                     num_features=self.network.num_features, dtype=self.network.dtype.name,
                                     num_partitions=num_partitions)
 
     def gradient(self, params: np.ndarray, rows: DataFrame) -> LossAndGrad:
         """Sums over ``rows`` (an encoded frame, usually a sample or batch of it) at ``params``."""
-        return self._summed(params, rows, lambda b: partial_gradient_sums(self.network, b))
+        return self._summed(params, rows, lambda b: partial_gradient_sums(self.network, b, self.rows))
 
     def local_training(self, params: np.ndarray, rows: DataFrame, plan: LocalPlan) -> LossAndGrad:
         """One averaging round: the returned ``grad_sum`` field holds the row-weighted SUM of the
         partitions' locally trained weights (divide by ``count`` for the average)."""
-        return self._summed(params, rows, lambda b: locally_trained_sums(self.network, b, plan))
+        return self._summed(params, rows, lambda b: locally_trained_sums(self.network, b, plan, self.rows))
 
     def _summed(self, params: np.ndarray, rows: DataFrame, make_fn) -> LossAndGrad:
         spark = rows.sparkSession
