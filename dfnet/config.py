@@ -225,11 +225,24 @@ CONSTRAINTS = {
 #: Named configurations. ``classic`` is the 784-64-2 sigmoid network of the
 #: classic Spark write-up: MSE on one-hot targets, all-positive uniform*0.5
 #: init, plain SGD at 0.1, one full-batch update per epoch on a 0.7 sample.
+#:
+#: ``digits-cnn`` is the classic 8x8 digits CNN: 10 kernels of 3x3, sigmoid
+#: activation maps, 2x2 max-pooling, a ReLU dense layer (128), softmax over 10
+#: digits. Sigmoid maps learn slowly (ReLU maps reach 0.98 in 10 epochs), so it
+#: runs 100 cosine-decayed Adam epochs of 16-image steps. Test accuracy over
+#: seeds 0-7 (exact numpy replays of the schedule): 100 epochs 0.975-0.986
+#: (mean 0.981), 80 epochs 0.972-0.986 (0.980), 40 epochs 0.967-0.983 (0.975).
+#: On 1,437 training images one partition is right: an epoch is one job either
+#: way, and averaging two halves' models plateaued at 0.96.
 PRESETS: dict[str, dict[str, Any]] = {
     "classic": dict(hidden=(64,), activation="sigmoid", loss="mse", init="classic", optimizer="sgd",
                     lr=0.1, epochs=50, sample=0.7, schedule="classic", dtype="float64"),
+    "digits-cnn": dict(model="cnn", kernels=(10,), kernel_size=3, pool=2, conv_activation="sigmoid",
+                       activation="relu", hidden=(128,), optimizer="adam", lr=0.006, lr_schedule="cosine",
+                       epochs=100, schedule="average", batch_size=16, partitions=1),
 }
 #: Data the presets were defined on (the CLI applies these unless overridden).
 PRESET_DATA: dict[str, dict[str, Any]] = {
     "classic": dict(dataset="mnist", classes=(0, 1)),
+    "digits-cnn": dict(dataset="digits"),
 }

@@ -192,7 +192,9 @@ def decode_arrow_images(packed: pa.BinaryArray, num_features: int, dtype: str) -
     start, total = int(bounds[0]), int(bounds[-1] - bounds[0])
     if total == n * num_features:
         levels = np.frombuffer(values, dtype=np.uint8, count=total, offset=start).reshape(n, num_features)
-        return levels.astype(dtype) / dtype.type(PIXEL_LEVELS)
+        pixels = levels.astype(dtype)
+        pixels /= dtype.type(PIXEL_LEVELS)  # in place: one float array, not two
+        return pixels
     if total == n * num_features * dtype.itemsize:
         return np.frombuffer(values, dtype=dtype, count=n * num_features, offset=start).reshape(n, num_features)
     widths = np.diff(bounds)

@@ -83,8 +83,14 @@ def decode_partition(rows: Rows, batches: Iterator[pa.RecordBatch]) -> tuple[np.
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def partial_gradient_sums(network: Sequential, broadcast, rows: Rows):
-    """The ``mapInArrow`` function: one packed partial-sum row per non-empty partition."""
+def _image_rows(network: Sequential) -> ImageRows:
+    return ImageRows(network.num_features, network.dtype.name)
+
+
+def partial_gradient_sums(network: Sequential, broadcast, rows: Rows | None = None):
+    """The ``mapInArrow`` function: one packed partial-sum row per non-empty partition
+    (``rows``: how to read the cached rows; default: the image encoding)."""
+    rows = rows or _image_rows(network)
 
     def per_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         params = broadcast.value
@@ -98,17 +104,20 @@ def partial_gradient_sums(network: Sequential, broadcast, rows: Rows):
     return per_partition
 
 
-def locally_trained_sums(network: Sequential, broadcast, plan: "LocalPlan", rows: Rows):
+def locally_trained_sums(network: Sequential, broadcast, plan: "LocalPlan", rows: Rows | None = None):
     """The ``mapInArrow`` function of the model-averaging schedule.
 
     Each partition starts from the broadcast weights, runs ``plan.steps``
-    mini-batch steps of its own rows (images, or whole images' patches) (its round's slice of a per-epoch,
-    per-partition permutation) with a fresh local optimizer, and yields ONE
-    packed row ``[weights * rows_used..., loss_sum, correct, rows_used]``.
+    mini-batch steps of its own images (its round's slice of a per-epoch,
+    per-partition permutation; an image's patch rows count as one) with a
+    fresh local optimizer, and yields ONE packed row
+    ``[weights * images_used..., loss_sum, correct, images_used]``.
     """
     from pyspark import TaskContext
 
     from ..optim import make_optimizer
+
+    rows = rows or _image_rows(network)
 
     def per_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         partition_data = decode_partition(rows, batches)
@@ -190,8 +199,7 @@ class DataFrameEngine:
         self.sum_vectors = make_sum_vectors()
         #: ``inline``: cached images, the first convolution cuts its patches in the step;
         #: ``explode``: cached patch rows (:mod:`dfnet.engine.patches`).
-        self.rows: Rows = (ImageRows(network.num_features, network.dtype.name) if patches == "inline"
-                           else PatchRows.of(network, patch_rows))
+        self.rows: Rows = _image_rows(network) if patches == "inline" else PatchRows.of(network, patch_rows)
 
     def prepare(self, df: DataFrame, *, features_col: str, label_col: str,
                 num_partitions: int | None = None) -> TrainingData:

@@ -39,6 +39,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from ..config import PATCH_ROWS
 from ..errors import ConfigError
 from ..nn.conv import Conv2D, image_patches
 from ..nn.network import Sequential
@@ -46,7 +47,6 @@ from .data import (LABEL_COL, ROW_COL, X_COL, TrainingData, decode_arrow_images,
                    packed_binary)
 
 POS_COL = "_pos"
-PATCH_ROWS = ("image-row", "position")
 #: Hash buckets of the whole-image sample: fractions resolve to 1 / 2**30.
 _SAMPLE_BUCKETS = 1 << 30
 
@@ -95,22 +95,20 @@ class PatchRows:
         ``(patches (n, H_out, W_out, kh*kw*C), labels (n,))`` chunks of whole images."""
         per_image, carry = self.rows_per_image, None
         for batch in batches:
-            if batch.num_rows == 0:
+            if carry is not None:  # the previous batch ended inside an image: prepend its packed rows
+                batch = pa.concat_batches([carry, batch])
+            whole = batch.num_rows - batch.num_rows % per_image
+            carry = batch.slice(whole) if whole < batch.num_rows else None
+            if whole == 0:
                 continue
-            columns = (decode_arrow_images(batch.column(X_COL), self.row_values, self.dtype),
-                       batch.column(ROW_COL).to_numpy(), batch.column(POS_COL).to_numpy(),
-                       batch.column(LABEL_COL).to_numpy())
-            if carry is not None:  # the previous batch ended inside an image
-                columns = tuple(np.concatenate(pair) for pair in zip(carry, columns))
-            x, keys, pos, labels = columns
-            whole = len(keys) - len(keys) % per_image
-            _check_whole_images(keys[:whole], pos[:whole], per_image)
-            carry = tuple(c[whole:] for c in columns) if whole < len(keys) else None
-            if whole:
-                yield x[:whole].reshape((-1, *self.patch_shape)), labels[:whole:per_image]
+            batch = batch.slice(0, whole)
+            keys, pos = batch.column(ROW_COL).to_numpy(), batch.column(POS_COL).to_numpy()
+            _check_whole_images(keys, pos, per_image)
+            x = decode_arrow_images(batch.column(X_COL), self.row_values, self.dtype)
+            yield x.reshape((-1, *self.patch_shape)), batch.column(LABEL_COL).to_numpy()[::per_image]
         if carry is not None:
-            raise ValueError(f"image {carry[1][0]} has {len(carry[1])} of its {per_image} patch rows: "
-                             f"patch rows must be selected by whole images")
+            raise ValueError(f"image {carry.column(ROW_COL)[0]} has {carry.num_rows} of its {per_image} patch "
+                             f"rows: patch rows must be selected by whole images")
 
     def loss_and_grad(self, network: Sequential, params: np.ndarray, P: np.ndarray, labels: np.ndarray):
         return network.loss_and_grad(params, None, labels, patches=P)
