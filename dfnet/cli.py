@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .config import (ACTIVATIONS, DEFAULT_LR, ENGINES, LR_SCHEDULES, MODELS, OPTIMIZERS, PADDINGS, PATCH_ROWS, PATCHES,
+from .config import (ACTIVATIONS, DEFAULT_LR, ENGINES, LR_SCHEDULES, MODELS, OPTIMIZERS, PADDINGS, PATCHES, PATCH_ROWS,
                      PRESET_DATA, PRESETS, SCHEDULES, TrainConfig)
 from .errors import DFNetError
 from .nn.layers import INITIALIZERS
@@ -112,9 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
     """Merge dfnet defaults <- preset <- explicit options into a validated config and data choice."""
-    fields = {"model", "engine", "hidden", "activation", "loss", "init", "dtype", "optimizer", "lr", "lr_schedule", "epochs",
-              "schedule", "sample", "batch_size", "local_steps", "seed", "partitions", "kernels", "kernel_size",
-              "pool", "conv_activation", "padding", "image_shape", "patches", "patch_rows"}
+    fields = {"model", "engine", "hidden", "activation", "loss", "init", "dtype", "optimizer", "lr", "lr_schedule",
+              "epochs", "schedule", "sample", "batch_size", "local_steps", "seed", "partitions", "kernels",
+              "kernel_size", "pool", "conv_activation", "padding", "image_shape", "patches", "patch_rows"}
     chosen = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     if chosen.get("pool") == "none":
         chosen["pool"] = None

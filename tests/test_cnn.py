@@ -280,7 +280,8 @@ def test_rdd_engines_train_a_cnn_with_inline_patches(spark, digits_rows, engine_
 ])
 def test_cnn_that_does_not_fit_the_images_is_refused_before_training(spark, changes, width, words):
     rng = np.random.default_rng(0)
-    df = spark.createDataFrame([(rng.random(width).tolist(), i % 3) for i in range(12)], "image array<float>, label int")
+    df = spark.createDataFrame([(rng.random(width).tolist(), i % 3) for i in range(12)],
+                               "image array<float>, label int")
     with pytest.raises(ConfigError) as info:
         fit(df, TrainConfig(model="cnn", epochs=1, **changes), verbose=False)
     for word in words:

@@ -11,6 +11,14 @@ with no pandas Series of bytes in between. Measured at 60,000 rows,
 784-64-10, ``local[2]``, warm JVM, interleaved medians of 8: 0.67 s per step
 against 0.80 s through ``mapInPandas`` (same aggregation).
 
+A pass feeds ``loss_and_grad`` at most :data:`STEP_ROWS` images at a time:
+activations that fit the CPU caches made the CNN pass 1.3-1.4x and the MLP
+pass 1.2x faster than whole Arrow batches. The cached rows are images, or a
+CNN's first-layer patches (:mod:`dfnet.engine.patches`); one decode step per
+form (:class:`~dfnet.engine.data.ImageRows`,
+:class:`~dfnet.engine.patches.PatchRows`) serves both the gradient and the
+model-averaging pass.
+
 The partial sums travel as one ``array<double>`` per row, packed as
 ``[gradient..., loss_sum, correct, count]``: a grouped-aggregate pandas UDF
 cannot share an ``agg()`` with built-in aggregates, so the scalars ride along.
@@ -37,6 +45,12 @@ from ..nn.network import LossAndGrad, Sequential
 from .data import ImageRows, TrainingData, encode_training_data
 from .patches import PatchRows, explode_patches
 
+#: Images per ``loss_and_grad`` call in a gradient pass. A whole Arrow batch (up to 10,000 rows) at
+#: once keeps activations far larger than the CPU caches: one partition's 2,500 MNIST images
+#: through 5x5x8 + 5x5x16 convolutions took 0.65 s in one call against 0.46 s in calls of 250
+#: (0.34 s against 0.26 s with one convolution, 0.106 s against 0.085 s for 30,000 rows of a
+#: 784-64-10 MLP in calls of 256); one numpy thread, minimum of 3.
+STEP_ROWS = 256
 PARTIAL_COL = "partial"
 PARTIAL_SCHEMA = T.StructType([T.StructField(PARTIAL_COL, T.ArrayType(T.DoubleType(), False), False)])
 _SCALARS = 3  # loss_sum, correct, count after the gradient
@@ -96,8 +110,10 @@ def partial_gradient_sums(network: Sequential, broadcast, rows: Rows | None = No
         params = broadcast.value
         total = None
         for inputs, labels in rows.decode(batches):
-            part = pack(rows.loss_and_grad(network, params, inputs, labels))
-            total = part if total is None else total + part
+            for start in range(0, len(labels), STEP_ROWS):
+                end = start + STEP_ROWS
+                part = pack(rows.loss_and_grad(network, params, inputs[start:end], labels[start:end]))
+                total = part if total is None else total + part
         if total is not None:
             yield _partial_row(total)
 
