@@ -145,7 +145,8 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
         column of class indices ``0..k-1`` (``label_col``).
     config : hyperparameters; dfnet's defaults when None.
     num_classes : k; by default the largest label + 1 (at least 2).
-    network : an explicit architecture; by default an MLP built from ``config``.
+    network : an explicit architecture; by default the MLP or CNN ``config`` describes
+        (a CNN's ``image_shape`` defaults to square single-channel images).
     initial_params : flat starting weights; by default drawn with ``config.init``.
     validation_df : labelled rows scored after every epoch (``val_loss``,
         ``val_accuracy`` in the history); one extra Spark job per epoch.
