@@ -82,7 +82,7 @@ GRADIENT_CASES = [
     (1, None, "image-row", (28, 28, 1), "valid"),
     (2, None, "position", (28, 28, 1), "valid"),
     (5, 50, "image-row", (28, 28, 1), "same"),  # 50 rows = 1 image + 22 of 28 rows: batches end mid-image
-    (3, 50, "position", (14, 28, 2), "valid"),  # 240 positions a 2-channel image: 4 batches per image
+    (3, 50, "position", (14, 28, 2), "valid"),  # 240 positions of a 2-channel image: 5 or 6 batches each
 ]
 
 
@@ -344,12 +344,15 @@ def test_saved_cnn_loads_and_predicts_identically(spark, digits_cnn, tmp_path):
 
 
 def test_small_cnn_reaches_97_percent_on_mnist_from_5000_images(spark, shared_data):
-    """5,000 training digits -> the official 10,000 test digits. Two 5x5 blocks (8 and 16 filters),
-    64 dense: one 8-filter block with 32 dense plateaued at 0.958 (numpy replay of the schedule)."""
+    """5,000 training digits -> the official 10,000 test digits, 2-partition model averaging.
+
+    The cheapest network found that clears 0.97 with margin: two 5x5 blocks (8 and 16 filters), 64
+    dense, 14 epochs (0.975 here; 0.973-0.977 over seeds with 10 epochs). One 8-filter block with 32
+    dense plateaued at 0.958, 16 filters with 64 dense at 0.971 (numpy replays of the schedule)."""
     train = load_dataframe(spark, "mnist", "train", data_dir=shared_data)
     test = load_dataframe(spark, "mnist", "test", data_dir=shared_data)
     config = TrainConfig(model="cnn", kernels=(8, 16), kernel_size=5, hidden=(64,), optimizer="adam", lr=0.003,
-                         lr_schedule="cosine", epochs=10, schedule="average", batch_size=32, partitions=2)
+                         lr_schedule="cosine", epochs=14, schedule="average", batch_size=32, partitions=2)
     start = time.perf_counter()
     model = fit(train, config, verbose=False)
     seconds = time.perf_counter() - start
