@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .config import AGGREGATES, DEFAULT_LR, ENGINES, LR_SCHEDULES, OPTIMIZERS, PRESET_DATA, PRESETS, SCHEDULES, TrainConfig
+from .config import (ACTIVATIONS, AGGREGATES, DEFAULT_LR, ENGINES, LR_SCHEDULES, MODELS, OPTIMIZERS, PADDINGS, PATCHES, PATCH_ROWS,
+                     PRESET_DATA, PRESETS, SCHEDULES, TrainConfig)
 from .errors import DFNetError
 from .nn.layers import INITIALIZERS
 from .nn.losses import LOSSES
@@ -41,6 +42,15 @@ def _int_list(text: str) -> tuple[int, ...]:
     if not values:
         raise argparse.ArgumentTypeError("expected at least one integer")
     return values
+
+
+def _pool(text: str) -> int | str:
+    if text.lower() == "none":
+        return "none"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a pooling window size or 'none', got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,12 +69,30 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--partitions", type=int, default=None, help="partitions of the cached training data")
     model = t.add_argument_group("model")
     model.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                       help="named configuration (classic: 784-64-2 sigmoid/MSE on MNIST 0/1)")
-    model.add_argument("--model", choices=["mlp"], default=None)
+                       help="named configuration (classic: 784-64-2 sigmoid/MSE on MNIST 0/1; digits-cnn: "
+                            "10 3x3 sigmoid maps, 2x2 max-pool, 128 ReLU, on the 8x8 digits)")
+    model.add_argument("--model", choices=MODELS, default=None, help="mlp (default) or cnn")
     model.add_argument("--engine", choices=ENGINES, default=None,
                        help="dataframe (default), or the RDD baselines rdd (per record) and rdd-batched")
-    model.add_argument("--hidden", type=_int_list, default=None, help="hidden layer sizes, e.g. 64 or 128,64")
-    model.add_argument("--activation", choices=["sigmoid", "relu", "tanh"], default=None)
+    model.add_argument("--hidden", type=_int_list, default=None,
+                       help="dense hidden layer sizes, e.g. 64 or 128,64 (after the convolutions of a cnn)")
+    model.add_argument("--activation", choices=ACTIVATIONS, default=None)
+    conv = t.add_argument_group("convolutions (--model cnn)")
+    conv.add_argument("--kernels", type=_int_list, default=None,
+                      help="filters of each convolution block, e.g. 10 or 16,32 (default 10)")
+    conv.add_argument("--kernel-size", type=int, default=None, help="square kernel side (default 3)")
+    conv.add_argument("--pool", type=_pool, default=None,
+                      help="max-pooling window after each convolution, or none (default 2)")
+    conv.add_argument("--conv-activation", choices=ACTIVATIONS, default=None,
+                      help="activation of the convolution maps (default: --activation)")
+    conv.add_argument("--padding", choices=PADDINGS, default=None, help="valid (default) or same")
+    conv.add_argument("--image-shape", type=_int_list, default=None,
+                      help="H,W,C of the images (default: square, one channel)")
+    conv.add_argument("--patches", choices=PATCHES, default=None,
+                      help="inline (default): each step cuts the first convolution's patches; explode: a UDF "
+                           "and posexplode cache them as rows (dataframe engine)")
+    conv.add_argument("--patch-rows", choices=PATCH_ROWS, default=None,
+                      help="explode: one cached row per output row of an image (default) or per position")
     model.add_argument("--loss", choices=sorted(LOSSES), default=None)
     model.add_argument("--init", choices=["auto", *INITIALIZERS], default=None)
     model.add_argument("--dtype", choices=["float32", "float64"], default=None)
@@ -131,9 +159,12 @@ def bench_command(args: argparse.Namespace) -> int:
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
     """Merge dfnet defaults <- preset <- explicit options into a validated config and data choice."""
-    fields = {"model", "engine", "hidden", "activation", "loss", "init", "dtype", "optimizer", "lr", "lr_schedule", "epochs",
-              "schedule", "sample", "batch_size", "local_steps", "seed", "partitions", "aggregate"}
+    fields = {"model", "engine", "hidden", "activation", "loss", "init", "dtype", "optimizer", "lr", "lr_schedule",
+              "epochs", "schedule", "sample", "batch_size", "local_steps", "seed", "partitions", "kernels",
+              "kernel_size", "pool", "conv_activation", "padding", "image_shape", "patches", "patch_rows", "aggregate"}
     chosen = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if chosen.get("pool") == "none":
+        chosen["pool"] = None
     preset = PRESETS.get(args.preset, {}) if args.preset else {}
     config = TrainConfig(**{**preset, **chosen}).validate()
     data = {"dataset": "digits", "classes": None, **(PRESET_DATA.get(args.preset, {}) if args.preset else {})}
@@ -178,6 +209,14 @@ def _check_checkpoint_options(args: argparse.Namespace, target: Path) -> None:
                              f"written whole at the end of the run; choose a folder beside it")
 
 
+def _describe_model(config: TrainConfig) -> str:
+    dense = f"hidden {list(config.hidden)} {config.activation}/{config.loss}"
+    if config.model != "cnn":
+        return f"{config.model} {dense}"
+    return (f"cnn kernels {list(config.kernels)} {config.kernel_size}x{config.kernel_size} "
+            f"{config.conv_activation_name} pool {config.pool} patches {config.patches}, {dense}")
+
+
 def train_command(args: argparse.Namespace) -> int:
     from .datasets import check_classes, get_dataset, load_dataframe
     from .session import get_or_create_spark
@@ -190,7 +229,7 @@ def train_command(args: argparse.Namespace) -> int:
     classes = check_classes(data["dataset"], data["classes"]) if data["classes"] else None
     class_names = [spec.class_names[c] for c in classes] if classes else list(spec.class_names)
     print(f"dfnet: {data['dataset']} classes {list(classes) if classes else 'all'} | "
-          f"{config.model} hidden {list(config.hidden)} {config.activation}/{config.loss} | "
+          f"{_describe_model(config)} | "
           f"{config.optimizer} lr {config.learning_rate} | {config.schedule} x {config.epochs} epochs", flush=True)
 
     spark = get_or_create_spark(args.master, app_name="dfnet-train")

@@ -1,7 +1,15 @@
 """One typed configuration object for a training run, shared by the CLI and the API.
 
 Allowed values live in one table (:data:`CONSTRAINTS`) and are checked once by
-:meth:`TrainConfig.validate`, whose errors name the parameter and the bad value.
+:meth:`TrainConfig.validate`, whose errors name the parameter and the bad value;
+the few rules that tie two fields together follow the table in ``validate``.
+
+``model="cnn"`` adds convolution blocks in front of the ``hidden`` dense
+layers: per entry of ``kernels`` one Conv2D (``kernel_size``, ``padding``)
+-> ``conv_activation`` -> MaxPool2D(``pool``). ``patches`` says where the first
+convolution's patches are cut: ``inline`` inside each step's numpy pass,
+``explode`` once, by a Spark UDF + ``posexplode``, into cached patch rows
+(:mod:`dfnet.engine.patches`).
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
+from .nn.conv import PADDINGS
 from .nn.layers import INITIALIZERS
 from .nn.losses import LOSSES
 
@@ -19,7 +28,10 @@ SCHEDULES = ("classic", "minibatch", "average")
 ENGINES = ("dataframe", "rdd", "rdd-batched")
 LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("sgd", "momentum", "adam")
-MODELS = ("mlp",)
+MODELS = ("mlp", "cnn")
+ACTIVATIONS = ("sigmoid", "relu", "tanh")
+PATCHES = ("inline", "explode")
+PATCH_ROWS = ("image-row", "position")
 AGGREGATES = ("agg", "collect")
 #: Learning rate used when none is given, per optimizer.
 DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "adam": 0.002}
@@ -36,8 +48,17 @@ class TrainConfig:
 
     model: str = "mlp"
     engine: str = "dataframe"  # rdd / rdd-batched: the RDD baselines
-    hidden: tuple[int, ...] = (128,)
+    hidden: tuple[int, ...] = (128,)  # dense hidden sizes (after the convolutions of a cnn)
     activation: str = "relu"
+    # --- model="cnn" only
+    kernels: tuple[int, ...] = (10,)  # filters of each convolution block
+    kernel_size: int = 3  # square kernels, stride 1
+    pool: int | None = 2  # max-pooling window after each convolution (None: no pooling)
+    conv_activation: str | None = None  # None -> activation
+    padding: str = "valid"
+    image_shape: tuple[int, int, int] | None = None  # (H, W, C); None -> square, one channel
+    patches: str = "inline"  # explode: cached patch rows (dataframe engine only)
+    patch_rows: str = "image-row"  # explode: one cached row per output row of an image, or per position
     loss: str = "cross-entropy"
     init: str = "auto"  # he for relu, xavier otherwise
     optimizer: str = "adam"
@@ -67,6 +88,12 @@ class TrainConfig:
             raise ConfigError(f"aggregate={self.aggregate!r} applies to the dataframe engine, not engine={self.engine!r}")
         if self.schedule == "average" and self.engine != "dataframe":
             raise ConfigError(f"schedule='average' runs on the dataframe engine, not engine={self.engine!r}")
+        if self.patches == "explode" and self.model != "cnn":
+            raise ConfigError(f"patches='explode' cuts convolution patches: it needs model='cnn', "
+                              f"not model={self.model!r}")
+        if self.patches == "explode" and self.engine != "dataframe":
+            raise ConfigError(f"patches='explode' runs on the dataframe engine, not engine={self.engine!r}; "
+                              f"the RDD engines cut patches inline")
         return self
 
     @property
@@ -85,12 +112,31 @@ class TrainConfig:
             return self.init
         return "he" if self.activation == "relu" else "xavier"
 
+    @property
+    def conv_activation_name(self) -> str:
+        return self.conv_activation or self.activation
+
+    def resolve_image_shape(self, num_features: int) -> tuple[int, int, int]:
+        """``image_shape``, or a square single-channel image of ``num_features`` pixels."""
+        if self.image_shape is not None:
+            if math.prod(self.image_shape) != num_features:
+                raise ConfigError(f"image_shape={tuple(self.image_shape)!r} holds {math.prod(self.image_shape)} "
+                                  f"values but the images have {num_features}")
+            return tuple(self.image_shape)  # type: ignore[return-value]
+        side = math.isqrt(num_features)
+        if side * side != num_features:
+            raise ConfigError(f"model='cnn': images of {num_features} values are not square; "
+                              f"give image_shape=(H, W, C) (--image-shape H,W,C)")
+        return side, side, 1
+
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["hidden"] = list(self.hidden)
+        for name in _TUPLES:
+            if d[name] is not None:
+                d[name] = list(d[name])
         return d
 
     @classmethod
@@ -100,9 +146,13 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown configuration keys {sorted(unknown)}")
         d = dict(d)
-        if "hidden" in d:
-            d["hidden"] = tuple(d["hidden"])
+        for name in _TUPLES:
+            if d.get(name) is not None:
+                d[name] = tuple(d[name])
         return cls(**d)
+
+
+_TUPLES = ("hidden", "kernels", "image_shape")  # lists in JSON
 
 
 def _one_of(options):
@@ -131,11 +181,33 @@ def _hidden(v):
     return None
 
 
+def _kernels(v):
+    if _hidden(v) or not v:
+        return "must be a non-empty list of positive filter counts, e.g. (10,) or (16, 32)"
+    return None
+
+
+def _image_shape(v):
+    if v is None:
+        return None
+    if _hidden(v) or len(v) != 3:
+        return "must be (H, W, C): three positive integers, e.g. (28, 28, 1)"
+    return None
+
+
 CONSTRAINTS = {
     "model": _one_of(MODELS),
     "engine": _one_of(ENGINES),
     "hidden": _hidden,
-    "activation": _one_of(("sigmoid", "relu", "tanh")),
+    "activation": _one_of(ACTIVATIONS),
+    "kernels": _kernels,
+    "kernel_size": _number(1, integer=True),
+    "pool": _number(1, integer=True, optional=True),
+    "conv_activation": lambda v: None if v is None else _one_of(ACTIVATIONS)(v),
+    "padding": _one_of(PADDINGS),
+    "image_shape": _image_shape,
+    "patches": _one_of(PATCHES),
+    "patch_rows": _one_of(PATCH_ROWS),
     "loss": _one_of(tuple(LOSSES)),
     "init": _one_of(("auto", *INITIALIZERS)),
     "optimizer": _one_of(OPTIMIZERS),
@@ -158,11 +230,24 @@ CONSTRAINTS = {
 #: Named configurations. ``classic`` is the 784-64-2 sigmoid network of the
 #: classic Spark write-up: MSE on one-hot targets, all-positive uniform*0.5
 #: init, plain SGD at 0.1, one full-batch update per epoch on a 0.7 sample.
+#:
+#: ``digits-cnn`` is the classic 8x8 digits CNN: 10 kernels of 3x3, sigmoid
+#: activation maps, 2x2 max-pooling, a ReLU dense layer (128), softmax over 10
+#: digits. Sigmoid maps learn slowly (ReLU maps reach 0.98 in 10 epochs), so it
+#: runs 100 cosine-decayed Adam epochs of 16-image steps. Test accuracy over
+#: seeds 0-7 (exact numpy replays of the schedule): 100 epochs 0.975-0.986
+#: (mean 0.981), 80 epochs 0.972-0.986 (0.980), 40 epochs 0.967-0.983 (0.975).
+#: On 1,437 training images one partition is right: an epoch is one job either
+#: way, and averaging two halves' models plateaued at 0.96.
 PRESETS: dict[str, dict[str, Any]] = {
     "classic": dict(hidden=(64,), activation="sigmoid", loss="mse", init="classic", optimizer="sgd",
                     lr=0.1, epochs=50, sample=0.7, schedule="classic", dtype="float64"),
+    "digits-cnn": dict(model="cnn", kernels=(10,), kernel_size=3, pool=2, conv_activation="sigmoid",
+                       activation="relu", hidden=(128,), optimizer="adam", lr=0.006, lr_schedule="cosine",
+                       epochs=100, schedule="average", batch_size=16, partitions=1),
 }
 #: Data the presets were defined on (the CLI applies these unless overridden).
 PRESET_DATA: dict[str, dict[str, Any]] = {
     "classic": dict(dataset="mnist", classes=(0, 1)),
+    "digits-cnn": dict(dataset="digits"),
 }

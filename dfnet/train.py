@@ -23,7 +23,7 @@ from .engine.data import TrainingData, validate_frame
 from .engine.dataframe import LocalPlan
 from .errors import ConfigError, TrainingDivergedError
 from .model import TrainedModel
-from .nn.network import LossAndGrad, Sequential, build_mlp
+from .nn.network import LossAndGrad, Sequential, build_cnn, build_mlp
 from .optim import make_optimizer
 
 
@@ -126,8 +126,18 @@ class ProgressPrinter:
 # --- the loop ----------------------------------------------------------------------
 
 def build_network(config: TrainConfig, num_features: int, num_classes: int) -> Sequential:
-    return build_mlp(num_features, config.hidden, num_classes, activation=config.activation,
-                     loss=config.loss, dtype=config.dtype)
+    """The MLP or CNN that ``config`` describes, for images of ``num_features`` values."""
+    if config.model == "mlp":
+        return build_mlp(num_features, config.hidden, num_classes, activation=config.activation,
+                         loss=config.loss, dtype=config.dtype)
+    image_shape = config.resolve_image_shape(num_features)
+    try:
+        return build_cnn(image_shape, [(k, config.kernel_size) for k in config.kernels], n_out=num_classes,
+                         dense=config.hidden, activation=config.activation,
+                         conv_activation=config.conv_activation_name, padding=config.padding, pool=config.pool,
+                         loss=config.loss, dtype=config.dtype)
+    except ValueError as e:  # a kernel or pooling window larger than what reaches it
+        raise ConfigError(f"model='cnn' does not fit {image_shape} images: {e}") from e
 
 
 def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str = "image",
@@ -144,7 +154,8 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
         column of class indices ``0..k-1`` (``label_col``).
     config : hyperparameters; dfnet's defaults when None.
     num_classes : k; by default the largest label + 1 (at least 2).
-    network : an explicit architecture; by default an MLP built from ``config``.
+    network : an explicit architecture; by default the MLP or CNN ``config`` describes
+        (a CNN's ``image_shape`` defaults to square single-channel images).
     initial_params : flat starting weights; by default drawn with ``config.init``.
     validation_df : labelled rows scored after every epoch (``val_loss``,
         ``val_accuracy`` in the history); one extra Spark job per epoch.
@@ -208,7 +219,8 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
 
     if validation_df is not None:
         validate_frame(validation_df, features_col, label_col, num_features, num_classes)
-    engine = make_engine(config.engine, network, config.aggregate)
+    engine = make_engine(config.engine, network, aggregate=config.aggregate, patches=config.patches,
+                         patch_rows=config.patch_rows)
     data = engine.prepare(df, features_col=features_col, label_col=label_col, num_partitions=config.partitions)
     validation = None
     try:

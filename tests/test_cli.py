@@ -295,3 +295,80 @@ def test_bench_runs_a_benchmark_with_its_arguments():
                  "--name", "aggregation-smoke"]) == 0
     saved = json.loads(result.read_text())
     assert [(r["size"], r["partitions"]) for r in saved["results"]] == [(1000, 2)]
+
+
+# --- convolutional networks -----------------------------------------------------------------
+
+def test_digits_cnn_preset_resolves_to_the_classic_digits_cnn():
+    config, data = parse("--preset", "digits-cnn")
+    assert (config.model, config.kernels, config.kernel_size, config.pool) == ("cnn", (10,), 3, 2)
+    assert (config.conv_activation, config.activation, config.hidden) == ("sigmoid", "relu", (128,))
+    assert (config.patches, config.schedule) == ("inline", "average")
+    assert data == {"dataset": "digits", "classes": None}
+
+
+def test_cnn_options_reach_the_config():
+    config, _ = parse("--model", "cnn", "--kernels", "16,32", "--kernel-size", "5", "--pool", "none",
+                      "--conv-activation", "tanh", "--padding", "same", "--image-shape", "8,8,1",
+                      "--patches", "explode", "--patch-rows", "position", "--hidden", "64")
+    assert (config.model, config.kernels, config.kernel_size, config.pool) == ("cnn", (16, 32), 5, None)
+    assert (config.conv_activation, config.padding, config.image_shape) == ("tanh", "same", (8, 8, 1))
+    assert (config.patches, config.patch_rows, config.hidden) == ("explode", "position", (64,))
+    assert parse("--model", "cnn", "--pool", "3")[0].pool == 3
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--pool", "big"], ["--pool", "'none'"]),
+    (["--padding", "full"], ["--padding", "full"]),
+    (["--patches", "udf"], ["--patches", "udf"]),
+    (["--kernels", "a"], ["--kernels", "comma-separated integers"]),
+])
+def test_malformed_cnn_options_are_argparse_errors(capsys, argv, words):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--model", "cnn", *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    for word in words:
+        assert word in err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--model", "cnn", "--patches", "explode", "--engine", "rdd"], ["patches='explode'", "dataframe engine"]),
+    (["--patches", "explode"], ["patches='explode'", "needs model='cnn'"]),
+    (["--model", "cnn", "--kernels", "8,0"], ["kernels=(8, 0)", "positive filter counts"]),
+    (["--model", "cnn", "--image-shape", "8,8,2"], ["image_shape=(8, 8, 2)", "images have 64"]),
+    (["--model", "cnn", "--kernel-size", "9"], ["does not fit (8, 8, 1)"]),
+])
+def test_invalid_cnn_configurations_exit_2_before_training(spark, tmp_path, capsys, argv, words):
+    code = main(["train", *argv, "--output", str(tmp_path / "run"), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 2
+    for word in words:
+        assert word in captured.err
+    assert "Epoch" not in captured.out and not (tmp_path / "run").exists()
+
+
+def test_train_a_cnn_from_exploded_patches_and_reload_it(spark, tmp_path, digits_arrays):
+    output = tmp_path / "cnn"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["train", "--model", "cnn", "--kernels", "6", "--kernel-size", "3", "--pool", "2",
+                     "--conv-activation", "relu", "--padding", "valid", "--patches", "explode", "--hidden", "32",
+                     "--schedule", "average", "--batch-size", "16", "--partitions", "2", "--epochs", "3",
+                     "--output", str(output), "--no-progress"])
+    stdout = out.getvalue()
+    assert code == 0, err.getvalue()
+    assert "cnn kernels [6] 3x3 relu pool 2 patches explode, hidden [32] relu/cross-entropy" in stdout
+    assert len(EPOCH_LINE.findall(stdout)) == 3
+    layers = read_json(output / "model" / "model.json")["network"]["layers"]
+    assert layers[0] == {"type": "conv2d", "in_channels": 1, "filters": 6, "kernel_size": [3, 3], "padding": "valid"}
+    assert [layer["type"] for layer in layers] == ["conv2d", "relu", "maxpool2d", "flatten", "dense", "relu",
+                                                   "dense", "softmax"]
+    metrics = read_json(output / "metrics.json")
+    assert metrics["config"]["patches"] == "explode" and metrics["config"]["kernels"] == [6]
+    assert metrics["test_accuracy"] > 0.8  # three epochs of a ReLU CNN do learn the digits
+    model = TrainedModel.load(output / "model")
+    _, (images, labels) = digits_arrays
+    X = (images.reshape(len(images), -1) / np.float32(16)).astype(np.float32)
+    predicted = np.argmax(model.network.forward(model.params, X), axis=1)
+    assert np.mean(predicted == labels) == pytest.approx(metrics["test_accuracy"], abs=1 / len(labels) + 1e-12)

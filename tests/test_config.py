@@ -16,7 +16,7 @@ from dfnet.optim import Adam
 # (field, bad value, words the message must contain besides the field and the value)
 BAD_VALUES = [
     # one of a set: the message lists the allowed options
-    ("model", "cnn", ["must be one of", "'mlp'"]),
+    ("model", "resnet", ["must be one of", "'mlp'", "'cnn'"]),
     ("activation", "softplus", ["must be one of", "'sigmoid'", "'relu'", "'tanh'"]),
     ("loss", "hinge", ["must be one of", "'mse'", "'cross-entropy'"]),
     ("init", "zeros", ["must be one of", "'auto'", "'he'", "'xavier'", "'classic'"]),
@@ -52,6 +52,18 @@ BAD_VALUES = [
     ("partitions", 0, ["must be >= 1"]),
     ("partitions", "4", ["must be an integer"]),
     ("seed", -1, ["must be >= 0"]),
+    # convolutions
+    ("kernels", (), ["non-empty list of positive filter counts"]),
+    ("kernels", (8, 0), ["non-empty list of positive filter counts"]),
+    ("kernel_size", 0, ["must be >= 1"]),
+    ("kernel_size", 3.0, ["must be an integer"]),
+    ("pool", 0, ["must be >= 1"]),
+    ("conv_activation", "softmax", ["must be one of", "'sigmoid'", "'relu'", "'tanh'"]),
+    ("padding", "full", ["must be one of", "'valid'", "'same'"]),
+    ("image_shape", (28, 28), ["(H, W, C)"]),
+    ("image_shape", (28, 28, 0), ["(H, W, C)"]),
+    ("patches", "udf", ["must be one of", "'inline'", "'explode'"]),
+    ("patch_rows", "pixel", ["must be one of", "'image-row'", "'position'"]),
 ]
 
 
@@ -81,7 +93,11 @@ def test_config_error_is_a_value_error():
     {"hidden": (), "activation": "tanh", "init": "xavier"},
     {"hidden": [32, 16], "partitions": 3, "dtype": "float64"},
     PRESETS["classic"],
-], ids=["defaults", "optional-none", "boundaries", "no-hidden-layer", "list-hidden", "classic-preset"])
+    PRESETS["digits-cnn"],
+    {"model": "cnn", "kernels": (16, 32), "pool": None, "padding": "same", "image_shape": (28, 28, 1),
+     "patches": "explode", "patch_rows": "position"},
+], ids=["defaults", "optional-none", "boundaries", "no-hidden-layer", "list-hidden", "classic-preset",
+        "digits-cnn-preset", "cnn"])
 def test_valid_configs_pass_and_validate_returns_the_config(changes):
     config = TrainConfig(**changes)
     assert config.validate() is config
@@ -124,16 +140,44 @@ CUSTOM = TrainConfig(model="mlp", hidden=(32, 16), activation="tanh", loss="mse"
                      schedule="classic", sample=0.6, batch_size=10, partitions=3, seed=11, dtype="float64")
 
 
-@pytest.mark.parametrize("config", [TrainConfig(), CUSTOM, TrainConfig(**PRESETS["classic"])],
-                         ids=["defaults", "custom", "classic"])
+CNN = TrainConfig(model="cnn", kernels=(6, 12), kernel_size=5, pool=None, conv_activation="tanh", padding="same",
+                  image_shape=(14, 28, 2), patches="explode", patch_rows="position", hidden=(20,))
+
+
+@pytest.mark.parametrize("config", [TrainConfig(), CUSTOM, TrainConfig(**PRESETS["classic"]), CNN,
+                                    TrainConfig(**PRESETS["digits-cnn"])],
+                         ids=["defaults", "custom", "classic", "cnn", "digits-cnn"])
 def test_to_dict_from_dict_round_trip_through_json(config):
     d = config.to_dict()
     assert set(d) == {f.name for f in dataclasses.fields(TrainConfig)}
-    assert d["hidden"] == list(config.hidden)
+    assert d["hidden"] == list(config.hidden) and d["kernels"] == list(config.kernels)
     restored = TrainConfig.from_dict(json.loads(json.dumps(d)))  # what a saved model goes through
     assert restored == config
-    assert isinstance(restored.hidden, tuple)
+    assert isinstance(restored.hidden, tuple) and isinstance(restored.kernels, tuple)
+    assert restored.image_shape is None or isinstance(restored.image_shape, tuple)
     assert restored.validate() == config
+
+
+def test_image_shape_is_inferred_for_square_single_channel_images_only():
+    assert TrainConfig(model="cnn").resolve_image_shape(784) == (28, 28, 1)
+    assert TrainConfig(model="cnn", image_shape=(14, 28, 2)).resolve_image_shape(784) == (14, 28, 2)
+    with pytest.raises(ConfigError, match="images of 783 values are not square"):
+        TrainConfig(model="cnn").resolve_image_shape(783)
+    with pytest.raises(ConfigError, match=r"image_shape=\(28, 28, 3\) holds 2352 values but the images have 784"):
+        TrainConfig(model="cnn", image_shape=(28, 28, 3)).resolve_image_shape(784)
+
+
+def test_digits_cnn_preset_is_the_classic_digits_cnn():
+    from dfnet.train import build_network
+
+    config = TrainConfig(**PRESETS["digits-cnn"]).validate()
+    assert (config.model, config.kernels, config.kernel_size, config.pool) == ("cnn", (10,), 3, 2)
+    assert (config.conv_activation_name, config.activation, config.loss) == ("sigmoid", "relu", "cross-entropy")
+    net = build_network(config, 64, 10)
+    assert [type(layer).__name__ for layer in net.layers] == \
+        ["Conv2D", "Sigmoid", "MaxPool2D", "Flatten", "Dense", "ReLU", "Dense", "Softmax"]
+    assert net.input_shape == (8, 8, 1) and net.patch_shape == (6, 6, 9)
+    assert net.layers[4].n_in == 3 * 3 * 10  # 6x6 maps pooled to 3x3, 10 of them
 
 
 def test_from_dict_accepts_a_partial_dict_and_fills_defaults():

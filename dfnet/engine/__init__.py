@@ -8,13 +8,19 @@ so engines can be tested against each other and differ only in how data moves.
 
 from __future__ import annotations
 
+from ..errors import ConfigError
 from ..nn.network import Sequential
 
 
-def make_engine(name: str, network: Sequential, aggregate: str = "agg"):
+def make_engine(name: str, network: Sequential, *, aggregate: str = "agg", patches: str = "inline",
+                patch_rows: str = "image-row"):
     """``dataframe`` (broadcast -> mapInArrow -> groupBy().agg, or an Arrow collect with
     ``aggregate="collect"``), ``rdd`` (the classic per-record map/reduce) or ``rdd-batched``
-    (mapPartitions on stacked rows)."""
+    (mapPartitions on stacked rows).
+
+    ``patches="explode"`` (dataframe only) caches a CNN's first-layer patches as rows
+    (:mod:`dfnet.engine.patches`); ``inline`` cuts them inside each step.
+    """
     from .dataframe import DataFrameEngine
     from .rdd import RDDBatchedEngine, RDDPerRecordEngine
 
@@ -22,5 +28,7 @@ def make_engine(name: str, network: Sequential, aggregate: str = "agg"):
     if name not in engines:
         raise ValueError(f"unknown engine {name!r}; known: {sorted(engines)}")
     if name == "dataframe":
-        return DataFrameEngine(network, aggregate=aggregate)
+        return DataFrameEngine(network, aggregate=aggregate, patches=patches, patch_rows=patch_rows)
+    if patches != "inline":
+        raise ConfigError(f"patches={patches!r} runs on the dataframe engine, not engine={name!r}")
     return engines[name](network)

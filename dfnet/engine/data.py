@@ -140,6 +140,20 @@ def pack_pixels(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return values
 
 
+def flat_values(images: pa.ListArray, dtype: np.dtype) -> np.ndarray:
+    """All pixels of an Arrow list column, back to back, as one numpy vector of ``dtype``."""
+    return images.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+
+
+def packed_binary(payload: np.ndarray, n: int) -> pa.BinaryArray:
+    """``n`` binary values of equal width holding ``payload`` (from :func:`pack_pixels`) back to back,
+    built on the payload's own buffer (no copy, no Python object per value)."""
+    payload = np.ascontiguousarray(payload)
+    width = payload.nbytes // n
+    offsets = pa.py_buffer(np.arange(0, n * width + 1, width, dtype=np.int32))
+    return pa.Array.from_buffers(pa.binary(), n, [None, offsets, pa.py_buffer(payload)])
+
+
 def _encode_batches(features_col: str, label_col: str, num_features: int, dtype: str):
     dtype = np.dtype(dtype)
 
@@ -149,10 +163,7 @@ def _encode_batches(features_col: str, label_col: str, num_features: int, dtype:
             n = len(images)
             if n == 0:
                 continue
-            payload = pack_pixels(images.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False), dtype)
-            width = payload.itemsize * num_features
-            offsets = pa.py_buffer(np.arange(0, n * width + 1, width, dtype=np.int32).tobytes())
-            packed = pa.Array.from_buffers(pa.binary(), n, [None, offsets, pa.py_buffer(payload.tobytes())])
+            packed = packed_binary(pack_pixels(flat_values(images, dtype), dtype), n)
             labels = batch.column(label_col).cast(pa.int32())
             yield pa.RecordBatch.from_arrays([batch.column(ROW_COL), packed, labels],
                                              schema=pa.schema([(ROW_COL, pa.int64(), False),
@@ -181,7 +192,9 @@ def decode_arrow_images(packed: pa.BinaryArray, num_features: int, dtype: str) -
     start, total = int(bounds[0]), int(bounds[-1] - bounds[0])
     if total == n * num_features:
         levels = np.frombuffer(values, dtype=np.uint8, count=total, offset=start).reshape(n, num_features)
-        return levels.astype(dtype) / dtype.type(PIXEL_LEVELS)
+        pixels = levels.astype(dtype)
+        pixels /= dtype.type(PIXEL_LEVELS)  # in place: one float array, not two
+        return pixels
     if total == n * num_features * dtype.itemsize:
         return np.frombuffer(values, dtype=dtype, count=n * num_features, offset=start).reshape(n, num_features)
     widths = np.diff(bounds)
@@ -189,6 +202,24 @@ def decode_arrow_images(packed: pa.BinaryArray, num_features: int, dtype: str) -
         raise ValueError(f"packed images hold {sorted(set(widths.tolist()))} bytes each; expected "
                          f"{num_features} (uint8) or {num_features * dtype.itemsize} ({dtype})")
     return np.concatenate([decode_arrow_images(packed.slice(i, 1), num_features, dtype) for i in range(n)])
+
+
+@dataclass(frozen=True)
+class ImageRows:
+    """How a step reads the cached image encoding: one image per row (shipped to executors)."""
+
+    num_features: int
+    dtype: str
+
+    def decode(self, batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Arrow batches of ``(_row, _x, _label)`` rows -> ``(X (n, num_features), labels (n,))`` chunks."""
+        for batch in batches:
+            if batch.num_rows:
+                yield (decode_arrow_images(batch.column(X_COL), self.num_features, self.dtype),
+                       batch.column(LABEL_COL).to_numpy())
+
+    def loss_and_grad(self, network, params: np.ndarray, X: np.ndarray, labels: np.ndarray):
+        return network.loss_and_grad(params, X, labels)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """The RDD baselines, kept honest: the same :mod:`dfnet.nn` maths, data moved the old way.
 
 ``rdd`` is the classic per-record design: records ``(row, x 1xd, y one-hot 1xk)``
+(``x`` is ``1xHxWxC`` for a CNN, whose first convolution cuts its patches inline)
 in a cached RDD; a step is a chain of per-record ``map`` steps (one forward map
 per layer, the loss and output delta, one backward map per layer that writes
 that layer's weight gradients, then cost and correct flag) and ONE ``reduce``
@@ -36,7 +37,7 @@ def _mix64(value: int) -> int:
 
 @dataclass
 class RDDTrainingData:
-    """Cached records ``(row, x (1, d), y one-hot (1, k))`` with the same selections as the
+    """Cached records ``(row, x (1, *input_shape), y one-hot (1, k))`` with the same selections as the
     DataFrame engine's :class:`~dfnet.engine.data.TrainingData`."""
 
     records: RDD
@@ -62,14 +63,14 @@ class RDDTrainingData:
 def to_records(df: DataFrame, network: Sequential, *, features_col: str, label_col: str,
                num_partitions: int | None = None) -> RDDTrainingData:
     """A validated DataFrame as cached per-record numpy tuples (one Spark job fills the cache)."""
-    k, dtype = network.num_classes, network.dtype
+    k, dtype, shape = network.num_classes, network.dtype, (1, *network.input_shape)
     source = df.select(features_col, label_col)
     if num_partitions is not None:
         source = source.repartition(num_partitions)
 
     def records(index: int, rows: Iterator) -> Iterator[tuple]:
         for i, (image, label) in enumerate(rows):
-            x = np.asarray(image, dtype=dtype).reshape(1, -1)
+            x = np.asarray(image, dtype=dtype).reshape(shape)  # (1, d) for an MLP, (1, H, W, C) for a CNN
             yield (index << 33) + i, x, one_hot(np.array([int(label)]), k, dtype)
 
     rdd = source.rdd.mapPartitionsWithIndex(records).persist(StorageLevel.MEMORY_AND_DISK)
