@@ -25,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 from typing import Sequence
 
 from .config import (ACTIVATIONS, AGGREGATES, DEFAULT_LR, ENGINES, LR_SCHEDULES, MODELS, OPTIMIZERS, PADDINGS, PATCHES, PATCH_ROWS,
@@ -217,6 +219,22 @@ def _describe_model(config: TrainConfig) -> str:
             f"{config.conv_activation_name} pool {config.pool} patches {config.patches}, {dense}")
 
 
+def _cnn_figures(model, test_df) -> dict:
+    """For a CNN: its learned first-layer kernels and the activation maps of the first test image."""
+    from .nn.conv import Conv2D
+
+    if not any(isinstance(layer, Conv2D) for layer in model.network.layers):
+        return {}
+    from .report import activation_figure, kernel_figure
+
+    row = test_df.select("image", "label").first()
+    image = np.asarray(row["image"], dtype=model.network.dtype)
+    label = model.class_names[row["label"]] if model.class_names else row["label"]
+    return {"Learned kernels of the first convolution": kernel_figure(model.network, model.params),
+            f"Activation maps of the first test image (label {label})":
+                activation_figure(model.network, model.params, image)}
+
+
 def train_command(args: argparse.Namespace) -> int:
     from .datasets import check_classes, get_dataset, load_dataframe
     from .session import get_or_create_spark
@@ -254,11 +272,16 @@ def train_command(args: argparse.Namespace) -> int:
         model.save(staging / "model")
         (staging / "history.json").write_text(json.dumps(model.history, indent=2))
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        figures = _cnn_figures(model, test_df)
+        if figures:
+            from .report import write_report
+
+            write_report(staging / "cnn_figures.html", figures, title=f"dfnet CNN: {data['dataset']}")
         _publish(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    print(f"Saved model, history.json and metrics.json to {target}")
+    print(f"Saved model, history.json, metrics.json{' and cnn_figures.html' if figures else ''} to {target}")
     return 0
 
 

@@ -366,6 +366,9 @@ def test_train_a_cnn_from_exploded_patches_and_reload_it(spark, tmp_path, digits
                                                    "dense", "softmax"]
     metrics = read_json(output / "metrics.json")
     assert metrics["config"]["patches"] == "explode" and metrics["config"]["kernels"] == [6]
+    figures = (output / "cnn_figures.html").read_text()
+    assert "Learned kernels of the first convolution" in figures and "Activation maps" in figures
+    assert figures.count('class="plotly-graph-div"') == 2
     assert metrics["test_accuracy"] > 0.8  # three epochs of a ReLU CNN do learn the digits
     model = TrainedModel.load(output / "model")
     _, (images, labels) = digits_arrays
