@@ -140,6 +140,12 @@ def build_network(config: TrainConfig, num_features: int, num_classes: int) -> S
         raise ConfigError(f"model='cnn' does not fit {image_shape} images: {e}") from e
 
 
+def engine_for(config: TrainConfig, network: Sequential):
+    """The engine ``config`` asks for, computing ``network``."""
+    return make_engine(config.engine, network, aggregate=config.aggregate, patches=config.patches,
+                       patch_rows=config.patch_rows)
+
+
 def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str = "image",
         label_col: str = "label", num_classes: int | None = None, network: Sequential | None = None,
         initial_params: np.ndarray | None = None, validation_df: DataFrame | None = None,
@@ -219,8 +225,7 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
 
     if validation_df is not None:
         validate_frame(validation_df, features_col, label_col, num_features, num_classes)
-    engine = make_engine(config.engine, network, aggregate=config.aggregate, patches=config.patches,
-                         patch_rows=config.patch_rows)
+    engine = engine_for(config, network)
     data = engine.prepare(df, features_col=features_col, label_col=label_col, num_partitions=config.partitions)
     validation = None
     try:
