@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from jobcount import jobs_run_by
+
 from dfnet.config import TrainConfig
 from dfnet.datasets import load_arrays, to_dataframe
 from dfnet.engine.data import decode_images, encode_training_data
@@ -243,15 +245,6 @@ def test_engine_on_arbitrary_float_images_equals_numpy(spark):
     assert result.correct == reference.correct
 
 
-def _jobs_run_by(spark, action) -> int:
-    sc = spark.sparkContext
-    group = f"dfnet-test-{np.random.default_rng().integers(1 << 62)}"
-    sc.setJobGroup(group, "count jobs")
-    try:
-        action()
-    finally:
-        sc.setLocalProperty("spark.jobGroup.id", None)
-    return len(sc.statusTracker().getJobIdsForGroup(group))
 
 
 @pytest.mark.parametrize("user_setting", ["true", "false", None])
@@ -268,13 +261,13 @@ def test_a_step_is_one_job_and_leaves_the_sessions_aqe_setting_as_it_was(spark, 
         else:
             spark.conf.set(key, user_setting)
         engine = DataFrameEngine(net)
-        assert _jobs_run_by(spark, lambda: engine.gradient(net.init_params(0), data.frame)) == 1
+        assert jobs_run_by(spark, lambda: engine.gradient(net.init_params(0), data.frame)) == 1
         expected = spark.conf.get(key, None) if user_setting is None else user_setting
         assert spark.conf.get(key, None) == expected
         if user_setting == "true":
             # The same aggregation under the user's AQE would have been two jobs.
             two = data.frame.groupBy().count()
-            assert _jobs_run_by(spark, two.collect) == 2
+            assert jobs_run_by(spark, two.collect) == 2
     finally:
         data.release()
         if before is None:

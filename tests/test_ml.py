@@ -23,6 +23,8 @@ from pyspark.sql import types as T
 from scipy.special import log_softmax
 from sklearn.metrics import f1_score, log_loss, roc_auc_score
 
+from jobcount import jobs_run_by
+
 from dfnet import DFNetClassifier, DFNetModel, TrainedModel
 from dfnet.cli import main as cli_main
 from dfnet.datasets import load_arrays, to_dataframe
@@ -388,16 +390,6 @@ def test_module_example_runs(spark, tmp_path):
 
 # --- bad input ------------------------------------------------------------------------------
 
-def jobs_run(spark, action):
-    """Spark jobs started by ``action`` (which must raise), counted through a job group."""
-    sc = spark.sparkContext
-    group = f"dfnet-test-{os.getpid()}-{np.random.default_rng().integers(1 << 30)}"
-    sc.setJobGroup(group, "bad input")
-    try:
-        action()
-    finally:
-        sc.setLocalProperty("spark.jobGroup.id", None)
-    return len(sc.statusTracker().getJobIdsForGroup(group))
 
 
 BAD_INPUT = [
@@ -427,7 +419,7 @@ def test_bad_input_is_refused_before_training(spark, frames, case, make, error, 
             estimator.fit(data)
         caught["message"] = str(info.value)
 
-    assert jobs_run(spark, attempt) <= max_jobs  # at most the validation: no training started
+    assert jobs_run_by(spark, attempt) <= max_jobs  # at most the validation: no training started
     for word in words:
         assert word in caught["message"]
 
