@@ -13,8 +13,8 @@ engine does: one job per step) and are checked to give the same sum.
   empty         the same job with an empty vector per partition, collected: the job floor
   collect       collect the partition rows (pickled rows) and sum on the driver
   collect-arrow the same through DataFrame.toArrow() (Arrow, no pickling)
-  pandas-udf    groupBy().agg(grouped-aggregate pandas UDF), result by first()   <- dfnet's engine
-  pandas-arrow  the same aggregation, result through toArrow()
+  pandas-udf    groupBy().agg(grouped-aggregate pandas UDF), result by first()
+  pandas-arrow  the same aggregation, result through toArrow()   <- dfnet's engine
   chunks        rows of 8,192-value chunks, groupBy("chunk").agg(aggregate(collect_list, zip_with))
   posexplode    posexplode into one row per value, groupBy("pos").sum()  (sizes <= 250,000 only)
 

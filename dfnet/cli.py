@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--aggregate", choices=AGGREGATES, default=None,
                      help="how the dataframe engine adds the partitions' sums: agg (groupBy().agg, the driver "
                           "receives one vector) or collect (every partition's vector streamed to the driver "
-                          "as Arrow and summed there: faster on few partitions, driver memory grows with them)")
+                          "as Arrow and summed there: faster in every case measured; the driver then holds "
+                          "partitions x parameters values)")
     run = t.add_argument_group("run")
     run.add_argument("--master", default=None, help="Spark master, e.g. local[2] (default local[*])")
     run.add_argument("--output", default=None, help="run folder (default runs/<dataset>-<time>)")
@@ -281,7 +282,8 @@ def train_command(args: argparse.Namespace) -> int:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    print(f"Saved model, history.json, metrics.json{' and cnn_figures.html' if figures else ''} to {target}")
+    saved = "model, history.json, metrics.json and cnn_figures.html" if figures else "model, history.json and metrics.json"
+    print(f"Saved {saved} to {target}")
     return 0
 
 

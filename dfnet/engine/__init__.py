@@ -31,4 +31,6 @@ def make_engine(name: str, network: Sequential, *, aggregate: str = "agg", patch
         return DataFrameEngine(network, aggregate=aggregate, patches=patches, patch_rows=patch_rows)
     if patches != "inline":
         raise ConfigError(f"patches={patches!r} runs on the dataframe engine, not engine={name!r}")
+    if aggregate != "agg":
+        raise ConfigError(f"aggregate={aggregate!r} applies to the dataframe engine, not engine={name!r}")
     return engines[name](network)

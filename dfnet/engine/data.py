@@ -270,5 +270,13 @@ def encode_training_data(df: DataFrame, *, features_col: str, label_col: str, nu
         source = source.repartition(num_partitions)
     source = source.withColumn(ROW_COL, F.monotonically_increasing_id())
     frame = source.mapInArrow(_encode_batches(features_col, label_col, num_features, dtype), ENCODED_SCHEMA)
-    frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
-    return TrainingData(frame, frame.count())
+    return TrainingData(frame, count_or_release(frame.persist(StorageLevel.MEMORY_AND_DISK)))
+
+
+def count_or_release(frame: DataFrame) -> int:
+    """Fill a just-persisted cache by counting it; on failure, release it before re-raising."""
+    try:
+        return frame.count()
+    except BaseException:
+        frame.unpersist()
+        raise

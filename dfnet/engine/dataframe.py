@@ -227,12 +227,15 @@ def adaptive_execution_off(spark):
 
 def _sum_on_driver(column: pa.ChunkedArray) -> np.ndarray | None:
     """The element-wise sum of the non-null vectors in an Arrow list column (None if there are none)."""
-    column = column.combine_chunks().drop_null()
-    if len(column) == 0:
-        return None
-    # A NaN the aggregation UDF returned arrives as a null element: read back as NaN, so the
-    # divergence check sees it.
-    return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1).sum(axis=0)
+    total = None
+    for chunk in column.chunks:  # chunk by chunk: no second copy of all P vectors
+        chunk = chunk.drop_null()
+        if len(chunk):
+            # A NaN the aggregation UDF returned arrives as a null element: read back as NaN,
+            # so the divergence check sees it.
+            part = chunk.flatten().to_numpy(zero_copy_only=False).reshape(len(chunk), -1).sum(axis=0)
+            total = part if total is None else total + part
+    return total
 
 
 class DataFrameEngine:
@@ -244,6 +247,8 @@ class DataFrameEngine:
                  patch_rows: str = "image-row"):
         if aggregate not in ("agg", "collect"):
             raise ValueError(f"aggregate must be 'agg' or 'collect', got {aggregate!r}")
+        if patches not in ("inline", "explode"):
+            raise ValueError(f"patches must be 'inline' or 'explode', got {patches!r}")
         self.network = network
         self.aggregate = aggregate
         self.sum_vectors = make_sum_vectors()

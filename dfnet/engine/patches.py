@@ -69,7 +69,8 @@ from ..config import PATCH_ROWS
 from ..errors import ConfigError
 from ..nn.conv import Conv2D, image_patches
 from ..nn.network import Sequential
-from .data import LABEL_COL, ROW_COL, X_COL, TrainingData, decode_arrow_images, flat_values, pack_pixels, packed_binary
+from .data import (LABEL_COL, ROW_COL, X_COL, TrainingData, count_or_release, decode_arrow_images, flat_values,
+                   pack_pixels, packed_binary)
 
 POS_COL = "_pos"
 #: Hash buckets of the whole-image sample: fractions resolve to 1 / 2**30.
@@ -185,7 +186,7 @@ def explode_patches(df: DataFrame, layout: PatchRows, *, features_col: str, labe
     """Cache the patch rows of an already validated ``df`` (one Spark job fills the cache)."""
     frame = patch_frame(df, layout, features_col=features_col, label_col=label_col,
                         num_partitions=num_partitions).persist(StorageLevel.MEMORY_AND_DISK)
-    rows = frame.count()
+    rows = count_or_release(frame)
     return PatchTrainingData(frame, rows // layout.rows_per_image, rows_per_image=layout.rows_per_image)
 
 
