@@ -575,9 +575,16 @@ class _DFNetWriter(MLWriter):
         except BaseException:
             fs.delete(staging, True)
             raise
-        fs.delete(target, True)
+        # The old model is moved aside, not deleted, until the new one is in place.
+        aside = self.sc._jvm.org.apache.hadoop.fs.Path(parent, f".{target.getName()}.old-{uuid.uuid4().hex}")
+        if not fs.rename(target, aside):
+            fs.delete(staging, True)
+            raise OSError(f"could not move the existing model at {path} aside to replace it")
         if not fs.rename(staging, target):
+            fs.rename(aside, target)
+            fs.delete(staging, True)
             raise OSError(f"could not move the saved model from {staging.toString()} to {path}")
+        fs.delete(aside, True)
 
     def saveImpl(self, path: str) -> None:
         spark = self.sparkSession
