@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +20,7 @@ from pyspark.sql import DataFrame
 from .config import TrainConfig
 from .errors import ModelFormatError
 from .evaluate import Evaluation, evaluate, predict
+from .files import stage_file
 from .nn.network import Sequential
 
 FORMAT_VERSION = 1
@@ -60,8 +60,8 @@ class TrainedModel:
         # Serialise everything first, then rename both files into place, so a
         # failure never pairs new weights with an old architecture.
         text = json.dumps(meta, indent=2).encode()
-        staged = [_stage(path / "weights.npy", lambda f: np.save(f, self.params)),
-                  _stage(path / "model.json", lambda f: f.write(text))]
+        staged = [(stage_file(path / "weights.npy", lambda f: np.save(f, self.params)), path / "weights.npy"),
+                  (stage_file(path / "model.json", lambda f: f.write(text)), path / "model.json")]
         for tmp, target in staged:
             os.replace(tmp, target)
         return path
@@ -105,16 +105,3 @@ class TrainedModel:
             raise ModelFormatError(f"{source}: saved architecture {network.to_config()['layers']} differs from the "
                                    f"expected {expect.to_config()['layers']}")
         return cls(network, params.astype(network.dtype), config, meta.get("history", []), meta.get("class_names"))
-
-
-def _stage(target: Path, write) -> tuple[str, Path]:
-    """Write a temporary sibling of ``target``; return it for the caller to rename."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp files are private; saved models are meant to be shared
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return tmp, target

@@ -28,7 +28,6 @@ from __future__ import annotations
 import html
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ import plotly.graph_objects as go
 import plotly.offline
 from plotly.subplots import make_subplots
 
+from .files import write_atomically
 from .nn.conv import Conv2D
 from .nn.layers import ACTIVATIONS, Layer
 from .nn.network import Sequential
@@ -317,13 +317,5 @@ def write_report(path: str | os.PathLike, figures: Mapping[str, go.Figure] | Seq
             "<style>body { font-family: sans-serif; margin: 2em; } section { margin-bottom: 2em; }</style>\n"
             f"</head>\n<body>\n<h1>{html.escape(title)}</h1>\n" + "\n".join(sections) + "\n</body>\n</html>\n")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.chmod(tmp, 0o644)  # mkstemp files are private; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomically(path, lambda f: f.write(page.encode("utf-8")))
     return path
