@@ -74,6 +74,9 @@ def main(argv=None) -> int:
     train = train.cache()
     test = load_dataframe(spark, args.dataset, "test", data_dir=args.data_dir).cache()
     n_train, n_test = train.count(), test.count()
+    first = train.select("image", "label").first()
+    num_features = len(first["image"])
+    num_classes = int(train.agg({"label": "max"}).first()[0]) + 1
     base = TrainConfig(model="cnn", kernels=tuple(int(k) for k in args.kernels.split(",")),
                        kernel_size=args.kernel_size, pool=2, hidden=tuple(int(h) for h in args.hidden.split(",")),
                        activation="relu", schedule="average", batch_size=args.batch_size, lr=args.lr,
@@ -84,11 +87,11 @@ def main(argv=None) -> int:
     results = []
     for path in [p for p in args.paths.split(",") if p]:
         config = base.replace(patches=path).validate()
-        network = build_network(config, 784, 10)
+        network = build_network(config, num_features, num_classes)
         cache = cache_cost(spark, train, config, network)
         print(f"\n== patches={path}: cache {cache['rows']:,} rows, {cache['bytes'] / 1e6:,.1f} MB, "
               f"filled in {cache['seconds']:.1f} s", flush=True)
-        model = fit(train, config, network=network, num_classes=10, validation_df=test, verbose=True)
+        model = fit(train, config, network=network, num_classes=num_classes, validation_df=test, verbose=True)
         history = model.history
         seconds = [h["seconds"] for h in history]
         accuracy = [h["val_accuracy"] for h in history]
