@@ -225,7 +225,7 @@ def adaptive_execution_off(spark):
             conf.set(AQE_CONF, before)
 
 
-def _sum_on_driver(column: pa.ChunkedArray) -> np.ndarray | None:
+def sum_on_driver(column: pa.ChunkedArray) -> np.ndarray | None:
     """The element-wise sum of the non-null vectors in an Arrow list column (None if there are none)."""
     total = None
     for chunk in column.chunks:  # chunk by chunk: no second copy of all P vectors
@@ -281,10 +281,10 @@ class DataFrameEngine:
         try:
             partials = rows.mapInArrow(make_fn(broadcast), PARTIAL_SCHEMA)
             if self.aggregate == "collect":
-                total = _sum_on_driver(partials.toArrow().column(0))
+                total = sum_on_driver(partials.toArrow().column(0))
             else:
                 with adaptive_execution_off(spark):
-                    total = _sum_on_driver(partials.groupBy().agg(self.sum_vectors(PARTIAL_COL)).toArrow().column(0))
+                    total = sum_on_driver(partials.groupBy().agg(self.sum_vectors(PARTIAL_COL)).toArrow().column(0))
         finally:
             # Release the step's weights or executors accumulate one copy per step.
             broadcast.destroy()
