@@ -13,6 +13,16 @@ from the newest good checkpoint there, to the same weights as an uninterrupted
 run (see :mod:`dfnet.checkpoint`). D must lie outside the run folder, which
 still appears only whole, at the end.
 
+Tables for Spark SQL: ``dfnet train --history-table H --metrics-table M
+--predictions-table P`` appends the run's epochs to H and its per-class test
+metrics to M (rows carry the run id) and writes the test predictions to P;
+``dfnet predict --model RUN --table P`` scores a data set or a table with a
+saved model. An existing predictions table is replaced or added to only with
+``--mode overwrite|append``. ``--warehouse DIR`` keeps the tables and their
+Derby metastore under DIR (default: ``spark-warehouse/`` and ``metastore_db/``
+in the working directory), where a later ``dfnet`` or Spark session finds them
+(see :mod:`dfnet.tables`).
+
 ``dfnet bench NAME [ARGS]`` runs ``benchmarks/NAME.py`` of a source checkout.
 """
 
@@ -34,6 +44,7 @@ from .config import (ACTIVATIONS, AGGREGATES, DEFAULT_LR, ENGINES, LR_SCHEDULES,
 from .errors import DFNetError
 from .nn.layers import INITIALIZERS
 from .nn.losses import LOSSES
+from .tables import WRITE_MODES
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -129,12 +140,54 @@ def build_parser() -> argparse.ArgumentParser:
     ckpt.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
     ckpt.add_argument("--resume", action="store_true",
                       help="continue from the newest good checkpoint in --checkpoint-dir (from scratch if none)")
+    _table_options(t, predictions="--predictions-table", history=True)
+    p = sub.add_parser("predict", help="score a data set or a table with a saved model into a predictions table",
+                       description="Writes run_id, id, label, prediction, probability and image per row with "
+                                   "saveAsTable (see dfnet.tables).")
+    p.add_argument("--model", required=True,
+                   help="a run folder of `dfnet train` (its model/ and the data set it was trained on) or a "
+                        "model folder")
+    source = p.add_argument_group("rows to score (default: the test split of the run's data set)")
+    source.add_argument("--dataset", choices=["digits", "mnist", "fashion-mnist"], default=None)
+    source.add_argument("--split", choices=["train", "test"], default="test")
+    source.add_argument("--data-dir", default=None, help="folder of the IDX files")
+    source.add_argument("--classes", type=_int_list, default=None,
+                        help="keep these classes, relabelled 0..k-1 (default: the run's)")
+    source.add_argument("--input-table", default=None,
+                        help="score this Spark table instead (columns --features-col, --label-col, --id-col)")
+    source.add_argument("--features-col", default="image")
+    source.add_argument("--label-col", default="label", help="'' for unlabelled rows")
+    source.add_argument("--id-col", default="id", help="'' to number the rows")
+    p.add_argument("--run-id", default=None, help="run_id column (default: the model's training run)")
+    p.add_argument("--no-image", action="store_true", help="leave the image column null (a smaller table)")
+    p.add_argument("--master", default=None, help="Spark master, e.g. local[2] (default local[*])")
+    _table_options(p, predictions="--table", history=False)
     b = sub.add_parser("bench", help="run one of the benchmarks in benchmarks/ (source checkout only)",
                        description="Runs benchmarks/<name>.py with the remaining arguments; see each "
                                    "script's --help. Results go to benchmarks/results/.")
     b.add_argument("name", nargs="?", help="benchmark name; omit to list them")
     b.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
     return parser
+
+
+def _table_options(parser: argparse.ArgumentParser, *, predictions: str, history: bool) -> None:
+    tables = parser.add_argument_group("tables for Spark SQL")
+    tables.add_argument(predictions, dest="predictions_table", default=None, required=predictions == "--table",
+                        help="write the test predictions to this table (name, db.name or catalog.db.name)")
+    tables.add_argument("--mode", choices=WRITE_MODES, default="error",
+                        help="if the predictions table exists: error (default), overwrite (replaced only once the "
+                             "new rows are complete) or append"
+                             + ("; history and metrics tables are always appended to" if history else ""))
+    if history:
+        tables.add_argument("--history-table", default=None,
+                            help="append one row per epoch (run_id, epoch, loss, accuracy, rows, seconds, "
+                                 "val_loss, val_accuracy)")
+        tables.add_argument("--metrics-table", default=None,
+                            help="append one row per class (run_id, class, class_name, tp, fp, fn, tn, support, "
+                                 "precision, recall, f1)")
+    tables.add_argument("--warehouse", default=None,
+                        help="folder for the tables and their Derby metastore (default: Spark's, in the working "
+                             "directory); ignored by a session that is already running")
 
 
 BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -251,7 +304,8 @@ def train_command(args: argparse.Namespace) -> int:
           f"{_describe_model(config)} | "
           f"{config.optimizer} lr {config.learning_rate} | {config.schedule} x {config.epochs} epochs", flush=True)
 
-    spark = get_or_create_spark(args.master, app_name="dfnet-train")
+    spark = get_or_create_spark(args.master, app_name="dfnet-train", warehouse=args.warehouse)
+    tables = _check_tables(spark, args)
     train_df = load_dataframe(spark, data["dataset"], "train", data_dir=args.data_dir, classes=classes)
     test_df = load_dataframe(spark, data["dataset"], "test", data_dir=args.data_dir, classes=classes)
     printer = ProgressPrinter(bar=False if args.no_progress else None)
@@ -284,6 +338,79 @@ def train_command(args: argparse.Namespace) -> int:
         raise
     saved = "model, history.json, metrics.json and cnn_figures.html" if figures else "model, history.json and metrics.json"
     print(f"Saved {saved} to {target}")
+    _write_tables(spark, tables, args, model, evaluation, test_df)
+    return 0
+
+
+def _check_tables(spark, args: argparse.Namespace) -> dict[str, str]:
+    """The tables this run will write, each checked (name, mode, columns) before any training."""
+    from .tables import CLASS_METRICS_SCHEMA, HISTORY_SCHEMA, PREDICTIONS_SCHEMA, check_can_write
+
+    wanted = {"predictions": (args.predictions_table, args.mode, PREDICTIONS_SCHEMA),
+              "history": (getattr(args, "history_table", None), "append", HISTORY_SCHEMA),
+              "metrics": (getattr(args, "metrics_table", None), "append", CLASS_METRICS_SCHEMA)}
+    names = [name for name, _, _ in wanted.values() if name]
+    if len(set(names)) < len(names):
+        raise DFNetError(f"the predictions, history and metrics tables must have different names, got {names}")
+    for name, mode, schema in wanted.values():
+        if name:
+            check_can_write(spark, name, mode, schema)
+    return {kind: name for kind, (name, _, _) in wanted.items() if name}
+
+
+def _write_tables(spark, tables: dict[str, str], args: argparse.Namespace, model, evaluation, test_df) -> None:
+    from .tables import write_class_metrics, write_history, write_predictions
+
+    if "history" in tables:
+        write_history(model, tables["history"], spark=spark)
+    if "metrics" in tables:
+        write_class_metrics(evaluation, tables["metrics"], run_id=model.run_id, spark=spark)
+    if "predictions" in tables:
+        write_predictions(model, test_df, tables["predictions"], mode=args.mode)
+    if tables:
+        print("Tables (run_id " + model.run_id + "): " +
+              ", ".join(f"{kind} {name}" for kind, name in tables.items()), flush=True)
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    from pyspark.sql import functions as F
+
+    from .datasets import check_classes, load_dataframe
+    from .model import TrainedModel
+    from .session import get_or_create_spark
+    from .tables import PREDICTIONS_SCHEMA, check_can_write, write_predictions
+
+    folder = Path(args.model)
+    run = {}
+    if (folder / "model" / "model.json").is_file():
+        run = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
+        folder = folder / "model"
+    model = TrainedModel.load(folder)
+    if args.input_table and (args.dataset or args.classes):
+        raise DFNetError("--input-table scores a table; --dataset and --classes choose a data set instead")
+    dataset = args.dataset or run.get("dataset")
+    if not args.input_table and not dataset:
+        raise DFNetError(f"{args.model} is a model folder without the run's metrics.json: name the rows to score "
+                         f"with --dataset or --input-table")
+    spark = get_or_create_spark(args.master, app_name="dfnet-predict", warehouse=args.warehouse)
+    check_can_write(spark, args.predictions_table, args.mode, PREDICTIONS_SCHEMA)
+    if args.input_table:
+        df = spark.table(args.input_table)
+        source = f"table {args.input_table}"
+    else:
+        classes = args.classes if args.classes is not None else run.get("classes")
+        if classes:
+            classes = check_classes(dataset, classes)
+        df = load_dataframe(spark, dataset, args.split, data_dir=args.data_dir, classes=classes)
+        source = f"{dataset} {args.split}" + (f" classes {list(classes)}" if classes else "")
+    label_col, id_col = args.label_col or None, args.id_col or None
+    table = write_predictions(model, df, args.predictions_table, mode=args.mode, run_id=args.run_id,
+                              features_col=args.features_col, label_col=label_col, id_col=id_col,
+                              keep_image=not args.no_image)
+    summary = table.agg(F.count(F.lit(1)).alias("rows"),
+                        F.avg((F.col("label") == F.col("prediction")).cast("double")).alias("accuracy")).first()
+    print(f"Wrote {summary['rows']} rows of predictions for {source} to table {args.predictions_table}"
+          + (f" (accuracy {summary['accuracy']:.4f})" if label_col and summary["accuracy"] is not None else ""))
     return 0
 
 
@@ -292,6 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return train_command(args)
+        if args.command == "predict":
+            return predict_command(args)
         if args.command == "bench":
             return bench_command(args)
     except DFNetError as e:

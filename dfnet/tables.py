@@ -271,11 +271,11 @@ def prediction_rows(model, df: DataFrame, *, run_id: str | None = None, features
     for role, name in (("features", features_col), ("label", label_col), ("id", id_col)):
         if name is not None and name not in df.columns:
             raise DataValidationError(f"{role} column {name!r} not found; the DataFrame has {df.columns}")
-    predicted = model.predict(df, features_col=features_col, prediction_col="__dfnet_prediction",
-                              probability_col="__dfnet_probability")
     features = F.col(features_col)
     if isinstance(df.schema[features_col].dataType, VectorUDT):
         features = vector_to_array(features, "float32")
+    predicted = model.predict(df.withColumn("__dfnet_image", features), features_col="__dfnet_image",
+                              prediction_col="__dfnet_prediction", probability_col="__dfnet_probability")
     null = lambda kind: F.lit(None).cast(kind)  # noqa: E731
     return predicted.select(
         F.lit(run_id).alias("run_id"),
@@ -283,7 +283,7 @@ def prediction_rows(model, df: DataFrame, *, run_id: str | None = None, features
         (F.col(label_col).cast("int") if label_col else null("int")).alias("label"),
         F.col("__dfnet_prediction").alias("prediction"),
         F.col("__dfnet_probability").alias("probability"),
-        (features.cast("array<float>") if keep_image else null("array<float>")).alias("image"))
+        (F.col("__dfnet_image").cast("array<float>") if keep_image else null("array<float>")).alias("image"))
 
 
 def write_predictions(model, df: DataFrame, table: str, *, mode: str = "error", run_id: str | None = None,
