@@ -2,12 +2,14 @@
 
     from dfnet import TrainConfig, fit, load_dataframe, get_or_create_spark
     from dfnet import DFNetClassifier, DFNetModel    # the Spark ML Estimator and Model
+    from dfnet import write_predictions, write_history, write_class_metrics   # tables for Spark SQL
 """
 
 from .config import PRESETS, TrainConfig
 from .datasets import load_dataframe, to_dataframe
 from .model import TrainedModel
 from .session import get_or_create_spark
+from .tables import save_table, write_class_metrics, write_history, write_predictions
 from .train import fit
 
 __version__ = "0.1.0"
@@ -24,4 +26,5 @@ def __getattr__(name: str):
 
 
 __all__ = ["DFNetClassifier", "DFNetModel", "PRESETS", "TrainConfig", "TrainedModel", "fit", "get_or_create_spark",
-           "load_dataframe", "to_dataframe", "__version__"]
+           "load_dataframe", "save_table", "to_dataframe", "write_class_metrics", "write_history", "write_predictions",
+           "__version__"]

@@ -33,6 +33,8 @@ class TrainedModel:
     config: TrainConfig | None = None
     history: list[dict] = field(default_factory=list)
     class_names: Sequence[str] | None = None
+    #: names this training run in the history, metrics and prediction tables (set by ``fit``)
+    run_id: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -56,7 +58,7 @@ class TrainedModel:
         meta = {"format_version": FORMAT_VERSION, "network": self.network.to_config(),
                 "config": self.config.to_dict() if self.config else None,
                 "class_names": list(self.class_names) if self.class_names else None,
-                "history": self.history}
+                "history": self.history, "run_id": self.run_id}
         # Serialise everything first, then rename both files into place, so a
         # failure never pairs new weights with an old architecture.
         text = json.dumps(meta, indent=2).encode()
@@ -104,4 +106,5 @@ class TrainedModel:
         if expect is not None and expect.to_config() != network.to_config():
             raise ModelFormatError(f"{source}: saved architecture {network.to_config()['layers']} differs from the "
                                    f"expected {expect.to_config()['layers']}")
-        return cls(network, params.astype(network.dtype), config, meta.get("history", []), meta.get("class_names"))
+        return cls(network, params.astype(network.dtype), config, meta.get("history", []), meta.get("class_names"),
+                   meta.get("run_id"))

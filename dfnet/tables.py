@@ -1,18 +1,66 @@
-"""Names of Spark SQL tables that dfnet writes (prediction and metric tables).
+"""Spark SQL tables that dfnet writes: predictions, training history, per-class metrics.
 
-:func:`check_table_name` validates a user's table name before any work starts,
-so a long training run does not end in a parse error at ``saveAsTable``.
+Every writer takes a table name (checked by :func:`check_table_name` before any
+work starts) and a ``mode``:
+
+- ``"error"`` (the default for predictions): refuse a table that exists;
+- ``"overwrite"``: replace it, only once the new rows are complete;
+- ``"append"`` (the default for history and metrics, whose rows carry a
+  ``run_id``): add rows; the table's columns must match.
+
+A table never holds half of a write. New rows are first written in full to a
+staging table beside the target (``<name>__dfnet_staging_<hex>``) and only then
+renamed into place; if the write fails, the target is as it was and the staging
+table is dropped. An overwrite renames the old table aside, renames the new one
+in and drops the old one; between the two renames (milliseconds) the name does
+not resolve, but it never resolves to partial rows. An append into an existing
+table is one Spark insert job, which commits its files only when every task has
+succeeded. If the process is killed mid-write, a ``__dfnet_staging_`` or
+``__dfnet_replaced_`` table may be left behind; the target is whole, or (killed
+between the two renames of an overwrite) still whole under the
+``__dfnet_replaced_`` name.
+
+Tables go to the session's catalog in the session's default format
+(``spark.sql.sources.default``: Parquet unless configured, Delta on
+Databricks), or ``format=``. Sessions dfnet starts use Spark's Hive catalog
+with its embedded Derby metastore (:mod:`dfnet.session`), so a later session in
+another process finds the tables by name.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
+from typing import Sequence
 
-from .errors import DataValidationError
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from .errors import DataValidationError, OutputExistsError
 
 _UNQUOTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _KINDS = {1: "table", 2: "database.table", 3: "catalog.database.table"}
+
+WRITE_MODES = ("error", "overwrite", "append")
+
+#: Columns of the tables dfnet writes.
+PREDICTIONS_SCHEMA = T.StructType([
+    T.StructField("run_id", T.StringType()), T.StructField("id", T.LongType()),
+    T.StructField("label", T.IntegerType()), T.StructField("prediction", T.IntegerType()),
+    T.StructField("probability", T.ArrayType(T.DoubleType())), T.StructField("image", T.ArrayType(T.FloatType()))])
+HISTORY_SCHEMA = T.StructType([
+    T.StructField("run_id", T.StringType()), T.StructField("epoch", T.IntegerType()),
+    T.StructField("loss", T.DoubleType()), T.StructField("accuracy", T.DoubleType()),
+    T.StructField("rows", T.LongType()), T.StructField("seconds", T.DoubleType()),
+    T.StructField("val_loss", T.DoubleType()), T.StructField("val_accuracy", T.DoubleType())])
+CLASS_METRICS_SCHEMA = T.StructType(
+    [T.StructField("run_id", T.StringType()), T.StructField("class", T.IntegerType()),
+     T.StructField("class_name", T.StringType())]
+    + [T.StructField(name, T.LongType()) for name in ("tp", "fp", "fn", "tn", "support")]
+    + [T.StructField(name, T.DoubleType()) for name in ("precision", "recall", "f1")])
 
 
 def check_table_name(name: str) -> tuple[str, ...]:
@@ -98,3 +146,200 @@ def _check_plain(name: str, part: str) -> None:
     shown = ", ".join("space" if c == " " else repr(c) for c in bad)
     raise DataValidationError(f"table name {name!r}: part {part!r} may hold only letters, digits and _ (found "
                               f"{shown}); backquote a part that needs other characters: `{part}`")
+
+
+def quote_table_name(parts: Sequence[str]) -> str:
+    """The parts of a table name as one SQL identifier, each part backquoted."""
+    return ".".join("`" + part.replace("`", "``") + "`" for part in parts)
+
+
+# --- writing -----------------------------------------------------------------------
+
+def _check_mode(mode: str) -> str:
+    if mode == "errorifexists":
+        return "error"
+    if mode not in WRITE_MODES:
+        raise DataValidationError(f"mode={mode!r}: expected one of {', '.join(WRITE_MODES)}")
+    return mode
+
+
+def _columns(schema: T.StructType) -> list[tuple[str, T.DataType]]:
+    """(lower-cased name, type with every nullability flag dropped): what an append must match."""
+    def bare(kind: T.DataType) -> T.DataType:
+        if isinstance(kind, T.ArrayType):
+            return T.ArrayType(bare(kind.elementType))
+        if isinstance(kind, T.StructType):
+            return T.StructType([T.StructField(f.name, bare(f.dataType)) for f in kind.fields])
+        if isinstance(kind, T.MapType):
+            return T.MapType(bare(kind.keyType), bare(kind.valueType))
+        return kind
+    return [(f.name.lower(), bare(f.dataType)) for f in schema.fields]
+
+
+def check_can_write(spark: SparkSession, table: str, mode: str = "error",
+                    schema: T.StructType | None = None) -> bool:
+    """Refuse, before any work, a write that ``mode`` does not allow; return whether ``table`` exists.
+
+    Raises :class:`~dfnet.errors.OutputExistsError` for an existing table in
+    mode ``"error"``, and :class:`~dfnet.errors.DataValidationError` for a bad
+    name or mode, or (mode ``"append"``) an existing table whose columns differ
+    from ``schema``.
+    """
+    parts = check_table_name(table)
+    mode = _check_mode(mode)
+    exists = spark.catalog.tableExists(quote_table_name(parts))
+    if exists and mode == "error":
+        raise OutputExistsError(f"table {table} already exists; pass mode='overwrite' to replace it or "
+                                f"mode='append' to add rows (--mode on the command line)")
+    if exists and mode == "append" and schema is not None:
+        have, want = _columns(spark.table(quote_table_name(parts)).schema), _columns(schema)
+        if have != want:
+            show = lambda cols: ", ".join(f"{n} {k.simpleString()}" for n, k in cols)  # noqa: E731
+            raise DataValidationError(f"cannot append to table {table}: its columns ({show(have)}) differ from "
+                                      f"the rows to write ({show(want)}); write to a new table or overwrite")
+    return exists
+
+
+def _sibling(parts: tuple[str, ...], role: str) -> str:
+    return quote_table_name(parts[:-1] + (f"{parts[-1]}__dfnet_{role}_{secrets.token_hex(4)}",))
+
+
+def save_table(df: DataFrame, table: str, *, mode: str = "error", format: str | None = None) -> DataFrame:
+    """Write ``df`` as table ``table``, never leaving it half-written (see the module notes); return the table.
+
+    ``mode``: ``"error"``, ``"overwrite"`` or ``"append"``; ``format``: a Spark
+    data source (default: the session's ``spark.sql.sources.default``).
+    """
+    spark = df.sparkSession
+    parts = check_table_name(table)
+    exists = check_can_write(spark, table, mode, df.schema)
+    target = quote_table_name(parts)
+    if exists and _check_mode(mode) == "append":
+        names = [f.name for f in spark.table(target).schema.fields]
+        df.select(*[F.col(f.name).alias(name) for f, name in zip(df.schema.fields, names)]).write.insertInto(target)
+        return spark.table(target)
+    staging = _sibling(parts, "staging")
+    writer = df.write.format(format or spark.conf.get("spark.sql.sources.default", "parquet"))
+    try:
+        writer.saveAsTable(staging)
+        if not exists:
+            _rename(spark, staging, target)
+        else:
+            replaced = _sibling(parts, "replaced")
+            _rename(spark, target, replaced)
+            try:
+                _rename(spark, staging, target)
+            except BaseException:
+                _rename(spark, replaced, target)
+                raise
+            spark.sql(f"DROP TABLE IF EXISTS {replaced}")
+    except BaseException:
+        spark.sql(f"DROP TABLE IF EXISTS {staging}")
+        raise
+    return spark.table(target)
+
+
+def _rename(spark: SparkSession, source: str, target: str) -> None:
+    if spark.catalog.tableExists(target):
+        # Another writer created it since check_can_write looked.
+        raise OutputExistsError(f"table {target} appeared while dfnet was writing it; nothing was replaced")
+    spark.sql(f"ALTER TABLE {source} RENAME TO {target}")
+
+
+# --- the three tables ----------------------------------------------------------------
+
+def _run_id(run_id: str | None, model) -> str:
+    run_id = run_id if run_id is not None else getattr(model, "run_id", None)
+    if not isinstance(run_id, str) or not run_id.strip():
+        raise DataValidationError(f"run_id={run_id!r}: pass a non-empty string (the model has no run_id)")
+    return run_id
+
+
+def prediction_rows(model, df: DataFrame, *, run_id: str | None = None, features_col: str = "image",
+                    label_col: str | None = "label", id_col: str | None = "id",
+                    keep_image: bool = True) -> DataFrame:
+    """The rows of a predictions table (:data:`PREDICTIONS_SCHEMA`), lazy.
+
+    ``id_col=None`` numbers the rows with ``monotonically_increasing_id``;
+    ``label_col=None`` leaves ``label`` null (unlabelled data); ``keep_image=False``
+    leaves ``image`` null. Features may be arrays or Spark ML vectors.
+    """
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.ml.linalg import VectorUDT
+
+    run_id = _run_id(run_id, model)
+    for role, name in (("features", features_col), ("label", label_col), ("id", id_col)):
+        if name is not None and name not in df.columns:
+            raise DataValidationError(f"{role} column {name!r} not found; the DataFrame has {df.columns}")
+    predicted = model.predict(df, features_col=features_col, prediction_col="__dfnet_prediction",
+                              probability_col="__dfnet_probability")
+    features = F.col(features_col)
+    if isinstance(df.schema[features_col].dataType, VectorUDT):
+        features = vector_to_array(features, "float32")
+    null = lambda kind: F.lit(None).cast(kind)  # noqa: E731
+    return predicted.select(
+        F.lit(run_id).alias("run_id"),
+        (F.col(id_col).cast("long") if id_col else F.monotonically_increasing_id()).alias("id"),
+        (F.col(label_col).cast("int") if label_col else null("int")).alias("label"),
+        F.col("__dfnet_prediction").alias("prediction"),
+        F.col("__dfnet_probability").alias("probability"),
+        (features.cast("array<float>") if keep_image else null("array<float>")).alias("image"))
+
+
+def write_predictions(model, df: DataFrame, table: str, *, mode: str = "error", run_id: str | None = None,
+                      features_col: str = "image", label_col: str | None = "label", id_col: str | None = "id",
+                      keep_image: bool = True, format: str | None = None) -> DataFrame:
+    """Predict every row of ``df`` with ``model`` and save the predictions as ``table``; return the table.
+
+    Columns: ``run_id, id, label, prediction, probability, image``
+    (:func:`prediction_rows`). ``mode`` defaults to ``"error"``: re-running into
+    an existing table needs ``"overwrite"`` or ``"append"``. Name, mode and
+    columns are checked before anything is predicted.
+    """
+    check_can_write(df.sparkSession, table, mode, PREDICTIONS_SCHEMA)
+    rows = prediction_rows(model, df, run_id=run_id, features_col=features_col, label_col=label_col,
+                           id_col=id_col, keep_image=keep_image)
+    return save_table(rows, table, mode=mode, format=format)
+
+
+def history_rows(spark: SparkSession, model, *, run_id: str | None = None) -> DataFrame:
+    """One row per epoch of ``model.history`` (:data:`HISTORY_SCHEMA`); ``val_*`` null without validation."""
+    run_id = _run_id(run_id, model)
+    rows = [(run_id, int(h["epoch"]), float(h["loss"]), float(h["accuracy"]), int(h["rows"]), float(h["seconds"]),
+             _float_or_none(h.get("val_loss")), _float_or_none(h.get("val_accuracy"))) for h in model.history]
+    if not rows:
+        raise DataValidationError("the model has no training history to write (was it trained by dfnet.fit?)")
+    return spark.createDataFrame(rows, HISTORY_SCHEMA)
+
+
+def write_history(model, table: str, *, mode: str = "append", run_id: str | None = None,
+                  spark: SparkSession | None = None, format: str | None = None) -> DataFrame:
+    """Save ``model.history`` as rows of ``table`` (appended by default: one table collects every run)."""
+    spark = spark or SparkSession.active()
+    check_can_write(spark, table, mode, HISTORY_SCHEMA)
+    return save_table(history_rows(spark, model, run_id=run_id), table, mode=mode, format=format)
+
+
+def class_metrics_rows(spark: SparkSession, evaluation, *, run_id: str,
+                       class_names: Sequence[str] | None = None) -> DataFrame:
+    """One row per class of an :class:`~dfnet.evaluate.Evaluation` (:data:`CLASS_METRICS_SCHEMA`)."""
+    names = class_names if class_names is not None else evaluation.class_names
+    rows = [(run_id, int(c["class"]), str(names[c["class"]]) if names is not None else str(c["class"]),
+             *(int(c[k]) for k in ("tp", "fp", "fn", "tn", "support")),
+             *(float(c[k]) for k in ("precision", "recall", "f1"))) for c in evaluation.per_class]
+    return spark.createDataFrame(rows, CLASS_METRICS_SCHEMA)
+
+
+def write_class_metrics(evaluation, table: str, *, run_id: str, mode: str = "append",
+                        class_names: Sequence[str] | None = None, spark: SparkSession | None = None,
+                        format: str | None = None) -> DataFrame:
+    """Save per-class TP, FP, FN, TN, support, precision, recall and F1 of ``evaluation`` as rows of ``table``."""
+    spark = spark or SparkSession.active()
+    _run_id(run_id, None)
+    check_can_write(spark, table, mode, CLASS_METRICS_SCHEMA)
+    return save_table(class_metrics_rows(spark, evaluation, run_id=run_id, class_names=class_names), table,
+                      mode=mode, format=format)
+
+
+def _float_or_none(value) -> float | None:
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else float(value)

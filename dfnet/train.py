@@ -8,6 +8,7 @@ steps; the *engine* turns a row set into summed gradients (one Spark job); the
 from __future__ import annotations
 
 import math
+import secrets
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -151,7 +152,7 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
         initial_params: np.ndarray | None = None, validation_df: DataFrame | None = None,
         callbacks: Sequence[Callback] = (), verbose: bool = True, checkpoint_dir: str | None = None,
         checkpoint_every: int = 1, checkpoint_keep: int | None = DEFAULT_KEEP,
-        resume: bool = False) -> TrainedModel:
+        resume: bool = False, run_id: str | None = None) -> TrainedModel:
     """Train a network on a DataFrame of images and integer labels.
 
     Parameters
@@ -169,6 +170,8 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
         ``s3a://`` ...); a checkpoint is written there every ``checkpoint_every``
         epochs and after the last one, keeping the newest ``checkpoint_keep``
         (None: all). See :mod:`dfnet.checkpoint`.
+    run_id : names the run in the tables of :mod:`dfnet.tables`; by default a new
+        one from the UTC time and a random suffix (``TrainedModel.run_id``).
     resume : continue from the newest good checkpoint in ``checkpoint_dir``
         (bit-identical to an uninterrupted run); with none there, start from
         scratch. Without ``resume``, a ``checkpoint_dir`` that already holds
@@ -179,6 +182,8 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
     an empty DataFrame, more partitions than rows, a checkpoint of another run.
     """
     config = (config or TrainConfig()).validate()
+    if run_id is not None and (not isinstance(run_id, str) or not run_id.strip()):
+        raise ConfigError(f"run_id={run_id!r}: must be a non-empty string")
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ConfigError(f"checkpoint_every={checkpoint_every!r}: must be an integer >= 1")
     if resume and checkpoint_dir is None:
@@ -271,7 +276,13 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
         data.release()
         if validation is not None:
             validation.release()
-    return TrainedModel(network, params, config=config, history=[r.as_dict() for r in history])
+    return TrainedModel(network, params, config=config, history=[r.as_dict() for r in history],
+                        run_id=run_id or new_run_id())
+
+
+def new_run_id() -> str:
+    """A name for a training run, unique in practice and sortable by start time: ``20261123-235501-3f9a1c``."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
 def _tell(callbacks: Sequence[Callback], text: str) -> None:

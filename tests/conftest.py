@@ -19,10 +19,12 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def spark():
-    """A real local[2] SparkSession shared by every test in the run."""
+def spark(tmp_path_factory):
+    """A real local[2] SparkSession shared by every test in the run; its tables and
+    Derby metastore live in a temporary folder, never in the project."""
     from dfnet.session import get_or_create_spark
 
-    session = get_or_create_spark(master="local[2]", app_name="dfnet-tests")
+    session = get_or_create_spark(master="local[2]", app_name="dfnet-tests",
+                                  warehouse=tmp_path_factory.mktemp("warehouse"))
     yield session
     session.stop()
