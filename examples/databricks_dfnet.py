@@ -106,7 +106,9 @@ print(f"pipeline test accuracy {pipeline_accuracy:.4f}")
 # MAGIC ## Tables
 # MAGIC
 # MAGIC Predictions are replaced on every run (`mode="overwrite"`); the history and the per-class metrics are
-# MAGIC appended, one `run_id` per training run, so they collect every run of this notebook.
+# MAGIC appended, one `run_id` per training run, so they collect every run of this notebook. The tables go to
+# MAGIC the database (schema) `dfnet_examples` of the current catalog; to write elsewhere, change `DATABASE` above
+# MAGIC and the names in the SQL cells.
 
 # COMMAND ----------
 
