@@ -1,0 +1,205 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # dfnet on Databricks: train, evaluate, query
+# MAGIC
+# MAGIC dfnet trains neural networks on Spark DataFrames: every training step is a
+# MAGIC DataFrame job (broadcast the weights, per-partition numpy gradients through Arrow, `groupBy().agg` to sum
+# MAGIC them). This notebook
+# MAGIC
+# MAGIC 1. loads images into a DataFrame `(id long, image array<float>, label int)`,
+# MAGIC 2. trains a small network with `dfnet.fit`, and another as a Spark ML `Pipeline` stage,
+# MAGIC 3. evaluates it and writes three tables: predictions, training history, per-class metrics,
+# MAGIC 4. queries them with SQL and shows the plotly figures.
+# MAGIC
+# MAGIC It uses the notebook's own `spark` session as it is: dfnet neither changes its configuration nor stops it.
+# MAGIC With the bundled `digits` data set (1,797 8x8 images that ship with scikit-learn) it runs on any
+# MAGIC cluster in about a minute.
+
+# COMMAND ----------
+
+# DBTITLE 1,Install dfnet
+# MAGIC %pip install dfnet
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Data
+# MAGIC
+# MAGIC `DATASET = "digits"` needs no files. For MNIST, either
+# MAGIC
+# MAGIC - put the four IDX files (`train-images-idx3-ubyte.gz`, ... as published, gzipped or not) in a volume
+# MAGIC   and set `DATASET = "mnist"`, `DATA_DIR = "/Volumes/<catalog>/<schema>/<volume>/mnist"`; dfnet checks
+# MAGIC   each file against its header, or
+# MAGIC - read a table you already have, with an `array<float>` column of pixels in [0, 1] and an `int` label:
+# MAGIC   `train = spark.table("<catalog>.<schema>.mnist_train")` (an `id` column is used by the predictions
+# MAGIC   table; add one with `monotonically_increasing_id()` if missing).
+# MAGIC
+# MAGIC `CLASSES = [0, 1]` keeps two classes (relabelled 0, 1), as in the classic write-up.
+
+# COMMAND ----------
+
+# DBTITLE 1,Settings and data
+import dfnet
+from dfnet.datasets import get_dataset
+
+DATASET = "digits"  # or "mnist", "fashion-mnist" (set DATA_DIR)
+DATA_DIR = None  # a folder with the four IDX files, e.g. "/Volumes/main/default/mnist"
+CLASSES = None  # e.g. [0, 1]
+DATABASE = "dfnet_examples"
+PREDICTIONS = f"{DATABASE}.predictions"
+HISTORY = f"{DATABASE}.history"
+CLASS_METRICS = f"{DATABASE}.class_metrics"
+
+spec = get_dataset(DATASET)
+class_names = [spec.class_names[c] for c in CLASSES] if CLASSES else list(spec.class_names)
+train = dfnet.load_dataframe(spark, DATASET, "train", data_dir=DATA_DIR, classes=CLASSES, num_partitions=2)
+test = dfnet.load_dataframe(spark, DATASET, "test", data_dir=DATA_DIR, classes=CLASSES)
+print(f"{train.count()} training rows, {test.count()} test rows, {len(class_names)} classes")
+display(train.limit(5))
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Train with `dfnet.fit`
+# MAGIC
+# MAGIC The `average` schedule runs one Spark job per epoch: every partition trains on its own rows from the
+# MAGIC broadcast weights and the driver averages the results. `minibatch` (the default) makes one job per batch
+# MAGIC of `batch_size` rows: slower on a small set, closer to single-machine training.
+
+# COMMAND ----------
+
+# DBTITLE 1,Train
+config = dfnet.TrainConfig(hidden=(64,), epochs=6, schedule="average", batch_size=16, lr=0.005, seed=0)
+model = dfnet.fit(train, config, validation_df=test)
+print("run", model.run_id)
+
+# COMMAND ----------
+
+# DBTITLE 1,Evaluate
+evaluation = model.evaluate(test)
+print(evaluation.report())
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## The same network as a Spark ML Pipeline stage
+# MAGIC
+# MAGIC `DFNetClassifier` is an Estimator like MLlib's `MultilayerPerceptronClassifier` (`layers`, `maxIter`,
+# MAGIC `stepSize`), so it fits in a `Pipeline`, under `CrossValidator`, and MLlib's evaluators read its output.
+
+# COMMAND ----------
+
+# DBTITLE 1,Pipeline
+from pyspark.ml import Pipeline
+from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+
+num_features = len(train.first()["image"])
+classifier = dfnet.DFNetClassifier(featuresCol="image", labelCol="label", layers=[num_features, 32, len(class_names)],
+                                   maxIter=6, schedule="average", batchSize=16, stepSize=0.005, seed=1)
+pipeline_model = Pipeline(stages=[classifier]).fit(train)
+pipeline_accuracy = MulticlassClassificationEvaluator(metricName="accuracy").evaluate(pipeline_model.transform(test))
+print(f"pipeline test accuracy {pipeline_accuracy:.4f}")
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Tables
+# MAGIC
+# MAGIC Predictions are replaced on every run (`mode="overwrite"`); the history and the per-class metrics are
+# MAGIC appended, one `run_id` per training run, so they collect every run of this notebook. The tables go to
+# MAGIC the database (schema) `dfnet_examples` of the current catalog; to write elsewhere, change `DATABASE` above
+# MAGIC and the names in the SQL cells.
+
+# COMMAND ----------
+
+# DBTITLE 1,Database
+# MAGIC %sql
+# MAGIC CREATE DATABASE IF NOT EXISTS dfnet_examples
+
+# COMMAND ----------
+
+# DBTITLE 1,Write the tables
+predictions = dfnet.write_predictions(model, test, PREDICTIONS, mode="overwrite")
+dfnet.write_history(model, HISTORY, mode="append")
+dfnet.write_history(pipeline_model.stages[-1].trained_model, HISTORY, mode="append")
+dfnet.write_class_metrics(evaluation, CLASS_METRICS, run_id=model.run_id, mode="append", class_names=class_names)
+display(predictions.drop("image").limit(10))
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## SQL
+
+# COMMAND ----------
+
+# DBTITLE 1,Test accuracy
+# MAGIC %sql
+# MAGIC SELECT run_id, count(*) AS rows, avg(CAST(label = prediction AS DOUBLE)) AS accuracy
+# MAGIC FROM dfnet_examples.predictions
+# MAGIC GROUP BY run_id
+
+# COMMAND ----------
+
+# DBTITLE 1,Confusion matrix
+# MAGIC %sql
+# MAGIC -- one row per (true label, predicted class) pair that occurs
+# MAGIC SELECT label, prediction, count(*) AS n
+# MAGIC FROM dfnet_examples.predictions
+# MAGIC GROUP BY label, prediction
+# MAGIC ORDER BY label, prediction
+
+# COMMAND ----------
+
+# DBTITLE 1,Per-class F1
+# MAGIC %sql
+# MAGIC -- the run whose predictions are in the predictions table
+# MAGIC SELECT class, class_name, support, precision, recall, f1
+# MAGIC FROM dfnet_examples.class_metrics
+# MAGIC WHERE run_id = (SELECT max(run_id) FROM dfnet_examples.predictions)
+# MAGIC ORDER BY f1
+
+# COMMAND ----------
+
+# DBTITLE 1,Most confident mistakes
+# MAGIC %sql
+# MAGIC SELECT id, label, prediction, array_max(probability) AS confidence
+# MAGIC FROM dfnet_examples.predictions
+# MAGIC WHERE label != prediction
+# MAGIC ORDER BY confidence DESC, id
+# MAGIC LIMIT 10
+
+# COMMAND ----------
+
+# DBTITLE 1,Accuracy per epoch across runs
+# MAGIC %sql
+# MAGIC SELECT run_id, epoch, accuracy, val_accuracy, loss, seconds
+# MAGIC FROM dfnet_examples.history
+# MAGIC ORDER BY run_id, epoch
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Figures
+# MAGIC
+# MAGIC `dfnet.report` returns plotly figures; `displayHTML` shows them (plotly.js from its CDN).
+
+# COMMAND ----------
+
+# DBTITLE 1,Figures
+import numpy as np
+from pyspark.sql import functions as F
+from dfnet import report
+
+def show(fig):
+    displayHTML(fig.to_html(include_plotlyjs="cdn", full_html=False))
+
+show(report.history_figure(model.history))
+show(report.confusion_figure(evaluation.confusion, class_names))
+show(report.per_class_figure(evaluation.per_class, class_names))
+
+# Mistakes first, read back from the predictions table.
+samples = (spark.table(PREDICTIONS).orderBy(F.col("label") == F.col("prediction"), "id").limit(25)
+           .select("image", "label", "prediction", "probability").collect())
+show(report.samples_figure(np.array([r["image"] for r in samples]), [r["label"] for r in samples],
+                           [r["prediction"] for r in samples], np.array([r["probability"] for r in samples]),
+                           image_shape=spec.image_shape, class_names=class_names))
