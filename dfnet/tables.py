@@ -20,9 +20,11 @@ succeeded. If the process is killed mid-write, a ``__dfnet_staging_`` or
 between the two renames of an overwrite) still whole under the
 ``__dfnet_replaced_`` name.
 
-Tables go to the session's catalog in the session's default format
-(``spark.sql.sources.default``: Parquet unless configured, Delta on
-Databricks), or ``format=``. Sessions dfnet starts use Spark's Hive catalog
+Tables go to the session's catalog, as Delta where the session is set up for
+Delta Lake (Databricks, or ``delta-spark`` configured), otherwise in the
+session's default format (``spark.sql.sources.default``: Parquet unless
+configured), or as ``format=``; Delta writes commit atomically by themselves
+and skip the staging table. Sessions dfnet starts use Spark's Hive catalog
 with its embedded Derby metastore (:mod:`dfnet.session`), so a later session in
 another process finds the tables by name.
 """
@@ -204,11 +206,30 @@ def _sibling(parts: tuple[str, ...], role: str) -> str:
     return quote_table_name(parts[:-1] + (f"{parts[-1]}__dfnet_{role}_{secrets.token_hex(4)}",))
 
 
+#: Formats whose writes commit atomically by themselves: written in place, no staging table.
+TRANSACTIONAL_FORMATS = ("delta",)
+
+
+def table_format(conf_get) -> str:
+    """The format dfnet writes tables in, from a session's settings (``conf_get`` as ``spark.conf.get``).
+
+    Delta where the session is set up for Delta Lake (its SQL extension or catalog
+    configured, as ``configure_spark_with_delta_pip`` and Databricks do), otherwise
+    the session's ``spark.sql.sources.default`` (Parquet unless changed).
+    """
+    delta = ("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension"), \
+        ("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+    if any(value in (conf_get(key, "") or "") for key, value in delta):
+        return "delta"
+    return conf_get("spark.sql.sources.default", "parquet") or "parquet"
+
+
 def save_table(df: DataFrame, table: str, *, mode: str = "error", format: str | None = None) -> DataFrame:
     """Write ``df`` as table ``table``, never leaving it half-written (see the module notes); return the table.
 
     ``mode``: ``"error"``, ``"overwrite"`` or ``"append"``; ``format``: a Spark
-    data source (default: the session's ``spark.sql.sources.default``).
+    data source (default: :func:`table_format`). A Delta table is written in
+    place: its transaction log makes each write all-or-nothing.
     """
     spark = df.sparkSession
     parts = check_table_name(table)
@@ -218,8 +239,13 @@ def save_table(df: DataFrame, table: str, *, mode: str = "error", format: str | 
         names = [f.name for f in spark.table(target).schema.fields]
         df.select(*[F.col(f.name).alias(name) for f, name in zip(df.schema.fields, names)]).write.insertInto(target)
         return spark.table(target)
+    format = format or table_format(spark.conf.get)
+    if format.lower() in TRANSACTIONAL_FORMATS:
+        # One commit in the table's own log: readers see the old rows or all of the new ones.
+        df.write.format(format).mode(_check_mode(mode)).saveAsTable(target)
+        return spark.table(target)
     staging = _sibling(parts, "staging")
-    writer = df.write.format(format or spark.conf.get("spark.sql.sources.default", "parquet"))
+    writer = df.write.format(format)
     try:
         writer.saveAsTable(staging)
         if not exists:

@@ -22,8 +22,8 @@ from dfnet import TrainConfig, fit, load_dataframe
 from dfnet.cli import main
 from dfnet.errors import DataValidationError, OutputExistsError
 from dfnet.evaluate import ClassScorer
-from dfnet.tables import (CLASS_METRICS_SCHEMA, HISTORY_SCHEMA, PREDICTIONS_SCHEMA, save_table, write_class_metrics,
-                          write_history, write_predictions)
+from dfnet.tables import (CLASS_METRICS_SCHEMA, HISTORY_SCHEMA, PREDICTIONS_SCHEMA, save_table, table_format,
+                          write_class_metrics, write_history, write_predictions)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TABLES = {"predictions": "dfnet_predictions", "history": "dfnet_history", "metrics": "dfnet_class_metrics"}
@@ -183,6 +183,26 @@ def test_a_write_that_fails_leaves_the_table_as_it_was(spark, mode):
     else:
         assert ids(spark, name) == [0, 1, 2, 3, 4]
     assert dfnet_leftovers(spark) == []
+
+
+@pytest.mark.parametrize("conf, expected", [
+    ({}, "parquet"),
+    ({"spark.sql.sources.default": "orc"}, "orc"),
+    ({"spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension"}, "delta"),
+    ({"spark.sql.extensions": "a.Other,io.delta.sql.DeltaSparkSessionExtension",
+      "spark.sql.sources.default": "orc"}, "delta"),
+    ({"spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog"}, "delta"),
+])
+def test_tables_are_delta_where_the_session_is_set_up_for_it(conf, expected):
+    assert table_format(lambda key, default=None: conf.get(key, default)) == expected
+
+
+def test_the_test_session_writes_parquet(spark):
+    assert table_format(spark.conf.get) == "parquet"
+    drop(spark, "t_format")
+    save_table(spark.range(2), "t_format")
+    assert spark.sql("DESCRIBE TABLE EXTENDED t_format").where("col_name = 'Provider'").first()["data_type"] \
+        == "parquet"
 
 
 # --- the README's queries, on real runs of the command line ---------------------------
