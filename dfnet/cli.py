@@ -1,11 +1,13 @@
 """The ``dfnet`` command line.
 
-``dfnet train`` loads a data set into Spark, trains, evaluates on the test
-split and writes the run folder: ``model/`` (architecture + weights),
-``history.json`` and ``metrics.json``. The folder is assembled under a
-temporary name and renamed into place at the end, so a failed run leaves
-nothing half-written and an existing folder is never overwritten without
-``--overwrite``.
+``dfnet train`` loads a data set into Spark, trains (scoring the test split
+after every epoch unless ``--no-validation``), evaluates on the test split and
+writes the run folder: ``model/`` (architecture + weights), ``history.json``,
+``metrics.json`` and ``report.html`` (one offline page of plotly figures, see
+:func:`dfnet.report.run_figures`; left out with ``--no-report``). The folder is
+assembled under a temporary name and renamed into place at the end, so a
+failed run leaves nothing half-written and an existing folder is never
+overwritten without ``--overwrite``.
 
 With ``--checkpoint-dir D`` a checkpoint is written to D (any path Spark can
 write) every ``--checkpoint-every`` epochs; ``--resume`` continues a killed run
@@ -35,8 +37,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-import numpy as np
 from typing import Sequence
 
 from .config import (ACTIVATIONS, AGGREGATES, DEFAULT_LR, ENGINES, LR_SCHEDULES, MODELS, OPTIMIZERS, PADDINGS, PATCHES, PATCH_ROWS,
@@ -133,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", default=None, help="run folder (default runs/<dataset>-<time>)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing --output folder")
     run.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    run.add_argument("--no-validation", action="store_true",
+                     help="do not score the test split after every epoch (one Spark job each); the history "
+                          "and its figure then have training lines only")
+    run.add_argument("--no-report", action="store_true", help="do not write report.html into the run folder")
     ckpt = t.add_argument_group("checkpoints")
     ckpt.add_argument("--checkpoint-dir", default=None,
                       help="write a checkpoint here (any path Spark can write: local, hdfs://, dbfs:/, s3a://); "
@@ -273,22 +277,6 @@ def _describe_model(config: TrainConfig) -> str:
             f"{config.conv_activation_name} pool {config.pool} patches {config.patches}, {dense}")
 
 
-def _cnn_figures(model, test_df) -> dict:
-    """For a CNN: its learned first-layer kernels and the activation maps of the first test image."""
-    from .nn.conv import Conv2D
-
-    if not any(isinstance(layer, Conv2D) for layer in model.network.layers):
-        return {}
-    from .report import activation_figure, kernel_figure
-
-    row = test_df.select("image", "label").first()
-    image = np.asarray(row["image"], dtype=model.network.dtype)
-    label = model.class_names[row["label"]] if model.class_names else row["label"]
-    return {"Learned kernels of the first convolution": kernel_figure(model.network, model.params),
-            f"Activation maps of the first test image (label {label})":
-                activation_figure(model.network, model.params, image)}
-
-
 def train_command(args: argparse.Namespace) -> int:
     from .datasets import check_classes, get_dataset, load_dataframe
     from .session import get_or_create_spark
@@ -311,6 +299,7 @@ def train_command(args: argparse.Namespace) -> int:
     printer = ProgressPrinter(bar=False if args.no_progress else None)
     start = time.perf_counter()
     model = fit(train_df, config, num_classes=len(class_names), callbacks=[printer], verbose=False,
+                validation_df=None if args.no_validation else test_df,
                 checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume)
     train_seconds = time.perf_counter() - start
     model.class_names = class_names
@@ -327,16 +316,15 @@ def train_command(args: argparse.Namespace) -> int:
         model.save(staging / "model")
         (staging / "history.json").write_text(json.dumps(model.history, indent=2))
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        figures = _cnn_figures(model, test_df)
-        if figures:
-            from .report import write_report
-
-            write_report(staging / "cnn_figures.html", figures, title=f"dfnet CNN: {data['dataset']}")
+        if not args.no_report:
+            model.report(test_df, staging / "report.html", evaluation=evaluation,
+                         title=f"dfnet {config.model}: {data['dataset']} ({target.name})")
         _publish(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    saved = "model, history.json, metrics.json and cnn_figures.html" if figures else "model, history.json and metrics.json"
+    saved = "model, history.json and metrics.json" if args.no_report else \
+        "model, history.json, metrics.json and report.html"
     print(f"Saved {saved} to {target}")
     _write_tables(spark, tables, args, model, evaluation, test_df)
     return 0

@@ -51,6 +51,34 @@ class TrainedModel:
         return evaluate(self.predict(df, features_col=features_col), self.num_classes, label_col=label_col,
                         class_names=self.class_names)
 
+    def report(self, test_df: DataFrame, path: str | os.PathLike | None = None, *,
+               evaluation: Evaluation | None = None, features_col: str = "image", label_col: str = "label",
+               max_images: int = 25, title: str = "dfnet report") -> dict:
+        """The run's plotly figures on ``test_df``; with ``path``, also written as one offline HTML file.
+
+        Parameters
+        ----------
+        test_df : labelled rows to evaluate on and draw samples from.
+        path : where to write the report (``write_report``: atomic, plotly.js
+            embedded); nothing is written when None.
+        evaluation : ``self.evaluate(test_df)`` if already computed.
+        max_images : images in the sample grid (mistakes first).
+        title : the page's title and heading.
+
+        Returns
+        -------
+        ``{heading: plotly.graph_objects.Figure}`` as
+        :func:`dfnet.report.run_figures` returns it, e.g.
+        ``model.report(test_df)["Confusion matrix"].show()`` in a notebook.
+        """
+        from .report import run_figures, write_report
+
+        figures = run_figures(self, test_df, evaluation, features_col=features_col, label_col=label_col,
+                              max_images=max_images)
+        if path is not None:
+            write_report(path, figures, title=title)
+        return figures
+
     # --- persistence ---------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)

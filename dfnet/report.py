@@ -10,8 +10,11 @@ a new ``go.Figure`` out, no Spark, no files. What they show:
   :class:`~dfnet.evaluate.Evaluation`,
 - :func:`samples_figure`: test images with their predictions, mistakes first.
 
-:func:`write_report` puts any of them into ONE HTML file that opens offline:
-plotly.js is embedded once in the head, each figure is a ``<div>``.
+:func:`run_figures` computes all of them for a trained model and a test
+DataFrame (the only function here that runs Spark: the evaluation, and a
+bounded sample of predictions, mistakes first). :func:`write_report` puts any
+of them into ONE HTML file that opens offline: plotly.js is embedded once in
+the head, each figure is a ``<div>``. ``TrainedModel.report`` does both.
 
 Images are drawn as heatmaps with the y axis reversed (row 0 at the top, so
 images are upright) and x and y scaled 1:1.
@@ -32,6 +35,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import plotly.graph_objects as go
 import plotly.offline
@@ -41,6 +46,12 @@ from .files import write_atomically
 from .nn.conv import Conv2D
 from .nn.layers import ACTIVATIONS, Layer
 from .nn.network import Sequential
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+    from .evaluate import Evaluation
+    from .model import TrainedModel
 
 PIXEL_SCALE = "gray"  # black (low) to white (high), as MNIST is usually shown
 KERNEL_SCALE = "RdBu_r"  # diverging: negative blue, 0 white, positive red
@@ -216,12 +227,13 @@ def history_figure(history: Sequence) -> go.Figure:
     epochs = [r["epoch"] for r in records]
     fig = make_subplots(rows=1, cols=2, subplot_titles=["Loss", "Accuracy"])
     for col, key in ((1, "loss"), (2, "accuracy")):
-        for prefix, name, dash in (("", "train", "solid"), ("val_", "validation", "dash")):
+        # One colour per series in both subplots, so the single legend names both lines.
+        for prefix, name, dash, color in (("", "train", "solid", "#636efa"), ("val_", "validation", "dash", "#ef553b")):
             values = [r.get(prefix + key) for r in records]
             if all(v is None for v in values):
                 continue
             fig.add_trace(go.Scatter(x=epochs, y=values, name=name, legendgroup=name, showlegend=col == 1,
-                                     mode="lines+markers", line={"dash": dash}), row=1, col=col)
+                                     mode="lines+markers", line={"dash": dash, "color": color}), row=1, col=col)
     fig.update_xaxes(title_text="epoch", dtick=1 if len(epochs) <= 20 else None)
     return fig.update_layout(title="Training history", height=420)
 
@@ -264,7 +276,9 @@ def samples_figure(images: np.ndarray, labels: Sequence[int], predictions: Seque
     """A grid of up to ``max_images`` images titled "pred k (p=0.93) / true j".
 
     Mistakes come first, then correct predictions, each group in input order;
-    mistake titles are red. ``images``: ``(n, H*W*C)`` pixels (or any shape with
+    mistake titles are red. Each image's trace carries its exact numbers in
+    ``meta``: ``row`` (index into ``images``), ``label``, ``prediction`` and
+    ``probability`` (of the predicted class). ``images``: ``(n, H*W*C)`` pixels (or any shape with
     n first); ``probabilities``: ``(n, k)`` class probabilities, or ``(n,)`` the
     probability of the predicted class; ``image_shape``: ``(H, W)`` or
     ``(H, W, C)``, multi-channel images are shown as their channel mean.
@@ -286,12 +300,128 @@ def samples_figure(images: np.ndarray, labels: Sequence[int], predictions: Seque
     low, high = (float(pixels.min()), float(pixels.max())) if n else (0.0, 1.0)
     for k, i in enumerate(order):
         fig.add_trace(go.Heatmap(z=pixels[i], colorscale=PIXEL_SCALE, zmin=low, zmax=high, showscale=False,
-                                 name=f"sample {i}"), row=k // cols + 1, col=k % cols + 1)
+                                 name=f"sample {i}", hovertemplate=f"{titles[k]}<br>(%{{y}}, %{{x}}): "
+                                                                   "%{z:.3f}<extra></extra>",
+                                 meta={"row": int(i), "label": int(labels[i]), "prediction": int(predictions[i]),
+                                       "probability": float(p_pred[i])}),
+                      row=k // cols + 1, col=k % cols + 1)
     for annotation, i in zip(fig.layout.annotations, order):
         annotation.font = {"size": 11, "color": "crimson" if wrong[i] else "black"}
     fig.update_layout(title=f"Samples: {int(wrong[order].sum())} mistakes of {len(order)} shown "
                             f"({int(wrong.sum())} of {n} in all)", height=120 + 180 * rows, width=200 * cols + 80)
     return _image_axes(fig)
+
+
+# --- one training run --------------------------------------------------------------
+
+def _image_shape(model: "TrainedModel") -> tuple[int, ...]:
+    """How to draw one input of ``model``: its (H, W, C), the config's image shape, a
+    square, or else one row of pixels."""
+    shape = model.network.input_shape
+    if len(shape) == 3:
+        return shape
+    n = model.network.num_features
+    if model.config is not None and model.config.image_shape is not None \
+            and math.prod(model.config.image_shape) == n:
+        return tuple(model.config.image_shape)
+    side = math.isqrt(n)
+    return (side, side) if side * side == n else (1, n)
+
+
+def sample_predictions(model: "TrainedModel", df: "DataFrame", max_rows: int = 25, *, features_col: str = "image",
+                       label_col: str = "label") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Up to ``max_rows`` rows of ``df`` with the model's predictions, mistakes first.
+
+    One Spark job (after ``model.predict``'s validation): a top-k over
+    (correct?, input position), so each partition sends at most ``max_rows``
+    rows to the driver and the whole of ``df`` never is. Within each group the
+    rows keep their input order. Returns ``(images (n, num_features) float64,
+    labels (n,) int64, predictions (n,) int64, probabilities (n, k) float64)``.
+    """
+    from pyspark.sql import functions as F
+
+    if max_rows < 0:
+        raise ValueError(f"max_rows must be >= 0, got {max_rows}")
+    k = model.num_classes
+    empty = (np.zeros((0, model.network.num_features)), np.zeros(0, np.int64), np.zeros(0, np.int64),
+             np.zeros((0, k)))
+    if max_rows == 0:
+        return empty
+    scored = model.predict(df.select(features_col, label_col), features_col=features_col,
+                           prediction_col="__dfnet_prediction", probability_col="__dfnet_probability")
+    label = F.col(label_col).cast("int")
+    rows = (scored.select(F.col(features_col).alias("image"), label.alias("label"),
+                          F.col("__dfnet_prediction").alias("prediction"),
+                          F.col("__dfnet_probability").alias("probability"),
+                          (F.col("__dfnet_prediction") == label).alias("correct"),
+                          F.monotonically_increasing_id().alias("position"))
+            .orderBy("correct", "position").limit(max_rows).collect())
+    if not rows:
+        return empty
+    return (np.array([r["image"] for r in rows], dtype=np.float64),
+            np.array([r["label"] for r in rows], dtype=np.int64),
+            np.array([r["prediction"] for r in rows], dtype=np.int64),
+            np.array([r["probability"] for r in rows], dtype=np.float64))
+
+
+def run_figures(model: "TrainedModel", test_df: "DataFrame", evaluation: "Evaluation | None" = None, *,
+                features_col: str = "image", label_col: str = "label",
+                max_images: int = 25) -> dict[str, go.Figure]:
+    """Every figure of one training run, in report order, keyed by heading.
+
+    Parameters
+    ----------
+    model : a :class:`~dfnet.model.TrainedModel` (its ``history`` and
+        ``class_names`` are used when present).
+    test_df : labelled rows (``features_col``, ``label_col``) to evaluate on.
+    evaluation : ``model.evaluate(test_df)`` if already computed; computed
+        here (two small Spark jobs) when None.
+    max_images : images in the sample grid; only these rows reach the driver.
+
+    Returns
+    -------
+    ``{heading: figure}``, in this order (stable headings, details in each
+    figure's title):
+
+    - ``"Training history"``: loss and accuracy per epoch, train and, when the
+      history has ``val_*``, validation lines (left out when there is no history),
+    - ``"Confusion matrix"``, ``"Per-class metrics"``: precision, recall, F1,
+    - ``"Test samples"``: up to ``max_images`` test images with predicted class
+      and probability, mistakes first (see :func:`sample_predictions`),
+    - for a network with a Conv2D: ``"Kernels"`` of the first Conv2D and
+      ``"Activation maps"`` of the first image in the sample grid.
+
+    Pass the result to :func:`write_report` for one offline HTML file, or show
+    any figure in a notebook.
+    """
+    if evaluation is None:
+        evaluation = model.evaluate(test_df, features_col=features_col, label_col=label_col)
+    names = evaluation.class_names or model.class_names
+    names = list(names) if names else None
+    figures: dict[str, go.Figure] = {}
+    if model.history:
+        figures["Training history"] = history_figure(model.history)
+    figures["Confusion matrix"] = confusion_figure(evaluation.confusion, names)
+    figures["Per-class metrics"] = per_class_figure(evaluation.per_class, names)
+    images, labels, predictions, probabilities = sample_predictions(
+        model, test_df, max_images, features_col=features_col, label_col=label_col)
+    samples = samples_figure(images, labels, predictions, probabilities, _image_shape(model),
+                             max_images=max_images, class_names=names)
+    # samples_figure only sees the fetched rows; the evaluation knows the whole test set.
+    mistakes = evaluation.count - int(np.trace(evaluation.confusion))
+    samples.update_layout(title=f"Test samples: {int((labels != predictions).sum())} mistakes of {len(labels)} "
+                                f"shown ({mistakes} of {evaluation.count} test rows), mistakes first")
+    figures["Test samples"] = samples
+    convs = [i for i, layer in enumerate(model.network.layers) if isinstance(layer, Conv2D)]
+    if convs:
+        figures["Kernels"] = kernel_figure(model.network, model.params, convs[0])
+        if len(images):
+            name = (lambda c: str(names[c])) if names else str
+            fig = activation_figure(model.network, model.params, images[0])
+            fig.update_layout(title=f"Activation maps of the first sample (true {name(labels[0])}, "
+                                    f"predicted {name(predictions[0])})")
+            figures["Activation maps"] = fig
+    return figures
 
 
 # --- the report --------------------------------------------------------------------

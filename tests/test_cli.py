@@ -18,7 +18,7 @@ from dfnet.errors import ConfigError
 from dfnet.model import TrainedModel
 
 EPOCH_LINE = re.compile(r"^Epoch (\d+)/(\d+) \| Loss (\d+\.\d{4}) \| Acc (\d\.\d{4}) \| Batchsize (\d+) \| "
-                        r"(\d+\.\d{2}) s$", flags=re.M)
+                        r"(\d+\.\d{2}) s(?: \| Val loss (\d+\.\d{4}) \| Val acc (\d\.\d{4}))?$", flags=re.M)
 # Small enough to be quick, big enough to learn something in two epochs.
 FAST = ["--hidden", "32", "--batch-size", "128", "--no-progress"]
 
@@ -45,7 +45,7 @@ def read_json(path):
 def test_train_writes_the_run_folder(digits_run):
     code, _, err, output = digits_run
     assert code == 0, err
-    assert sorted(p.name for p in output.iterdir()) == ["history.json", "metrics.json", "model"]
+    assert sorted(p.name for p in output.iterdir()) == ["history.json", "metrics.json", "model", "report.html"]
     assert sorted(p.name for p in (output / "model").iterdir()) == ["model.json", "weights.npy"]
     # assembled under a temporary name beside it; nothing of that is left
     assert [p.name for p in output.parent.iterdir()] == ["run"]
@@ -59,7 +59,12 @@ def test_history_has_one_record_per_epoch_over_all_training_rows(digits_run, dig
         assert {"epoch", "loss", "accuracy", "rows", "seconds"} <= set(record)
         assert record["rows"] == len(train_labels)  # sample 1.0: every row once per epoch
         assert 0 <= record["accuracy"] <= 1 and record["loss"] > 0 and record["seconds"] > 0
+        assert 0 <= record["val_accuracy"] <= 1 and record["val_loss"] > 0  # the test split, scored each epoch
     assert history[1]["loss"] < history[0]["loss"]
+    metrics = read_json(digits_run[3] / "metrics.json")
+    # the last validation pass saw the final weights on the test split, as the evaluation did
+    # (one row of slack: a near-tie may fall either way between two float32 batchings)
+    assert history[-1]["val_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1 / metrics["count"] + 1e-12)
 
 
 def test_printed_epoch_lines_match_the_history(digits_run):
@@ -67,13 +72,15 @@ def test_printed_epoch_lines_match_the_history(digits_run):
     history = read_json(output / "history.json")
     lines = EPOCH_LINE.findall(stdout)
     assert len(lines) == 2, stdout
-    for (epoch, total, loss, acc, batch, seconds), record in zip(lines, history):
+    for (epoch, total, loss, acc, batch, seconds, val_loss, val_acc), record in zip(lines, history):
         assert (int(epoch), int(total)) == (record["epoch"], 2)
         assert float(loss) == pytest.approx(record["loss"], abs=5e-5)
         assert float(acc) == pytest.approx(record["accuracy"], abs=5e-5)
         assert int(batch) == round(record["rows"] / record["steps"])
         assert abs(int(batch) - 128) <= 16  # about --batch-size rows per step
         assert float(seconds) == pytest.approx(record["seconds"], abs=5e-3)
+        assert float(val_loss) == pytest.approx(record["val_loss"], abs=5e-5)
+        assert float(val_acc) == pytest.approx(record["val_accuracy"], abs=5e-5)
 
 
 def test_metrics_are_consistent_with_their_confusion_matrix(digits_run, digits_arrays):
@@ -100,7 +107,15 @@ def test_printed_report_is_the_evaluation(digits_run):
     metrics = read_json(output / "metrics.json")
     assert f"Test accuracy {metrics['test_accuracy']:.4f} on {metrics['count']} rows" in stdout
     assert len(re.findall(r"^Class \d+ \(\d\)$", stdout, flags=re.M)) == 10
-    assert f"Saved model, history.json and metrics.json to {output}" in stdout
+    assert f"Saved model, history.json, metrics.json and report.html to {output}" in stdout
+
+
+def test_report_has_the_run_figures(digits_run):
+    text = (digits_run[3] / "report.html").read_text(encoding="utf-8")
+    headings = re.findall(r"<h2>(.*?)</h2>", text)
+    assert headings == ["Training history", "Confusion matrix", "Per-class metrics", "Test samples"]
+    assert text.count('class="plotly-graph-div"') == len(headings)
+    assert "<script src=" not in text  # plotly.js embedded: opens offline
 
 
 def test_saved_model_reproduces_the_test_accuracy(spark, digits_run, digits_arrays):
@@ -150,11 +165,13 @@ def test_overwrite_replaces_an_existing_output(tmp_path, capsys):
     output.mkdir()
     (output / "notes.txt").write_text("old run")
     code = main(["train", "--dataset", "digits", "--epochs", "1", "--batch-size", "720", "--hidden", "8",
-                 "--output", str(output), "--overwrite", "--no-progress"])
+                 "--output", str(output), "--overwrite", "--no-progress", "--no-validation", "--no-report"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert sorted(p.name for p in output.iterdir()) == ["history.json", "metrics.json", "model"]
-    assert len(read_json(output / "history.json")) == 1
+    assert f"Saved model, history.json and metrics.json to {output}" in captured.out
+    history = read_json(output / "history.json")
+    assert len(history) == 1 and "val_loss" not in history[0] and "Val loss" not in captured.out
     assert TrainedModel.load(output / "model").network.to_config()["layers"][0] == {"type": "dense", "n_in": 64,
                                                                                     "n_out": 8}
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # neither the old folder nor the staging one
@@ -366,9 +383,11 @@ def test_train_a_cnn_from_exploded_patches_and_reload_it(spark, tmp_path, digits
                                                    "dense", "softmax"]
     metrics = read_json(output / "metrics.json")
     assert metrics["config"]["patches"] == "explode" and metrics["config"]["kernels"] == [6]
-    figures = (output / "cnn_figures.html").read_text()
-    assert "Learned kernels of the first convolution" in figures and "Activation maps" in figures
-    assert figures.count('class="plotly-graph-div"') == 2
+    assert sorted(p.name for p in output.iterdir()) == ["history.json", "metrics.json", "model", "report.html"]
+    report = (output / "report.html").read_text(encoding="utf-8")
+    assert re.findall(r"<h2>(.*?)</h2>", report) == ["Training history", "Confusion matrix", "Per-class metrics",
+                                                     "Test samples", "Kernels", "Activation maps"]
+    assert report.count('class="plotly-graph-div"') == 6
     assert metrics["test_accuracy"] > 0.8  # three epochs of a ReLU CNN do learn the digits
     model = TrainedModel.load(output / "model")
     _, (images, labels) = digits_arrays

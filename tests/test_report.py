@@ -1,6 +1,8 @@
 """Figures show the real numbers: each is checked against an independent computation.
 
-No Spark, no network: the networks are small CNNs with random parameters.
+The figure functions take no Spark: their networks are small CNNs with random
+parameters. ``run_figures`` (the figures of one training run) is checked at the
+end on models trained for two epochs on the real digits, in the shared session.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from dfnet.report import (
     history_figure,
     kernel_figure,
     per_class_figure,
+    run_figures,
+    sample_predictions,
     samples_figure,
     write_report,
 )
@@ -250,3 +254,141 @@ def test_write_report_failure_keeps_the_old_file_and_no_temp(tmp_path, monkeypat
         write_report(path, [confusion_figure(np.eye(2, dtype=int))])
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["report.html"]
+
+
+# --- the figures of a training run (Spark) -----------------------------------------
+
+RUN_HEADINGS = ["Training history", "Confusion matrix", "Per-class metrics", "Test samples"]
+
+
+@pytest.fixture(scope="module")
+def digits(spark):
+    from dfnet.datasets import load_dataframe
+
+    return load_dataframe(spark, "digits", "train"), load_dataframe(spark, "digits", "test")
+
+
+@pytest.fixture(scope="module")
+def mlp(digits):
+    """Two epochs of a small MLP, the test split scored after each (val_* in the history)."""
+    from dfnet.config import TrainConfig
+    from dfnet.train import fit
+
+    train, test = digits
+    model = fit(train, TrainConfig(epochs=2, hidden=(16,), batch_size=128), validation_df=test, verbose=False)
+    model.class_names = [f"d{i}" for i in range(10)]
+    return model
+
+
+@pytest.fixture(scope="module")
+def cnn(digits):
+    from dfnet.config import TrainConfig
+    from dfnet.train import fit
+
+    train, _ = digits
+    return fit(train, TrainConfig(model="cnn", kernels=(4,), hidden=(16,), epochs=2, batch_size=64,
+                                  schedule="average"), verbose=False)
+
+
+@pytest.fixture(scope="module")
+def scored(mlp, digits):
+    """Every test row with the MLP's prediction and probabilities, in input (id) order: the reference."""
+    rows = mlp.predict(digits[1]).orderBy("id").collect()
+    return {"image": np.array([r["image"] for r in rows]), "label": np.array([r["label"] for r in rows]),
+            "prediction": np.array([r["prediction"] for r in rows]),
+            "probability": np.array([r["probability"] for r in rows])}
+
+
+def test_run_figures_of_an_mlp_and_a_cnn(mlp, cnn, digits):
+    _, test = digits
+    assert list(run_figures(mlp, test)) == RUN_HEADINGS
+    figures = run_figures(cnn, test, max_images=4)
+    assert list(figures) == [*RUN_HEADINGS, "Kernels", "Activation maps"]
+    assert len(_heatmaps(figures["Kernels"])) == 4
+    samples = _heatmaps(figures["Test samples"])
+    assert len(samples) == 4 and all(np.asarray(t.z).shape == (8, 8) for t in samples)
+    activations = figures["Activation maps"]
+    # its input row is the first image of the sample grid, named in the title
+    np.testing.assert_allclose(np.asarray(activations.data[0].z), np.asarray(samples[0].z))
+    first = samples[0].meta
+    assert f"(true {first['label']}, predicted {first['prediction']})" in activations.layout.title.text
+
+
+def test_history_figure_of_a_run_has_validation_lines_only_when_the_history_does(mlp, digits):
+    import dataclasses
+
+    _, test = digits
+    evaluation = mlp.evaluate(test)
+    assert all({"val_loss", "val_accuracy"} <= set(h) for h in mlp.history)
+    history = run_figures(mlp, test, evaluation, max_images=1)["Training history"]
+    by = {(t.name, t.xaxis): t for t in history.data}
+    assert set(by) == {("train", "x"), ("validation", "x"), ("train", "x2"), ("validation", "x2")}
+    np.testing.assert_allclose(by["validation", "x"].y, [h["val_loss"] for h in mlp.history])
+    np.testing.assert_allclose(by["validation", "x2"].y, [h["val_accuracy"] for h in mlp.history])
+    np.testing.assert_allclose(by["train", "x2"].y, [h["accuracy"] for h in mlp.history])
+
+    train_only = dataclasses.replace(mlp, history=[{k: v for k, v in h.items() if not k.startswith("val_")}
+                                                   for h in mlp.history])
+    history = run_figures(train_only, test, evaluation, max_images=1)["Training history"]
+    assert [t.name for t in history.data] == ["train", "train"]
+    assert "Training history" not in run_figures(dataclasses.replace(mlp, history=[]), test, evaluation, max_images=1)
+
+
+def test_confusion_heatmap_is_the_matrix_of_the_collected_predictions(mlp, digits, scored):
+    figures = run_figures(mlp, digits[1], max_images=1)
+    expected = np.zeros((10, 10), dtype=np.int64)
+    np.add.at(expected, (scored["label"], scored["prediction"]), 1)
+    heatmap = figures["Confusion matrix"].data[0]
+    np.testing.assert_array_equal(np.asarray(heatmap.z), expected)
+    assert list(heatmap.x) == list(heatmap.y) == [f"d{i}" for i in range(10)]
+    bars = {t.name: t for t in figures["Per-class metrics"].data}
+    tp = np.diag(expected)
+    np.testing.assert_allclose(bars["recall"].y, tp / expected.sum(axis=1))
+    np.testing.assert_allclose(bars["precision"].y, np.divide(tp, expected.sum(axis=0),
+                                                              out=np.zeros(10), where=expected.sum(axis=0) > 0))
+
+
+def test_samples_are_mistakes_first_with_the_probabilities_predict_gives(mlp, digits, scored):
+    wrong = np.flatnonzero(scored["prediction"] != scored["label"])
+    right = np.flatnonzero(scored["prediction"] == scored["label"])
+    assert 0 < len(wrong) and len(right) >= 3, "two epochs should leave some mistakes and some right answers"
+    shown = len(wrong) + 3  # every mistake, then the first three right answers
+    expected = np.concatenate([wrong, right[:3]])
+    fig = run_figures(mlp, digits[1], max_images=shown)["Test samples"]
+    traces = _heatmaps(fig)
+    assert len(traces) == shown
+    for trace, row in zip(traces, expected):
+        meta = trace.meta
+        assert (meta["label"], meta["prediction"]) == (scored["label"][row], scored["prediction"][row])
+        assert meta["probability"] == pytest.approx(scored["probability"][row][meta["prediction"]], rel=1e-6)
+        np.testing.assert_allclose(np.asarray(trace.z), scored["image"][row].reshape(8, 8), rtol=1e-6)
+    titles = [a.text for a in fig.layout.annotations]
+    row = expected[0]
+    assert titles[0] == (f"pred d{scored['prediction'][row]} (p={scored['probability'][row].max():.2f}) "
+                         f"/ true d{scored['label'][row]}")
+    assert [a.font.color for a in fig.layout.annotations] == ["crimson"] * len(wrong) + ["black"] * 3
+    assert fig.layout.title.text.startswith(f"Test samples: {len(wrong)} mistakes of {shown} shown "
+                                            f"({len(wrong)} of {len(scored['label'])} test rows)")
+
+
+def test_sample_predictions_fetches_only_what_it_shows(mlp, digits, scored):
+    images, labels, predictions, probabilities = sample_predictions(mlp, digits[1], 5)
+    assert images.shape == (5, 64) and probabilities.shape == (5, 10)
+    wrong = np.flatnonzero(scored["prediction"] != scored["label"])[:5]
+    np.testing.assert_array_equal(labels, scored["label"][wrong])
+    np.testing.assert_array_equal(predictions, scored["prediction"][wrong])
+    np.testing.assert_allclose(probabilities, scored["probability"][wrong], rtol=1e-6)
+    assert [len(a) for a in sample_predictions(mlp, digits[1], 0)] == [0, 0, 0, 0]
+    with pytest.raises(ValueError, match="max_rows must be >= 0, got -1"):
+        sample_predictions(mlp, digits[1], -1)
+
+
+def test_trained_model_report_returns_the_figures_and_writes_them(mlp, digits, tmp_path):
+    path = tmp_path / "run" / "report.html"
+    figures = mlp.report(digits[1], path, max_images=6, title="digits MLP")
+    assert list(figures) == RUN_HEADINGS
+    text = path.read_text(encoding="utf-8")
+    assert text.count('class="plotly-graph-div"') == len(figures)
+    assert "<h1>digits MLP</h1>" in text and all(f"<h2>{h}</h2>" in text for h in figures)
+    assert list(mlp.report(digits[1], max_images=1)) == RUN_HEADINGS  # no path: nothing written
+    assert os.listdir(path.parent) == ["report.html"]
