@@ -332,14 +332,14 @@ def train_command(args: argparse.Namespace) -> int:
 
 def _check_tables(spark, args: argparse.Namespace) -> dict[str, str]:
     """The tables this run will write, each checked (name, mode, columns) before any training."""
-    from .tables import CLASS_METRICS_SCHEMA, HISTORY_SCHEMA, PREDICTIONS_SCHEMA, check_can_write
+    from .tables import CLASS_METRICS_SCHEMA, HISTORY_SCHEMA, PREDICTIONS_SCHEMA, check_can_write, table_identity
 
     wanted = {"predictions": (args.predictions_table, args.mode, PREDICTIONS_SCHEMA),
               "history": (getattr(args, "history_table", None), "append", HISTORY_SCHEMA),
               "metrics": (getattr(args, "metrics_table", None), "append", CLASS_METRICS_SCHEMA)}
     names = [name for name, _, _ in wanted.values() if name]
-    if len(set(names)) < len(names):
-        raise DFNetError(f"the predictions, history and metrics tables must have different names, got {names}")
+    if len({table_identity(spark, name) for name in names}) < len(names):
+        raise DFNetError(f"the predictions, history and metrics tables must be different tables, got {names}")
     for name, mode, schema in wanted.values():
         if name:
             check_can_write(spark, name, mode, schema)
@@ -366,7 +366,7 @@ def predict_command(args: argparse.Namespace) -> int:
     from .datasets import check_classes, load_dataframe
     from .model import TrainedModel
     from .session import get_or_create_spark
-    from .tables import PREDICTIONS_SCHEMA, check_can_write, write_predictions
+    from .tables import PREDICTIONS_SCHEMA, check_can_write, check_table_name, quote_table_name, write_predictions
 
     folder = Path(args.model)
     run = {}
@@ -380,10 +380,16 @@ def predict_command(args: argparse.Namespace) -> int:
     if not args.input_table and not dataset:
         raise DFNetError(f"{args.model} is a model folder without the run's metrics.json: name the rows to score "
                          f"with --dataset or --input-table")
+    run_id = args.run_id or model.run_id
+    if not run_id:
+        raise DFNetError(f"{args.model}: the model has no run id (saved by an older dfnet); pass --run-id")
     spark = get_or_create_spark(args.master, app_name="dfnet-predict", warehouse=args.warehouse)
-    check_can_write(spark, args.predictions_table, args.mode, PREDICTIONS_SCHEMA)
+    check_can_write(spark, args.predictions_table, args.mode, PREDICTIONS_SCHEMA, run_id=run_id)
     if args.input_table:
-        df = spark.table(args.input_table)
+        input_table = quote_table_name(check_table_name(args.input_table))
+        if not spark.catalog.tableExists(input_table):
+            raise DFNetError(f"--input-table {args.input_table}: no such table")
+        df = spark.table(input_table)
         source = f"table {args.input_table}"
     else:
         classes = args.classes if args.classes is not None else run.get("classes")
@@ -392,12 +398,13 @@ def predict_command(args: argparse.Namespace) -> int:
         df = load_dataframe(spark, dataset, args.split, data_dir=args.data_dir, classes=classes)
         source = f"{dataset} {args.split}" + (f" classes {list(classes)}" if classes else "")
     label_col, id_col = args.label_col or None, args.id_col or None
-    table = write_predictions(model, df, args.predictions_table, mode=args.mode, run_id=args.run_id,
+    table = write_predictions(model, df, args.predictions_table, mode=args.mode, run_id=run_id,
                               features_col=args.features_col, label_col=label_col, id_col=id_col,
                               keep_image=not args.no_image)
-    summary = table.agg(F.count(F.lit(1)).alias("rows"),
+    summary = table.where(F.col("run_id") == run_id).agg(F.count(F.lit(1)).alias("rows"),
                         F.avg((F.col("label") == F.col("prediction")).cast("double")).alias("accuracy")).first()
-    print(f"Wrote {summary['rows']} rows of predictions for {source} to table {args.predictions_table}"
+    print(f"Wrote {summary['rows']} rows of predictions (run_id {run_id}) for {source} to table "
+          f"{args.predictions_table}"
           + (f" (accuracy {summary['accuracy']:.4f})" if label_col and summary["accuracy"] is not None else ""))
     return 0
 

@@ -609,6 +609,7 @@ def _model_data(spark: SparkSession, trained: TrainedModel) -> DataFrame:
         "config": pa.array([json.dumps(trained.config.to_dict()) if trained.config else None], pa.string()),
         "history": pa.array([json.dumps(trained.history)], pa.string()),
         "class_names": pa.array([list(trained.class_names) if trained.class_names else None], pa.list_(pa.string())),
+        "run_id": pa.array([trained.run_id], pa.string()),
     })
     return spark.createDataFrame(table)
 
@@ -666,13 +667,14 @@ def _read_model_data(spark: SparkSession, path: str) -> TrainedModel:
         config = TrainConfig.from_dict(json.loads(config_text)) if config_text else None
         history = json.loads(row["history"].as_py())
         class_names = row["class_names"].as_py()
+        run_id = row["run_id"].as_py() if "run_id" in row else None  # saved before run ids existed
     except ModelFormatError:
         raise
     except (KeyError, ValueError, TypeError, AttributeError) as e:
         raise ModelFormatError(f"{source}: corrupt model data ({type(e).__name__}: {e})") from e
     if weights.shape != (network.num_params,):
         raise ModelFormatError(f"{source}: holds {weights.size} weights, the architecture needs {network.num_params}")
-    return TrainedModel(network, weights.astype(network.dtype), config, history, class_names)
+    return TrainedModel(network, weights.astype(network.dtype), config, history, class_names, run_id)
 
 
 def _read_dfnet_folder(spark: SparkSession, path: str) -> TrainedModel:

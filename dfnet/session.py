@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 from pyspark.sql import SparkSession
 
@@ -49,6 +50,11 @@ def get_or_create_spark(master: str | None = None, app_name: str = "dfnet",
     """
     active = SparkSession.getActiveSession()
     if active is not None:
+        wanted = warehouse_conf(warehouse)["spark.sql.warehouse.dir"] if warehouse is not None else None
+        have = active.conf.get("spark.sql.warehouse.dir", None)
+        if wanted is not None and have is not None and have.removeprefix("file:").rstrip("/") != wanted:
+            warnings.warn(f"warehouse={os.fspath(warehouse)!r} is ignored: the running session keeps its tables "
+                          f"in {have}", stacklevel=2)
         return active
     builder = SparkSession.builder.appName(app_name).master(master or "local[*]")
     settings = {**DEFAULT_CONF, **(warehouse_conf(warehouse) if warehouse is not None else {}), **(conf or {})}

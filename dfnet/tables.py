@@ -14,8 +14,12 @@ renamed into place; if the write fails, the target is as it was and the staging
 table is dropped. An overwrite renames the old table aside, renames the new one
 in and drops the old one; between the two renames (milliseconds) the name does
 not resolve, but it never resolves to partial rows. An append into an existing
-table is one Spark insert job, which commits its files only when every task has
-succeeded. If the process is killed mid-write, a ``__dfnet_staging_`` or
+table is one Spark insert job: its tasks write into a temporary folder and
+the job's commit moves their files into the table only once every task has
+succeeded, so a failed append adds nothing (a process killed during those
+final file moves can leave part of the new rows: Spark's file committer is not
+atomic on every file system). An append is refused when the table already
+holds rows of the same ``run_id``. If the process is killed mid-write, a ``__dfnet_staging_`` or
 ``__dfnet_replaced_`` table may be left behind; the target is whole, or (killed
 between the two renames of an overwrite) still whole under the
 ``__dfnet_replaced_`` name.
@@ -150,6 +154,13 @@ def _check_plain(name: str, part: str) -> None:
                               f"{shown}); backquote a part that needs other characters: `{part}`")
 
 
+def table_identity(spark: SparkSession, name: str) -> tuple[str, str, str]:
+    """``(catalog, database, table)`` that ``name`` refers to in ``spark``, lower-cased as Spark compares them."""
+    parts = check_table_name(name)
+    full = (spark.catalog.currentCatalog(), spark.catalog.currentDatabase())[:3 - len(parts)] + parts
+    return tuple(part.lower() for part in full)
+
+
 def quote_table_name(parts: Sequence[str]) -> str:
     """The parts of a table name as one SQL identifier, each part backquoted."""
     return ".".join("`" + part.replace("`", "``") + "`" for part in parts)
@@ -178,32 +189,65 @@ def _columns(schema: T.StructType) -> list[tuple[str, T.DataType]]:
     return [(f.name.lower(), bare(f.dataType)) for f in schema.fields]
 
 
-def check_can_write(spark: SparkSession, table: str, mode: str = "error",
-                    schema: T.StructType | None = None) -> bool:
-    """Refuse, before any work, a write that ``mode`` does not allow; return whether ``table`` exists.
+def check_can_write(spark: SparkSession, table: str, mode: str = "error", schema: T.StructType | None = None,
+                    *, run_id: str | None = None, format: str | None = None, probe: bool = True) -> bool:
+    """Refuse, before any work, a write that would fail or that ``mode`` does not allow; return whether
+    ``table`` exists.
 
     Raises :class:`~dfnet.errors.OutputExistsError` for an existing table in
     mode ``"error"``, and :class:`~dfnet.errors.DataValidationError` for a bad
-    name or mode, or (mode ``"append"``) an existing table whose columns differ
-    from ``schema``.
+    name or mode; in mode ``"append"``, for an existing table whose columns
+    differ from ``schema`` or that already holds rows of ``run_id`` (appending
+    them again would count them twice). With ``probe``, a table that will be
+    created is proven creatable first: an empty table of ``schema`` is created
+    beside it and dropped, so a missing database, a name the catalog refuses or
+    a missing permission shows now rather than after training.
     """
     parts = check_table_name(table)
     mode = _check_mode(mode)
-    exists = spark.catalog.tableExists(quote_table_name(parts))
+    name = quote_table_name(parts)
+    exists = _catalog_call(table, lambda: spark.catalog.tableExists(name))
     if exists and mode == "error":
         raise OutputExistsError(f"table {table} already exists; pass mode='overwrite' to replace it or "
                                 f"mode='append' to add rows (--mode on the command line)")
-    if exists and mode == "append" and schema is not None:
-        have, want = _columns(spark.table(quote_table_name(parts)).schema), _columns(schema)
-        if have != want:
-            show = lambda cols: ", ".join(f"{n} {k.simpleString()}" for n, k in cols)  # noqa: E731
-            raise DataValidationError(f"cannot append to table {table}: its columns ({show(have)}) differ from "
-                                      f"the rows to write ({show(want)}); write to a new table or overwrite")
+    if exists and mode == "append":
+        current = spark.table(name)
+        if schema is not None:
+            have, want = _columns(current.schema), _columns(schema)
+            if have != want:
+                show = lambda cols: ", ".join(f"{n} {k.simpleString()}" for n, k in cols)  # noqa: E731
+                raise DataValidationError(f"cannot append to table {table}: its columns ({show(have)}) differ "
+                                          f"from the rows to write ({show(want)}); write to a new table or "
+                                          f"overwrite")
+        if run_id is not None and current.where(F.col("run_id") == run_id).limit(1).count():
+            raise DataValidationError(f"table {table} already holds rows of run_id {run_id!r}; appending them "
+                                      f"again would count them twice: pass another run id (--run-id) or "
+                                      f"mode='overwrite'")
+    if probe and not (exists and mode == "append"):
+        probe_parts = _sibling(parts, "probe")
+        empty = spark.createDataFrame([], schema or T.StructType([T.StructField("probe", T.IntegerType())]))
+        try:
+            _catalog_call(table, lambda: empty.write.format(format or table_format(spark.conf.get))
+                          .saveAsTable(quote_table_name(probe_parts)))
+        finally:
+            spark.sql(f"DROP TABLE IF EXISTS {quote_table_name(probe_parts)}")
     return exists
 
 
-def _sibling(parts: tuple[str, ...], role: str) -> str:
-    return quote_table_name(parts[:-1] + (f"{parts[-1]}__dfnet_{role}_{secrets.token_hex(4)}",))
+def _catalog_call(table: str, call):
+    """``call()``, with the catalog's refusals (no such database, a name it does not allow, no
+    permission) raised as :class:`DataValidationError` naming the table."""
+    from pyspark.errors import AnalysisException
+
+    try:
+        return call()
+    except AnalysisException as e:
+        reason = str(e).strip().splitlines()[0]
+        raise DataValidationError(f"table {table} cannot be written: {reason}") from e
+
+
+def _sibling(parts: tuple[str, ...], role: str) -> tuple[str, ...]:
+    return parts[:-1] + (f"{parts[-1]}__dfnet_{role}_{secrets.token_hex(4)}",)
 
 
 #: Formats whose writes commit atomically by themselves: written in place, no staging table.
@@ -224,52 +268,65 @@ def table_format(conf_get) -> str:
     return conf_get("spark.sql.sources.default", "parquet") or "parquet"
 
 
-def save_table(df: DataFrame, table: str, *, mode: str = "error", format: str | None = None) -> DataFrame:
+def save_table(df: DataFrame, table: str, *, mode: str = "error", format: str | None = None,
+               run_id: str | None = None) -> DataFrame:
     """Write ``df`` as table ``table``, never leaving it half-written (see the module notes); return the table.
 
     ``mode``: ``"error"``, ``"overwrite"`` or ``"append"``; ``format``: a Spark
     data source (default: :func:`table_format`). A Delta table is written in
-    place: its transaction log makes each write all-or-nothing.
+    place: its transaction log makes each write all-or-nothing. ``run_id``: see
+    :func:`check_can_write`.
     """
     spark = df.sparkSession
     parts = check_table_name(table)
-    exists = check_can_write(spark, table, mode, df.schema)
+    format = format or table_format(spark.conf.get)
+    # The staging write below fails before the target is touched, so it is the probe.
+    exists = check_can_write(spark, table, mode, df.schema, run_id=run_id, format=format, probe=False)
     target = quote_table_name(parts)
     if exists and _check_mode(mode) == "append":
         names = [f.name for f in spark.table(target).schema.fields]
         df.select(*[F.col(f.name).alias(name) for f, name in zip(df.schema.fields, names)]).write.insertInto(target)
         return spark.table(target)
-    format = format or table_format(spark.conf.get)
     if format.lower() in TRANSACTIONAL_FORMATS:
         # One commit in the table's own log: readers see the old rows or all of the new ones.
-        df.write.format(format).mode(_check_mode(mode)).saveAsTable(target)
+        _catalog_call(table, lambda: df.write.format(format).mode(_check_mode(mode)).saveAsTable(target))
         return spark.table(target)
     staging = _sibling(parts, "staging")
-    writer = df.write.format(format)
     try:
-        writer.saveAsTable(staging)
+        _catalog_call(table, lambda: df.write.format(format).saveAsTable(quote_table_name(staging)))
         if not exists:
-            _rename(spark, staging, target)
+            _rename(spark, staging, parts)
         else:
-            replaced = _sibling(parts, "replaced")
-            _rename(spark, target, replaced)
-            try:
-                _rename(spark, staging, target)
-            except BaseException:
-                _rename(spark, replaced, target)
-                raise
-            spark.sql(f"DROP TABLE IF EXISTS {replaced}")
+            _swap_in(spark, staging, parts)
     except BaseException:
-        spark.sql(f"DROP TABLE IF EXISTS {staging}")
+        spark.sql(f"DROP TABLE IF EXISTS {quote_table_name(staging)}")
         raise
     return spark.table(target)
 
 
-def _rename(spark: SparkSession, source: str, target: str) -> None:
-    if spark.catalog.tableExists(target):
-        # Another writer created it since check_can_write looked.
-        raise OutputExistsError(f"table {target} appeared while dfnet was writing it; nothing was replaced")
-    spark.sql(f"ALTER TABLE {source} RENAME TO {target}")
+def _swap_in(spark: SparkSession, staging: tuple[str, ...], parts: tuple[str, ...]) -> None:
+    """Replace table ``parts`` by the complete table ``staging``: the old one moves aside, then goes."""
+    replaced = _sibling(parts, "replaced")
+    _rename(spark, parts, replaced)
+    try:
+        _rename(spark, staging, parts)
+    except BaseException as e:
+        try:
+            _rename(spark, replaced, parts)
+        except BaseException:
+            raise OutputExistsError(f"table {quote_table_name(parts)} was not replaced ({e}); the previous "
+                                    f"table could not be renamed back and is kept as "
+                                    f"{quote_table_name(replaced)}") from e
+        raise
+    spark.sql(f"DROP TABLE IF EXISTS {quote_table_name(replaced)}")
+
+
+def _rename(spark: SparkSession, source: tuple[str, ...], target: tuple[str, ...]) -> None:
+    if spark.catalog.tableExists(quote_table_name(target)):
+        raise OutputExistsError(f"table {quote_table_name(target)} appeared while dfnet was writing it "
+                                f"(another writer?)")
+    # RENAME TO names the table within its catalog: database.table at most.
+    spark.sql(f"ALTER TABLE {quote_table_name(source)} RENAME TO {quote_table_name(target[-2:])}")
 
 
 # --- the three tables ----------------------------------------------------------------
@@ -277,7 +334,8 @@ def _rename(spark: SparkSession, source: str, target: str) -> None:
 def _run_id(run_id: str | None, model) -> str:
     run_id = run_id if run_id is not None else getattr(model, "run_id", None)
     if not isinstance(run_id, str) or not run_id.strip():
-        raise DataValidationError(f"run_id={run_id!r}: pass a non-empty string (the model has no run_id)")
+        raise DataValidationError(f"run_id={run_id!r}: pass a non-empty string (run_id=, --run-id on the "
+                                  f"command line): the model has no run id")
     return run_id
 
 
@@ -300,13 +358,15 @@ def prediction_rows(model, df: DataFrame, *, run_id: str | None = None, features
     features = F.col(features_col)
     if isinstance(df.schema[features_col].dataType, VectorUDT):
         features = vector_to_array(features, "float32")
-    predicted = model.predict(df.withColumn("__dfnet_image", features), features_col="__dfnet_image",
-                              prediction_col="__dfnet_prediction", probability_col="__dfnet_probability")
     null = lambda kind: F.lit(None).cast(kind)  # noqa: E731
+    # Only these columns go on, so a vector column elsewhere in df never reaches the pandas UDF.
+    frame = df.select((F.col(id_col).cast("long") if id_col else F.monotonically_increasing_id()).alias("id"),
+                      (F.col(label_col).cast("int") if label_col else null("int")).alias("label"),
+                      features.alias("__dfnet_image"))
+    predicted = model.predict(frame, features_col="__dfnet_image", prediction_col="__dfnet_prediction",
+                              probability_col="__dfnet_probability")
     return predicted.select(
-        F.lit(run_id).alias("run_id"),
-        (F.col(id_col).cast("long") if id_col else F.monotonically_increasing_id()).alias("id"),
-        (F.col(label_col).cast("int") if label_col else null("int")).alias("label"),
+        F.lit(run_id).alias("run_id"), "id", "label",
         F.col("__dfnet_prediction").alias("prediction"),
         F.col("__dfnet_probability").alias("probability"),
         (F.col("__dfnet_image").cast("array<float>") if keep_image else null("array<float>")).alias("image"))
@@ -319,13 +379,15 @@ def write_predictions(model, df: DataFrame, table: str, *, mode: str = "error", 
 
     Columns: ``run_id, id, label, prediction, probability, image``
     (:func:`prediction_rows`). ``mode`` defaults to ``"error"``: re-running into
-    an existing table needs ``"overwrite"`` or ``"append"``. Name, mode and
-    columns are checked before anything is predicted.
+    an existing table needs ``"overwrite"`` or ``"append"``. Name, mode,
+    columns and the run id (see :func:`check_can_write`) are checked before
+    anything is predicted.
     """
-    check_can_write(df.sparkSession, table, mode, PREDICTIONS_SCHEMA)
+    run_id = _run_id(run_id, model)
+    check_can_write(df.sparkSession, table, mode, PREDICTIONS_SCHEMA, run_id=run_id, format=format, probe=False)
     rows = prediction_rows(model, df, run_id=run_id, features_col=features_col, label_col=label_col,
                            id_col=id_col, keep_image=keep_image)
-    return save_table(rows, table, mode=mode, format=format)
+    return save_table(rows, table, mode=mode, format=format, run_id=run_id)
 
 
 def history_rows(spark: SparkSession, model, *, run_id: str | None = None) -> DataFrame:
@@ -342,8 +404,8 @@ def write_history(model, table: str, *, mode: str = "append", run_id: str | None
                   spark: SparkSession | None = None, format: str | None = None) -> DataFrame:
     """Save ``model.history`` as rows of ``table`` (appended by default: one table collects every run)."""
     spark = spark or SparkSession.active()
-    check_can_write(spark, table, mode, HISTORY_SCHEMA)
-    return save_table(history_rows(spark, model, run_id=run_id), table, mode=mode, format=format)
+    run_id = _run_id(run_id, model)
+    return save_table(history_rows(spark, model, run_id=run_id), table, mode=mode, format=format, run_id=run_id)
 
 
 def class_metrics_rows(spark: SparkSession, evaluation, *, run_id: str,
@@ -361,10 +423,9 @@ def write_class_metrics(evaluation, table: str, *, run_id: str, mode: str = "app
                         format: str | None = None) -> DataFrame:
     """Save per-class TP, FP, FN, TN, support, precision, recall and F1 of ``evaluation`` as rows of ``table``."""
     spark = spark or SparkSession.active()
-    _run_id(run_id, None)
-    check_can_write(spark, table, mode, CLASS_METRICS_SCHEMA)
+    run_id = _run_id(run_id, None)
     return save_table(class_metrics_rows(spark, evaluation, run_id=run_id, class_names=class_names), table,
-                      mode=mode, format=format)
+                      mode=mode, format=format, run_id=run_id)
 
 
 def _float_or_none(value) -> float | None:

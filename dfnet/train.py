@@ -184,6 +184,7 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
     config = (config or TrainConfig()).validate()
     if run_id is not None and (not isinstance(run_id, str) or not run_id.strip()):
         raise ConfigError(f"run_id={run_id!r}: must be a non-empty string")
+    run_id = run_id or new_run_id()
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ConfigError(f"checkpoint_every={checkpoint_every!r}: must be an integer >= 1")
     if resume and checkpoint_dir is None:
@@ -277,7 +278,7 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
         if validation is not None:
             validation.release()
     return TrainedModel(network, params, config=config, history=[r.as_dict() for r in history],
-                        run_id=run_id or new_run_id())
+                        run_id=run_id)
 
 
 def new_run_id() -> str:

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from dfnet.session import get_or_create_spark
 
 
@@ -14,6 +16,12 @@ def test_an_active_session_is_returned_untouched(spark):
     assert get_or_create_spark(master="local[1]", conf={"spark.sql.shuffle.partitions": "3"}) is spark
     assert spark.conf.get("spark.sql.shuffle.partitions") == shuffle
     assert spark.sparkContext.master == "local[2]"
+
+
+def test_a_warehouse_the_running_session_cannot_take_is_reported(spark, tmp_path):
+    with pytest.warns(UserWarning, match="is ignored: the running session keeps its tables in"):
+        assert get_or_create_spark(warehouse=tmp_path) is spark
+    assert not any(tmp_path.iterdir())
 
 
 def test_training_works_again_after_the_session_is_restarted():

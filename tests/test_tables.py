@@ -115,13 +115,18 @@ def test_unlabelled_rows_and_generated_ids(spark, digits, model):
     assert all(r["label"] is None and r["image"] is None and r["run_id"] == "scoring" for r in rows)
 
 
-def test_vector_features_are_stored_as_float_arrays(spark, digits, model):
+def test_vector_features_are_stored_as_float_arrays_without_touching_the_session(spark, digits, model,
+                                                                                tmp_path):
     from pyspark.ml.functions import array_to_vector
 
     _, test = digits
     drop(spark, "t_vectors")
-    vectors = test.select("id", "label", array_to_vector("image").alias("features"))
+    # a Parquet scan carrying a vector column: where Spark 4.3's columnar UDF input fails
+    test.select("id", "label", array_to_vector("image").alias("features")).write.parquet(str(tmp_path / "v"))
+    vectors = spark.read.parquet(str(tmp_path / "v"))
+    settings = dict(spark.conf.getAll)
     table = write_predictions(model, vectors, "t_vectors", features_col="features")
+    assert dict(spark.conf.getAll) == settings
     by_id = {r["id"]: r for r in table.collect()}
     for row in test.collect():
         np.testing.assert_array_equal(np.float32(by_id[row["id"]]["image"]), np.float32(row["image"]))
@@ -142,7 +147,10 @@ def test_an_existing_table_needs_an_explicit_mode(spark, digits, model):
     with pytest.raises(OutputExistsError, match=r"t_modes already exists.*overwrite.*append"):
         write_predictions(model, test, "t_modes")
     assert ids(spark, "t_modes") == before
-    write_predictions(model, test.where("id >= 500"), "t_modes", mode="append")
+    with pytest.raises(DataValidationError, match="already holds rows of run_id 'unit-run'.*twice"):
+        write_predictions(model, test.where("id >= 500"), "t_modes", mode="append")
+    assert ids(spark, "t_modes") == before
+    write_predictions(model, test.where("id >= 500"), "t_modes", mode="append", run_id="unit-run-rest")
     assert ids(spark, "t_modes") == sorted(r["id"] for r in test.select("id").collect())
     write_predictions(model, first, "t_modes", mode="overwrite", run_id="again")
     assert ids(spark, "t_modes") == before
@@ -161,6 +169,68 @@ def test_bad_names_modes_and_mismatched_columns_are_refused_first(spark, digits,
     with pytest.raises(DataValidationError, match=r"cannot append to table t_other: its columns \(id bigint\)"):
         write_predictions(model, test, "t_other", mode="append")
     assert ids(spark, "t_other") == [0, 1, 2]
+
+
+def test_three_part_names_and_names_the_catalog_refuses(spark, digits, model):
+    _, test = digits
+    small = test.where("id < 100")
+    drop(spark, "t_three")
+    write_predictions(model, small, "spark_catalog.default.t_three")
+    write_predictions(model, small, "spark_catalog.default.`t_three`", mode="overwrite", run_id="again")
+    assert ids(spark, "t_three") == ids_of(small)
+    with pytest.raises(DataValidationError, match=r"nosuchdb.t_x cannot be written: .*SCHEMA_NOT_FOUND"):
+        write_predictions(model, small, "nosuchdb.t_x")
+    with pytest.raises(DataValidationError, match=r"`my preds` cannot be written"):
+        write_predictions(model, small, "`my preds`")
+    assert dfnet_leftovers(spark) == []
+
+
+def ids_of(df) -> list[int]:
+    return sorted(r["id"] for r in df.select("id").collect())
+
+
+def test_the_cli_refuses_a_table_it_cannot_create_before_training(spark, tmp_path):
+    code, out, err = run_cli(["train", *FAST, "--epochs", "1", "--history-table", "nosuchdb.h",
+                              "--output", str(tmp_path / "run")])
+    assert code == 2 and "nosuchdb.h cannot be written" in err and "SCHEMA_NOT_FOUND" in err
+    assert "Epoch" not in out and not (tmp_path / "run").exists()
+    code, _, err = run_cli(["train", *FAST, "--epochs", "1", "--history-table", "same", "--metrics-table",
+                            "default.SAME", "--output", str(tmp_path / "run")])
+    assert code == 2 and "must be different tables" in err
+    assert dfnet_leftovers(spark) == []
+
+
+def test_an_overwrite_whose_swap_fails_keeps_the_old_table(spark, monkeypatch):
+    import dfnet.tables as tables
+
+    name = "t_swap"
+    drop(spark, name)
+    save_table(spark.range(5), name)
+    real = tables._rename
+
+    def staging_rename_fails(spark_, source, target):
+        if "__dfnet_staging_" in source[-1]:
+            raise RuntimeError("injected rename failure")
+        real(spark_, source, target)
+
+    monkeypatch.setattr(tables, "_rename", staging_rename_fails)
+    with pytest.raises(RuntimeError, match="injected rename failure"):
+        save_table(spark.range(100), name, mode="overwrite")
+    assert ids(spark, name) == [0, 1, 2, 3, 4]
+    assert dfnet_leftovers(spark) == []
+
+    def every_later_rename_fails(spark_, source, target):
+        if "__dfnet_replaced_" in target[-1]:
+            return real(spark_, source, target)
+        raise RuntimeError("injected rename failure")
+
+    monkeypatch.setattr(tables, "_rename", every_later_rename_fails)
+    with pytest.raises(OutputExistsError, match=r"was not replaced .*kept as `t_swap__dfnet_replaced_"):
+        save_table(spark.range(100), name, mode="overwrite")
+    kept = dfnet_leftovers(spark)
+    assert len(kept) == 1 and kept[0].startswith("t_swap__dfnet_replaced_")
+    assert ids(spark, kept[0]) == [0, 1, 2, 3, 4]
+    drop(spark, kept[0])
 
 
 @pytest.mark.parametrize("mode", ["overwrite", "append", "error"])
