@@ -17,8 +17,24 @@
 
 # COMMAND ----------
 
+# MAGIC %md
+# MAGIC ## Install dfnet
+# MAGIC
+# MAGIC dfnet is not published on PyPI: install it from its source, in one of two ways.
+# MAGIC
+# MAGIC - **A wheel you build.** In your checkout of the dfnet source run `pip wheel --no-deps . -w dist`, which
+# MAGIC   writes `dist/dfnet-0.1.0-py3-none-any.whl`. Upload that file to a Unity Catalog volume (*Catalog >
+# MAGIC   your volume > Upload to this volume*, or `databricks fs cp dist/dfnet-0.1.0-py3-none-any.whl
+# MAGIC   dbfs:/Volumes/<catalog>/<schema>/<volume>/`) and put its path in the cell below.
+# MAGIC - **A git repository** the cluster can reach, holding the dfnet source: replace the cell below with
+# MAGIC   `%pip install "git+https://<your-git-host>/<you>/dfnet.git"` (add `@<tag or commit>` to pin a version).
+# MAGIC
+# MAGIC `%pip` installs it for this notebook on the driver and the workers, and restarts its Python.
+
+# COMMAND ----------
+
 # DBTITLE 1,Install dfnet
-# MAGIC %pip install dfnet
+# MAGIC %pip install /Volumes/<catalog>/<schema>/<volume>/dfnet-0.1.0-py3-none-any.whl
 
 # COMMAND ----------
 
@@ -134,17 +150,20 @@ display(predictions.drop("image").limit(10))
 
 # DBTITLE 1,Test accuracy
 # MAGIC %sql
-# MAGIC SELECT run_id, count(*) AS rows, avg(CAST(label = prediction AS DOUBLE)) AS accuracy
+# MAGIC -- test accuracy per run, from the predictions
+# MAGIC SELECT run_id, AVG(CAST(label = prediction AS DOUBLE)) AS accuracy, COUNT(*) AS n
 # MAGIC FROM dfnet_examples.predictions
 # MAGIC GROUP BY run_id
+# MAGIC ORDER BY run_id
 
 # COMMAND ----------
 
 # DBTITLE 1,Confusion matrix
 # MAGIC %sql
-# MAGIC -- one row per (true label, predicted class) pair that occurs
-# MAGIC SELECT label, prediction, count(*) AS n
+# MAGIC -- confusion matrix of the newest run: rows of true class `label` predicted as `prediction`
+# MAGIC SELECT label, prediction, COUNT(*) AS n
 # MAGIC FROM dfnet_examples.predictions
+# MAGIC WHERE run_id = (SELECT MAX(run_id) FROM dfnet_examples.predictions)
 # MAGIC GROUP BY label, prediction
 # MAGIC ORDER BY label, prediction
 
@@ -152,19 +171,20 @@ display(predictions.drop("image").limit(10))
 
 # DBTITLE 1,Per-class F1
 # MAGIC %sql
-# MAGIC -- the run whose predictions are in the predictions table
-# MAGIC SELECT class, class_name, support, precision, recall, f1
+# MAGIC -- per-class F1 of the newest run, worst class first
+# MAGIC SELECT class, class_name, precision, recall, f1, support
 # MAGIC FROM dfnet_examples.class_metrics
-# MAGIC WHERE run_id = (SELECT max(run_id) FROM dfnet_examples.predictions)
-# MAGIC ORDER BY f1
+# MAGIC WHERE run_id = (SELECT MAX(run_id) FROM dfnet_examples.class_metrics)
+# MAGIC ORDER BY f1, class
 
 # COMMAND ----------
 
 # DBTITLE 1,Most confident mistakes
 # MAGIC %sql
-# MAGIC SELECT id, label, prediction, array_max(probability) AS confidence
+# MAGIC -- the most confident mistakes of the newest run
+# MAGIC SELECT id, label, prediction, probability[prediction] AS confidence
 # MAGIC FROM dfnet_examples.predictions
-# MAGIC WHERE label != prediction
+# MAGIC WHERE run_id = (SELECT MAX(run_id) FROM dfnet_examples.predictions) AND label <> prediction
 # MAGIC ORDER BY confidence DESC, id
 # MAGIC LIMIT 10
 
@@ -172,34 +192,27 @@ display(predictions.drop("image").limit(10))
 
 # DBTITLE 1,Accuracy per epoch across runs
 # MAGIC %sql
-# MAGIC SELECT run_id, epoch, accuracy, val_accuracy, loss, seconds
+# MAGIC -- accuracy per epoch across runs (train, and on the validation rows)
+# MAGIC SELECT epoch, run_id, accuracy, val_accuracy
 # MAGIC FROM dfnet_examples.history
-# MAGIC ORDER BY run_id, epoch
+# MAGIC ORDER BY epoch, run_id
 
 # COMMAND ----------
 
 # MAGIC %md
 # MAGIC ## Figures
 # MAGIC
-# MAGIC `dfnet.report` returns plotly figures; `displayHTML` shows them (plotly.js from its CDN).
+# MAGIC `model.report(test, evaluation=evaluation)` returns the run's plotly figures as `{heading: figure}`:
+# MAGIC "Training history", "Confusion matrix", "Per-class metrics" and "Test samples" (mistakes first), plus
+# MAGIC "Kernels" and "Activation maps" for a network with a `Conv2D`. `displayHTML` shows each one (plotly.js
+# MAGIC from its CDN).
+# MAGIC
+# MAGIC The same figures as one offline HTML page (plotly.js embedded, about 5 MB), e.g. to download or share:
+# MAGIC `model.report(test, "/dbfs/.../report.html")` (or a path in a volume, `/Volumes/<catalog>/<schema>/<volume>/report.html`).
 
 # COMMAND ----------
 
 # DBTITLE 1,Figures
-import numpy as np
-from pyspark.sql import functions as F
-from dfnet import report
-
-def show(fig):
+figures = model.report(test, evaluation=evaluation)
+for fig in figures.values():
     displayHTML(fig.to_html(include_plotlyjs="cdn", full_html=False))
-
-show(report.history_figure(model.history))
-show(report.confusion_figure(evaluation.confusion, class_names))
-show(report.per_class_figure(evaluation.per_class, class_names))
-
-# Mistakes first, read back from the predictions table.
-samples = (spark.table(PREDICTIONS).orderBy(F.col("label") == F.col("prediction"), "id").limit(25)
-           .select("image", "label", "prediction", "probability").collect())
-show(report.samples_figure(np.array([r["image"] for r in samples]), [r["label"] for r in samples],
-                           [r["prediction"] for r in samples], np.array([r["probability"] for r in samples]),
-                           image_shape=spec.image_shape, class_names=class_names))

@@ -16,8 +16,9 @@ Zeppelin paragraph's printed ``%html`` output is recorded as HTML. SQL cells
 run through ``spark.sql`` and their collected rows are recorded under the
 cell's title. Markdown cells have nothing to run. Every other magic fails the
 run before any cell runs, unless :data:`SKIPPED_MAGICS` names it with a reason:
-``%pip`` is skipped because the test runs the dfnet under test, not one from
-PyPI.
+``%pip`` is skipped because the test runs the dfnet under test, not the wheel
+or git checkout the cell installs (dfnet is not on PyPI; the tests check that
+every ``pip install`` in the notebooks names a wheel file or a git URL).
 
 The end-to-end tests then check the SQL results against values the test
 computes itself from the tables and the model, and that the notebook left the
@@ -33,6 +34,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
@@ -44,7 +46,7 @@ DATABRICKS_NOTEBOOK = EXAMPLES / "databricks_dfnet.py"
 ZEPPELIN_NOTE = EXAMPLES / "zeppelin_dfnet.zpln"
 
 #: Magics the runner does not execute, each with the reason. Any other magic fails the run.
-SKIPPED_MAGICS = {"pip": "installs dfnet from PyPI; the test runs the dfnet under test instead"}
+SKIPPED_MAGICS = {"pip": "installs dfnet from a wheel file or a git URL; the test runs the dfnet under test instead"}
 PYTHON_KINDS = {"python", "pyspark"}
 SQL_KINDS = {"sql"}
 MARKDOWN_KINDS = {"md"}
@@ -54,6 +56,22 @@ USER_CONF = {"spark.sql.shuffle.partitions": "7", "spark.dfnet.notebooks.user.se
 DATABASE = "dfnet_examples"
 #: Rows a display() of a DataFrame keeps, like the notebooks' own tables.
 DISPLAY_ROWS = 1000
+#: What TrainedModel.report returns for the notebooks' dense network, in order.
+FIGURE_HEADINGS = ["Training history", "Confusion matrix", "Per-class metrics", "Test samples"]
+
+#: Every ``pip install X`` in a notebook (a %pip cell, or a command in the text).
+_PIP_INSTALL = re.compile(r"pip install\s+(\S+)")
+#: dfnet is not on PyPI: X must be a wheel file built from the source, or a git URL.
+_DFNET_SOURCE = re.compile(r"/\S*/dfnet-\d[\w.]*-py3-none-any\.whl|git\+https://\S+/dfnet\.git(@\S+)?")
+
+
+def pip_installs(cells: list["Cell"]) -> list[str]:
+    """What each ``pip install`` in the cells installs (quotes and backticks stripped)."""
+    found = []
+    for cell in cells:
+        text = f"pip {cell.source}" if cell.kind == "pip" else cell.source
+        found += [m.group(1).strip("\"'`") for m in _PIP_INSTALL.finditer(text)]
+    return found
 
 
 class NotebookFormatError(ValueError):
@@ -309,12 +327,16 @@ def test_databricks_notebook_is_in_source_format():
     cells = databricks_cells(text)
     kinds = {c.kind for c in cells}
     assert kinds == {"md", "pip", "python", "sql"}
-    assert [c.source for c in cells if c.kind == "pip"] == ["install dfnet"]
+    [pip_cell] = [c for c in cells if c.kind == "pip"]
+    assert _DFNET_SOURCE.fullmatch(pip_cell.source.removeprefix("install").strip()), pip_cell.source
+    installs = pip_installs(cells)
+    assert len(installs) == 2 and all(_DFNET_SOURCE.fullmatch(x) for x in installs), installs  # the cell, the git URL
+    assert any(x.startswith("git+https://") for x in installs)
     assert not any("# MAGIC" in c.source for c in cells if c.kind != "python")
     for c in cells:
         if c.kind == "python":
             compile(c.source, c.name, "exec")
-    assert [(c, a) for c, a in plan(cells) if a == "skip"] == [(cells[1], "skip")]
+    assert [(c, a) for c, a in plan(cells) if a == "skip"] == [(pip_cell, "skip")]
 
 
 def test_zeppelin_note_is_a_valid_note():
@@ -332,6 +354,17 @@ def test_zeppelin_note_is_a_valid_note():
     for c in cells:
         if c.kind == "pyspark":
             compile(c.source, c.name, "exec")
+    installs = pip_installs(cells)  # Zeppelin has no %pip: the Install paragraph tells the user what to run
+    assert len(installs) == 2 and all(_DFNET_SOURCE.fullmatch(x) for x in installs), installs  # a wheel, a git URL
+    assert any(x.startswith("git+https://") for x in installs)
+
+
+def test_pip_install_check_refuses_a_name_from_pypi():
+    cell = Cell(1, "pip", "install dfnet")
+    assert pip_installs([cell]) == ["dfnet"] and not _DFNET_SOURCE.fullmatch("dfnet")
+    assert not _DFNET_SOURCE.fullmatch("dfnet==0.1.0")
+    assert _DFNET_SOURCE.fullmatch("/Volumes/<catalog>/<schema>/<volume>/dfnet-0.1.0-py3-none-any.whl")
+    assert _DFNET_SOURCE.fullmatch("git+https://<your-git-host>/<you>/dfnet.git@v0.1.0")
 
 
 def test_the_runner_refuses_a_magic_it_does_not_know_before_running_anything():
@@ -372,16 +405,37 @@ def test_zeppelin_output_is_split_into_results():
 
 # --- the notebooks, end to end ----------------------------------------------------
 
+#: A run of the notebook before this one (run ids sort by start time: older than any new run).
+EARLIER_RUN = "20000101-000000-earlier"
+EARLIER_HISTORY = [{"epoch": e, "loss": 9.0, "accuracy": 0.125 * e, "rows": 100, "seconds": 1.0,
+                    "val_loss": 9.5, "val_accuracy": 0.1} for e in (1, 2)]
+
+
+def write_earlier_run(spark: SparkSession) -> None:
+    """The tables the notebook appends to, as an earlier run left them: history and per-class
+    metrics (every class F1 0) of EARLIER_RUN, so "the newest run" queries have a run to leave out."""
+    import dfnet
+
+    dfnet.write_history(SimpleNamespace(run_id=EARLIER_RUN, history=EARLIER_HISTORY), f"{DATABASE}.history",
+                        mode="append", spark=spark)
+    per_class = [{"class": c, "tp": 0, "fp": 18, "fn": 18, "tn": 300, "support": 18, "precision": 0.0,
+                  "recall": 0.0, "f1": 0.0} for c in range(10)]
+    dfnet.write_class_metrics(SimpleNamespace(per_class=per_class, class_names=None), f"{DATABASE}.class_metrics",
+                              run_id=EARLIER_RUN, mode="append", spark=spark)
+
+
 @pytest.fixture
 def user_session(spark, tmp_path):
-    """The test session as a user's notebook would have it: USER_CONF set, a fresh, empty
-    ``dfnet_examples`` database (in ``tmp_path``). Both undone afterwards."""
+    """The test session as a user's notebook would have it: USER_CONF set, a fresh ``dfnet_examples``
+    database (in ``tmp_path``) holding only an earlier run's history and per-class metrics
+    (:func:`write_earlier_run`). All undone afterwards. Each test runs its notebook once in it."""
     previous = {key: spark.conf.get(key, None) for key in USER_CONF}
     for key, value in USER_CONF.items():
         spark.conf.set(key, value)
     spark.sql(f"DROP DATABASE IF EXISTS {DATABASE} CASCADE")
     spark.sql(f"CREATE DATABASE {DATABASE} LOCATION '{(tmp_path / DATABASE).as_uri()}'")
     try:
+        write_earlier_run(spark)
         yield spark
     finally:
         spark.sql(f"DROP DATABASE IF EXISTS {DATABASE} CASCADE")
@@ -424,15 +478,15 @@ def check_notebook_run(run: NotebookRun, spark: SparkSession, conf_before: dict[
     assert np.array_equal(predicted, probability.argmax(axis=1))
 
     accuracy = float(np.mean(labels == predicted))
-    [acc_row] = run.sql["Test accuracy"]
-    assert (acc_row.run_id, acc_row.rows) == (model.run_id, len(rows))
+    [acc_row] = run.sql["Test accuracy"]  # predictions are overwritten: this run's only
+    assert (acc_row.run_id, acc_row.n) == (model.run_id, len(rows))
     assert acc_row.accuracy == pytest.approx(accuracy, abs=1e-12) and evaluation.accuracy == pytest.approx(accuracy)
     assert accuracy > 0.85  # the notebooks' settings must still train a useful model
 
     confusion = np.zeros((k, k), dtype=np.int64)
     np.add.at(confusion, (labels, predicted), 1)
-    assert {(r.label, r.prediction): r.n for r in run.sql["Confusion matrix"]} == \
-        {(i, j): int(confusion[i, j]) for i, j in zip(*np.nonzero(confusion))}
+    assert [(r.label, r.prediction, r.n) for r in run.sql["Confusion matrix"]] == \
+        [(int(i), int(j), int(confusion[i, j])) for i, j in zip(*np.nonzero(confusion))]  # row-major: the ORDER BY
     assert np.array_equal(evaluation.confusion, confusion)
 
     tp = np.diag(confusion).astype(np.float64)
@@ -440,33 +494,44 @@ def check_notebook_run(run: NotebookRun, spark: SparkSession, conf_before: dict[
     precision = np.divide(tp, predicted_as, out=np.zeros(k), where=predicted_as > 0)
     recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=precision + recall > 0)
+    # The newest run's rows only (not EARLIER_RUN's, whose F1 0 would come first), worst F1 first.
     per_class = {r["class"]: r for r in run.sql["Per-class F1"]}
-    assert sorted(per_class) == list(range(k))
+    assert len(run.sql["Per-class F1"]) == k and sorted(per_class) == list(range(k))
+    assert [r["class"] for r in run.sql["Per-class F1"]] == sorted(range(k), key=lambda c: (f1[c], c))
     for c, r in per_class.items():
         assert (r.class_name, r.support) == (str(c), int(support[c]))
         assert (r.precision, r.recall, r.f1) == pytest.approx((precision[c], recall[c], f1[c]), abs=1e-12)
 
-    confidence = probability.max(axis=1)
+    confidence = probability[np.arange(len(rows)), predicted]  # probability[prediction]
     mistakes = np.flatnonzero(labels != predicted)
     expected = sorted(mistakes, key=lambda i: (-confidence[i], ids[i]))[:10]
     assert [r.id for r in run.sql["Most confident mistakes"]] == [int(ids[i]) for i in expected]
     assert [r.confidence for r in run.sql["Most confident mistakes"]] == \
         pytest.approx([confidence[i] for i in expected], abs=1e-12)
 
-    # One history row per epoch of each run, equal to what fit recorded.
-    runs: dict[str, list] = {}
-    for r in run.sql["Accuracy per epoch across runs"]:
-        runs.setdefault(r.run_id, []).append((r.epoch, r.accuracy, r.val_accuracy, r.loss))
-    assert model.run_id != pipeline_trained.run_id
-    assert runs == {m.run_id: [(h["epoch"], h["accuracy"], h.get("val_accuracy"), h["loss"]) for h in m.history]
-                    for m in (model, pipeline_trained)}
+    # One history row per epoch of each run (the earlier one and this notebook's two), equal to what
+    # fit recorded, ordered by epoch, then run: no run's rows written twice.
+    assert len({EARLIER_RUN, model.run_id, pipeline_trained.run_id}) == 3
+    expected_history = sorted((h["epoch"], m.run_id, h["accuracy"], h.get("val_accuracy"))
+                              for m in (SimpleNamespace(run_id=EARLIER_RUN, history=EARLIER_HISTORY),
+                                        model, pipeline_trained) for h in m.history)
+    assert [tuple(r) for r in run.sql["Accuracy per epoch across runs"]] == expected_history
     assert all(h.get("val_accuracy") is not None for h in model.history)
 
-    # The figures: history, confusion, per-class, samples, as plotly HTML.
+    # The figures: model.report's, every one shown as plotly HTML, in order.
+    figures = ns["figures"]
+    assert list(figures) == FIGURE_HEADINGS
     html = [s.value for s in run.shown_as("html")]
-    assert len(html) == 4
-    for text, title in zip(html, ["Training history", "Confusion matrix", "Per-class metrics", "Samples"]):
-        assert "Plotly.newPlot" in text and "cdn.plot.ly" in text and title in text
+    assert len(html) == len(FIGURE_HEADINGS)
+    for text, fig in zip(html, figures.values()):
+        assert "Plotly.newPlot" in text and "cdn.plot.ly" in text
+        assert json.dumps(fig.layout.title.text) in text  # this figure's title, as plotly.js gets it
+    assert np.array_equal(np.asarray(figures["Confusion matrix"].data[0].z), confusion)
+    np.testing.assert_allclose([bar.y for bar in figures["Per-class metrics"].data], [precision, recall, f1],
+                               rtol=0, atol=1e-12)
+    assert f"({len(mistakes)} of {len(rows)} test rows)" in figures["Test samples"].layout.title.text
+    report_calls = [c for c in run.cells if c.kind in MARKDOWN_KINDS and "model.report(test, \"" in c.source]
+    assert report_calls and all("report.html" in c.source for c in report_calls)  # the offline page is documented
     tables = [s.value for s in run.shown_as("table") if s.cell.kind in PYTHON_KINDS]
     assert [len(rows) for rows in tables] == [5, 10]  # the data, the predictions
 
