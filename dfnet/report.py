@@ -34,7 +34,6 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
