@@ -41,10 +41,13 @@ from typing import Sequence
 
 from .config import (ACTIVATIONS, AGGREGATES, DEFAULT_LR, ENGINES, LR_SCHEDULES, MODELS, OPTIMIZERS, PADDINGS, PATCHES, PATCH_ROWS,
                      PRESET_DATA, PRESETS, SCHEDULES, TrainConfig)
+from .datasets import DATASETS
 from .errors import DFNetError
 from .nn.layers import INITIALIZERS
 from .nn.losses import LOSSES
 from .tables import WRITE_MODES
+
+DATASET_NAMES = sorted(DATASETS)
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -74,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Every training option defaults to None so that a preset, then dfnet's own
     # defaults, fill in only what the user did not say.
     data = t.add_argument_group("data")
-    data.add_argument("--dataset", choices=["digits", "mnist", "fashion-mnist"], default=None,
+    data.add_argument("--dataset", choices=DATASET_NAMES, default=None,
                       help="data set (default: digits, which needs no download)")
     data.add_argument("--data-dir", default=None,
                       help="folder with the IDX files (else $DFNET_DATA_DIR, else ./data with download)")
@@ -152,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a run folder of `dfnet train` (its model/ and the data set it was trained on) or a "
                         "model folder")
     source = p.add_argument_group("rows to score (default: the test split of the run's data set)")
-    source.add_argument("--dataset", choices=["digits", "mnist", "fashion-mnist"], default=None)
+    source.add_argument("--dataset", choices=DATASET_NAMES, default=None)
     source.add_argument("--split", choices=["train", "test"], default="test")
     source.add_argument("--data-dir", default=None, help="folder of the IDX files")
     source.add_argument("--classes", type=_int_list, default=None,
@@ -335,8 +338,8 @@ def _check_tables(spark, args: argparse.Namespace) -> dict[str, str]:
     from .tables import CLASS_METRICS_SCHEMA, HISTORY_SCHEMA, PREDICTIONS_SCHEMA, check_can_write, table_identity
 
     wanted = {"predictions": (args.predictions_table, args.mode, PREDICTIONS_SCHEMA),
-              "history": (getattr(args, "history_table", None), "append", HISTORY_SCHEMA),
-              "metrics": (getattr(args, "metrics_table", None), "append", CLASS_METRICS_SCHEMA)}
+              "history": (args.history_table, "append", HISTORY_SCHEMA),
+              "metrics": (args.metrics_table, "append", CLASS_METRICS_SCHEMA)}
     names = [name for name, _, _ in wanted.values() if name]
     if len({table_identity(spark, name) for name in names}) < len(names):
         raise DFNetError(f"the predictions, history and metrics tables must be different tables, got {names}")
