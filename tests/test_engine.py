@@ -224,6 +224,32 @@ def test_pixels_are_stored_as_bytes_only_when_that_is_exact():
         decode_arrow_images(pa.array([b"abc", b"abcd"], type=pa.binary()), 4, "float32")
 
 
+def test_a_partition_of_byte_and_float_batches_reads_back_exact_pixels():
+    """The averaging pass concatenates a partition's batches as stored: a uint8 batch beside a
+    float batch must become pixels first, never float levels 0..255."""
+    import pyarrow as pa
+
+    from dfnet.engine.data import LABEL_COL, ROW_COL, X_COL, ImageRows, as_pixels, pack_pixels
+    from dfnet.engine.dataframe import decode_partition
+
+    f32 = np.dtype("float32")
+    eight_bit = np.divide(np.arange(12, dtype=np.uint8), 255, dtype=np.float32).reshape(3, 4)
+    floats = np.full((2, 4), 0.3, dtype=np.float32)
+
+    def batch(X):
+        packed = pa.array([pack_pixels(x, f32).tobytes() for x in X], type=pa.binary())
+        return pa.RecordBatch.from_arrays([pa.array(np.arange(len(X))), packed, pa.array(np.zeros(len(X), np.int32))],
+                                          names=[ROW_COL, X_COL, LABEL_COL])
+
+    rows = ImageRows(4, "float32")
+    stored, _ = decode_partition(rows, iter([batch(eight_bit)]))
+    assert stored.dtype == np.uint8  # one encoding: kept as stored, converted per chunk
+    np.testing.assert_array_equal(as_pixels(stored, "float32"), eight_bit)
+    inputs, labels = decode_partition(rows, iter([batch(eight_bit), batch(floats)]))
+    np.testing.assert_array_equal(inputs, np.concatenate([eight_bit, floats]))
+    assert len(labels) == 5
+
+
 def test_engine_on_arbitrary_float_images_equals_numpy(spark):
     """Images that are not 8-bit levels take the float encoding and still match numpy."""
     rng = np.random.default_rng(11)

@@ -53,7 +53,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..nn.network import LossAndGrad, Sequential
-from .data import ImageRows, TrainingData, encode_training_data
+from .data import ImageRows, TrainingData, as_pixels, encode_training_data
 from .faults import inject_task_fault
 from .patches import PatchRows, explode_patches
 
@@ -106,13 +106,17 @@ Rows = ImageRows | PatchRows  # how a cached row is read back: a whole image, or
 
 
 def decode_partition(rows: Rows, batches: Iterator[pa.RecordBatch]) -> tuple[np.ndarray, np.ndarray] | None:
-    """A whole partition as ONE ``(inputs, labels)`` pair (images or patches), None when it is empty."""
+    """A whole partition as ONE ``(inputs, labels)`` pair (images or patches, as stored), None when
+    it is empty."""
     parts = list(rows.decode(batches))
     if not parts:
         return None
     if len(parts) == 1:
         return parts[0]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    inputs = [p[0] for p in parts]
+    if len({x.dtype for x in inputs}) > 1:  # uint8 levels beside float values: all as pixels
+        inputs = [as_pixels(x, rows.dtype) for x in inputs]
+    return np.concatenate(inputs), np.concatenate([p[1] for p in parts])
 
 
 def _image_rows(network: Sequential) -> ImageRows:
@@ -129,14 +133,23 @@ def partial_gradient_sums(network: Sequential, broadcast, rows: Rows | None = No
         params = broadcast.value
         total = None
         for inputs, labels in rows.decode(batches):
-            for start in range(0, len(labels), STEP_ROWS):
-                end = start + STEP_ROWS
-                part = pack(rows.loss_and_grad(network, params, inputs[start:end], labels[start:end]))
-                total = part if total is None else total + part
+            part = summed_in_chunks(lambda X, y: rows.loss_and_grad(network, params, X, y), inputs, labels)
+            total = part if total is None else total + part
         if total is not None:
             yield _partial_row(total)
 
     return per_partition
+
+
+def summed_in_chunks(loss_and_grad, inputs: np.ndarray, labels: np.ndarray, chunk_rows: int = STEP_ROWS) -> np.ndarray:
+    """``loss_and_grad(X, labels)`` over ``chunk_rows`` rows at a time, summed as ONE packed vector
+    (:func:`pack`): what a partition emits, and the numpy floor of ``benchmarks/engines.py``."""
+    total = None
+    for start in range(0, len(labels), chunk_rows):
+        end = start + chunk_rows
+        part = pack(loss_and_grad(inputs[start:end], labels[start:end]))
+        total = part if total is None else total + part
+    return total
 
 
 def locally_trained_sums(network: Sequential, broadcast, plan: "LocalPlan", rows: Rows | None = None):

@@ -69,8 +69,8 @@ from ..config import PATCH_ROWS
 from ..errors import ConfigError
 from ..nn.conv import Conv2D, image_patches
 from ..nn.network import Sequential
-from .data import (LABEL_COL, ROW_COL, X_COL, TrainingData, count_or_release, decode_arrow_images, flat_values,
-                   pack_pixels, packed_binary)
+from .data import (LABEL_COL, ROW_COL, X_COL, TrainingData, as_pixels, count_or_release, flat_values,
+                   pack_pixels, packed_binary, stored_arrow_images)
 
 POS_COL = "_pos"
 #: Hash buckets of the whole-image sample: fractions resolve to 1 / 2**30.
@@ -118,7 +118,8 @@ class PatchRows:
 
     def decode(self, batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Arrow batches of ``(_row, _pos, _x, _label)`` rows, image by image in ``_pos`` order ->
-        ``(patches (n, H_out, W_out, kh*kw*C), labels (n,))`` chunks of whole images."""
+        ``(patches (n, H_out, W_out, kh*kw*C), labels (n,))`` chunks of whole images, patches as
+        stored (see :func:`~dfnet.engine.data.stored_arrow_images`)."""
         per_image, carry = self.rows_per_image, None
         for batch in batches:
             if carry is not None:  # the previous batch ended inside an image: prepend its packed rows
@@ -130,14 +131,14 @@ class PatchRows:
             batch = batch.slice(0, whole)
             keys, pos = batch.column(ROW_COL).to_numpy(), batch.column(POS_COL).to_numpy()
             _check_whole_images(keys, pos, per_image)
-            x = decode_arrow_images(batch.column(X_COL), self.row_values, self.dtype)
+            x = stored_arrow_images(batch.column(X_COL), self.row_values, self.dtype)
             yield x.reshape((-1, *self.patch_shape)), batch.column(LABEL_COL).to_numpy()[::per_image]
         if carry is not None:
             raise ValueError(f"image {carry.column(ROW_COL)[0]} has {carry.num_rows} of its {per_image} patch "
                              f"rows: patch rows must be selected by whole images")
 
     def loss_and_grad(self, network: Sequential, params: np.ndarray, P: np.ndarray, labels: np.ndarray):
-        return network.loss_and_grad(params, None, labels, patches=P)
+        return network.loss_and_grad(params, None, labels, patches=as_pixels(P, self.dtype))
 
 
 def _check_whole_images(keys: np.ndarray, pos: np.ndarray, per_image: int) -> None:
