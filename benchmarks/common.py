@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -35,3 +36,25 @@ def save_results(name: str, payload: dict, figure=None) -> Path:
         # One shared plotly.min.js beside the charts: offline, and not 4.8 MB per chart.
         figure.write_html(RESULTS / f"{name}.html", include_plotlyjs="directory", full_html=True)
     return path
+
+
+def copies_of(base, copies: int, partitions: int, id_stride: int, below: int | None = None):
+    """``copies`` copies of ``base`` ``(id, image, label)``, built in Spark, never on the driver.
+
+    Copy ``c`` of a row gets the id ``c * id_stride + id`` (ids ``>= below``
+    dropped when given). The copies are a ``union`` coalesced (no shuffle) to
+    ``partitions``, so two copies of one image sit at least a base partition
+    apart. A broadcast ``crossJoin(spark.range(copies))`` would put them next to
+    each other, and the cache of the packed rows then compressed about twice as
+    well as distinct images (measured at 120,000 rows: 272 against 519 bytes
+    per row), flattering every size above the base.
+    """
+    from pyspark.sql import DataFrame
+    from pyspark.sql import functions as F
+
+    parts = []
+    for c in range(copies):
+        part = base.select((F.lit(c) * id_stride + F.col("id")).alias("id"), "image", "label")
+        parts.append(part if below is None else part.where(F.col("id") < below))
+    df = functools.reduce(DataFrame.union, parts)
+    return df.coalesce(partitions) if copies > 1 else df

@@ -33,7 +33,6 @@ storage memory; the 60,000-row source stays cached as `array<float>`
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import statistics
 import sys
@@ -42,9 +41,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import default_data_dir, environment, save_results
+from common import copies_of, default_data_dir, environment, save_results
 from py4j.protocol import Py4JError
-from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from dfnet.config import TrainConfig
@@ -185,21 +183,9 @@ def storage_memory_bytes(spark) -> int | None:
 # --- building a size in Spark --------------------------------------------------------
 
 def rows_of(base, rows: int, partitions: int):
-    """``rows`` rows from the cached 60,000-row ``base``: a subset, or copies of it, built in Spark.
-
-    Copy ``c`` of a row gets the id ``c * 60000 + id``; ids >= ``rows`` are
-    dropped. The copies are a ``union`` coalesced (no shuffle) to
-    ``partitions``, so two copies of one image sit at least a base partition
-    (30,000 rows) apart. A broadcast ``crossJoin(spark.range(copies))`` would
-    put them next to each other, and the cache of the packed rows then
-    compressed about twice as well as distinct images (measured at 120,000
-    rows: 272 against 519 bytes per row), flattering every size above 60,000.
-    """
-    copies = -(-rows // BASE_ROWS)
-    parts = [base.select((F.lit(c) * BASE_ROWS + F.col("id")).alias("id"), "image", "label")
-             .where(F.col("id") < rows) for c in range(copies)]
-    df = functools.reduce(DataFrame.union, parts)
-    return df.coalesce(partitions) if copies > 1 else df
+    """``rows`` rows from the cached 60,000-row ``base``: a subset, or copies of it
+    (:func:`common.copies_of`), ids ``0 .. rows-1``."""
+    return copies_of(base, -(-rows // BASE_ROWS), partitions, BASE_ROWS, below=rows)
 
 
 def packed_bytes_per_row(base, dtype: str) -> float:

@@ -17,7 +17,10 @@ median of the epochs after the first (the warm-up) is reported:
 Cases: fashion01   Fashion-MNIST classes 0/1, 12,000 rows, 784-64-2 classic (sigmoid/MSE, 0.7 sample)
        fashion-64  full Fashion-MNIST, 60,000 rows, 784-64-10 ReLU/softmax, all rows
        fashion-128 the same with 784-128-10
-Saves benchmarks/results/engines.json and engines.html.
+--copies K trains every engine on K copies of the case's rows (built in Spark
+by a union, see common.copies_of; tiled on the driver for numpy), to see how
+the ratios move as the fixed cost of a step is spread over more rows.
+Saves benchmarks/results/<--name>.json and .html.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import sys
 import time
 
 import numpy as np
-from common import default_data_dir, environment, save_results
+from common import copies_of, default_data_dir, environment, save_results
 
 from dfnet.config import PRESETS, TrainConfig
 from dfnet.datasets import load_arrays, load_dataframe
@@ -94,12 +97,19 @@ def mllib_seconds_per_iteration(df, layers: list[int], iterations: int) -> float
 def run_case(spark, name: str, case: dict, args) -> dict:
     config = TrainConfig(**{**case["config"], "epochs": args.epochs}).validate()
     images, labels = load_arrays("fashion-mnist", "train", args.data_dir)
+    id_stride = len(labels)  # ids before the class filter: copy c's ids start at c * id_stride
     if case["classes"]:
         keep = np.isin(labels, case["classes"])
         images, labels = images[keep], np.searchsorted(case["classes"], labels[keep])
     num_classes = len(case["classes"]) if case["classes"] else 10
     df = load_dataframe(spark, "fashion-mnist", "train", data_dir=args.data_dir, classes=case["classes"],
-                        num_partitions=args.partitions).cache()
+                        num_partitions=args.partitions)
+    base = df
+    if args.copies > 1:  # the same rows replicated: in Spark for the engines, on the driver for numpy
+        df = copies_of(base.cache(), args.copies, args.partitions, id_stride)
+        images, labels = np.concatenate([images] * args.copies), np.concatenate([labels] * args.copies)
+        name = f"{name}-x{args.copies}"
+    df = df.cache()
     rows = df.count()
     layers = [784, *config.hidden, num_classes]
     print(f"\n== {name}: {rows} rows, layers {layers}, {config.activation}/{config.loss}, sample {config.sample}",
@@ -126,6 +136,7 @@ def run_case(spark, name: str, case: dict, args) -> dict:
     for e in result["engines"].values():
         e["ratio_to_numpy"] = e["median_epoch_seconds"] / floor if floor else None
     df.unpersist()
+    base.unpersist()
     return result
 
 
@@ -149,6 +160,8 @@ def main(argv=None) -> int:
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--epochs", type=int, default=8, help="epochs per engine; the first is not counted")
     parser.add_argument("--partitions", type=int, default=2)
+    parser.add_argument("--copies", type=int, default=1,
+                        help="train on this many copies of each case's rows (e.g. 10: 600,000 rows of fashion-64)")
     parser.add_argument("--data-dir", default=default_data_dir())
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--name", default="engines")
