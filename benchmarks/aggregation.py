@@ -15,6 +15,7 @@ engine does: one job per step) and are checked to give the same sum.
   collect-arrow the same through DataFrame.toArrow() (Arrow, no pickling)
   pandas-udf    groupBy().agg(grouped-aggregate pandas UDF), result by first()
   pandas-arrow  the same aggregation, result through toArrow()   <- dfnet's engine
+  arrow-udf     groupBy().agg(grouped-aggregate Arrow UDF, pyspark >= 4.1: no pandas), result through toArrow()
   chunks        rows of 8,192-value chunks, groupBy("chunk").agg(aggregate(collect_list, zip_with))
   posexplode    posexplode into one row per value, groupBy("pos").sum()  (sizes <= 250,000 only)
 
@@ -73,11 +74,19 @@ def emit_chunks(size: int):
     return per_partition
 
 
+def sum_arrow(partials: pa.Array) -> pa.Scalar:
+    """The grouped-aggregate Arrow UDF: element-wise sum of the group's vectors, as one list scalar."""
+    partials = partials.drop_null()
+    total = partials.flatten().to_numpy(zero_copy_only=False).reshape(len(partials), -1).sum(axis=0)
+    return pa.ListArray.from_arrays(pa.array([0, len(total)], pa.int32()), pa.array(total))[0]
+
+
 def variants(spark, partitions: int, size: int) -> dict:
     """Each call builds its query anew, as every training step does: re-running one planned
     query would reuse its shuffle output and skip the map stage."""
     source = spark.range(0, partitions, numPartitions=partitions)
     sum_vectors = make_sum_vectors()
+    arrow_sum = F.arrow_udf(sum_arrow, T.ArrayType(T.DoubleType(), True))
 
     def partials():
         return source.mapInArrow(emit_vector(size), PARTIAL_SCHEMA)
@@ -107,6 +116,7 @@ def variants(spark, partitions: int, size: int) -> dict:
         "collect-arrow": lambda: sum_on_driver(partials().toArrow().column(0)),
         "pandas-udf": lambda: np.asarray(aggregated().first()[0]),
         "pandas-arrow": lambda: sum_on_driver(aggregated().toArrow().column(0)),
+        "arrow-udf": lambda: sum_on_driver(partials().groupBy().agg(arrow_sum(PARTIAL_COL)).toArrow().column(0)),
         "chunks": chunks,
     }
     if size <= POSEXPLODE_MAX:

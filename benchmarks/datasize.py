@@ -137,6 +137,8 @@ class MemoryProbe:
             self.sampled[key] = max(self.sampled.get(key, 0), value or 0)
 
     def _run(self) -> None:
+        if self.interval <= 0:  # background sampling off: epoch-end snapshots only
+            return
         while not self._stop.wait(self.interval):
             self._keep_peaks(self.processes())
 
@@ -206,10 +208,10 @@ def partition_rows(df) -> list[int]:
 
 # --- one size ------------------------------------------------------------------------
 
-def measure(spark, base, rows: int, config: TrainConfig, partitions: int) -> dict:
+def measure(spark, base, rows: int, config: TrainConfig, partitions: int, probe_interval: float = 0.2) -> dict:
     df = rows_of(base, rows, partitions)
     sizes = partition_rows(df)
-    probe = MemoryProbe(spark)
+    probe = MemoryProbe(spark, probe_interval)
     start = time.perf_counter()
     with probe:
         model = fit(df, config, num_classes=10, callbacks=[probe], verbose=False)
@@ -278,6 +280,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help="training rows, comma-separated")
     parser.add_argument("--epochs", type=int, default=5, help="epochs per size; the first is not counted")
     parser.add_argument("--partitions", type=int, default=2)
+    parser.add_argument("--probe-interval", type=float, default=0.2,
+                        help="seconds between background memory samples while a size trains (0: epoch ends only)")
     parser.add_argument("--warmup-steps", type=int, default=20, help="throwaway steps before measuring")
     parser.add_argument("--data-dir", default=default_data_dir())
     parser.add_argument("--master", default="local[2]")
@@ -308,7 +312,7 @@ def main(argv=None) -> int:
     print(f"training encoding: {packed:.0f} bytes of pixels per row", flush=True)
     results = []
     for rows in sizes:
-        r = measure(spark, base, rows, config, args.partitions)
+        r = measure(spark, base, rows, config, args.partitions, args.probe_interval)
         m = r["memory"]
         print(f"{rows:8d} rows ({r['partitions']} partitions): {r['seconds_per_epoch']:.3f} s/epoch "
               f"[{r['min']:.3f}-{r['max']:.3f}] | setup {r['setup_seconds']:.1f} s | peak RSS: driver Python "
