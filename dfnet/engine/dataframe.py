@@ -26,14 +26,16 @@ cannot share an ``agg()`` with built-in aggregates, so the scalars ride along.
 How the rows are added (``benchmarks/aggregation.py``: one ready-made vector
 per partition, 51k-1M values, 2-32 partitions, ``local[2]``): the fastest
 ``groupBy().agg`` is this grouped-aggregate pandas UDF with adaptive execution
-off and the result read through ``toArrow()``. It takes 0.34-1.01x the time of
-``.collect()`` plus a driver-side sum (which pickles every row), but 1.14-2.16x
-that of a collect through Arrow: the aggregation adds a stage that writes every
-partition's vector to shuffle files for ONE reduce task, the same bytes the
-Arrow collect streams straight to the driver. The JVM-native forms lose
-everywhere: 8,192-value chunk rows with ``groupBy("chunk")`` and
-``aggregate``/``zip_with`` 1.3-3.5x the Arrow collect, ``posexplode`` + ``sum``
-1.8-4.7x. What the aggregation buys is driver memory: the collect holds all P
+off and the result read through ``toArrow()``. It takes 0.49-0.95x the time of
+``.collect()`` plus a driver-side sum (which pickles every row; 1.38x only for
+51k values on 2 partitions), but 1.05-1.97x that of a collect through Arrow:
+the aggregation adds a stage that writes every partition's vector to shuffle
+files for ONE reduce task, the same bytes the Arrow collect streams straight
+to the driver. pyspark 4.1's grouped-aggregate Arrow UDF is slower than the
+pandas one (1.08-3.85x), and so are the JVM-native forms up to 235k values:
+8,192-value chunk rows with ``groupBy("chunk")`` and ``aggregate``/``zip_with``
+(4-12% faster only at 1M values on 8-32 partitions), ``posexplode`` + ``sum``
+1.4-2.1x. What the aggregation buys is driver memory: the collect holds all P
 partial vectors on the driver at once (32 partitions x 1M parameters = 256 MB
 a step), the aggregation hands it one. So ``groupBy().agg`` is the default and
 ``aggregate="collect"`` the option for few partitions and a roomy driver.
