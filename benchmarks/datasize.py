@@ -19,7 +19,9 @@ each size's residual. After each epoch it also records memory, read from
 /proc: the driver JVM's and Python's resident set (VmRSS) and peak (VmHWM),
 the Python workers' resident sets, and the bytes of Spark's cached blocks in
 memory and on disk (a cache that spills to disk reads slower and bends the
-line). While each size trains, a background thread also samples every 0.2 s: the
+line). While each size trains, a background thread also samples every 0.2 s
+(--probe-interval; 0 turns it off, and the worker peaks then come only from the
+epoch-end readings, when the workers are idle, so they under-report): the
 driver Python process's and the JVM's peak RSS (VmHWM), the largest peak of any
 one Python worker (the pyspark daemon and the workers it forks, the JVM's
 descendants in /proc) and the largest sum of the workers' RSS; the table and
@@ -349,6 +351,7 @@ def main(argv=None) -> int:
     path = save_results(args.name, {
         "environment": environment(spark), "layers": [784, 64, 10], "partitions": args.partitions,
         "epochs": args.epochs, "warmup_steps": args.warmup_steps, "base_rows": BASE_ROWS,
+        "probe_interval": args.probe_interval,
         "packed_bytes_per_row": packed,
         "config": config.to_dict(), "storage_memory_bytes": storage, "line": line, "results": results,
         "seconds_per_epoch_at": {str(rows): at.get(rows) for rows in REPORTED_SIZES},

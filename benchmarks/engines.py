@@ -59,7 +59,7 @@ FLOOR_ROWS = 1024
 
 def numpy_epochs(images, labels, config: TrainConfig, num_classes: int, epochs: int) -> list[float]:
     """The floor: the same steps in one process (sampling with numpy at the same fraction)."""
-    X = (images.reshape(len(images), -1) / np.float32(255)).astype(config.dtype)
+    X = (images.reshape(len(images), -1) / np.float32(255)).astype(config.dtype, copy=False)
     net = build_network(config, X.shape[1], num_classes)
     params = net.init_params(config.seed, config.init_scheme)
     optimizer = make_optimizer(config.optimizer, config.learning_rate)
@@ -168,6 +168,8 @@ def main(argv=None) -> int:
     parser.add_argument("--name", default="engines")
     args = parser.parse_args(argv)
     args.engines = [e for e in args.engines.split(",") if e]
+    if args.copies < 1:
+        parser.error(f"--copies must be >= 1, got {args.copies}")
     args.warm = False
     spark = get_or_create_spark(args.master, app_name="dfnet-bench-engines")
     results = [run_case(spark, n, CASES[n], args) for n in args.cases.split(",") if n]

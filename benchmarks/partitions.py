@@ -9,6 +9,8 @@ count it measures, interleaved and as medians of --repeats:
   step         a real training step: broadcast, mapInArrow gradient pass, groupBy().agg
   empty        a mapInArrow job with one task per partition and no data, collected (scheduling floor)
   read         every partition reads and decodes its rows, computes nothing, collected (+ Arrow transfer)
+               (whole Arrow batches to float32; the step itself converts 256 rows at a time
+               inside its maths, so part of this 'transfer' is compute in a real step)
   collect      the gradient pass with the rows collected and summed on the driver (+ compute)
 
 so that scheduling = empty, transfer = read - empty, compute = collect - read,

@@ -31,7 +31,7 @@ from pyspark.sql import types as T
 
 from dfnet.config import TrainConfig
 from dfnet.datasets import load_dataframe
-from dfnet.engine.data import LABEL_COL, ROW_COL, X_COL
+from dfnet.engine.data import LABEL_COL, ROW_COL, X_COL, as_pixels
 from dfnet.engine.dataframe import PARTIAL_COL, PARTIAL_SCHEMA, DataFrameEngine, LocalPlan
 from dfnet.engine.patches import POS_COL, PatchRows, patch_frame
 from dfnet.nn.conv import image_patches
@@ -50,7 +50,7 @@ def reader(rows):
     """A per-partition pass that decodes its rows into the step's inputs and computes nothing."""
 
     def per_partition(batches):
-        count = sum(len(labels) for _, labels in rows.decode(batches))
+        count = sum(len(as_pixels(x, rows.dtype)) for x, _ in rows.decode(batches))  # as the step's inputs
         yield pa.RecordBatch.from_arrays([pa.array([[float(count)]], type=pa.list_(pa.float64()))],
                                          names=[PARTIAL_COL])
 

@@ -115,6 +115,38 @@ def test_explode_and_inline_gradients_equal_the_numpy_gradient(spark, mnist_rows
         assert np.abs(result.grad_sum - reference.grad_sum).max() <= 1e-10 * scale, patches
 
 
+@pytest.mark.parametrize("model, patches, patch_rows", [
+    ("mlp", "inline", "image-row"), ("cnn", "inline", "image-row"),
+    ("cnn", "explode", "image-row"), ("cnn", "explode", "position"),
+])
+def test_float32_steps_on_byte_cached_pixels_equal_numpy(spark, mnist_rows, model, patches, patch_rows):
+    """float32 networks cache 8-bit pixels as ONE byte each and turn them into floats chunk by chunk
+    inside the step: the sums must equal numpy's on the float32 pixels to_dataframe stores."""
+    images, labels = mnist_rows
+    if model == "mlp":
+        net = build_network(TrainConfig(hidden=(16,), dtype="float32").validate(), 784, 10)
+    else:
+        net = build_cnn((28, 28, 1), [(3, 5)], dense=[8], n_out=10, activation="tanh", dtype="float32")
+    params = net.init_params(2, "xavier")
+    X32 = (images.reshape(len(images), -1) / np.float32(255)).astype(np.float32)
+    reference = net.loss_and_grad(params, X32, labels)
+    engine = DataFrameEngine(net, patches=patches, patch_rows=patch_rows)
+    with arrow_batch_records(spark, 50):  # several batches per partition; patch rows straddle them
+        data = engine.prepare(to_dataframe(spark, images, labels), features_col="image", label_col="label",
+                              num_partitions=2)
+        try:
+            values = engine.rows.num_features if patches == "inline" else engine.rows.row_values
+            widths = data.frame.agg(F.min(F.octet_length("_x")), F.max(F.octet_length("_x"))).first()
+            assert tuple(widths) == (values, values)  # one byte a value: the uint8 path is the one tested
+            result = engine.gradient(params, data.frame)
+        finally:
+            data.release()
+    assert (result.count, result.correct) == (120, reference.correct)
+    assert result.loss_sum == pytest.approx(reference.loss_sum, rel=1e-5)
+    scale = np.abs(reference.grad_sum).max()
+    assert np.abs(result.grad_sum - reference.grad_sum).max() <= 1e-4 * scale
+
+
 @pytest.mark.parametrize("dataset, patch_rows, rows_per_image, bytes_per_value", [
     ("digits", "image-row", 6, 4),  # 8x8, 3x3 kernels: 36 patches of 9 values; k/16 pixels stay float32
     ("mnist", "position", 576, 1),  # 28x28, 5x5 kernels: 576 patches of 25 values; 8-bit levels, one byte each

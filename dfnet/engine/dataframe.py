@@ -135,18 +135,19 @@ def partial_gradient_sums(network: Sequential, broadcast, rows: Rows | None = No
         params = broadcast.value
         total = None
         for inputs, labels in rows.decode(batches):
-            part = summed_in_chunks(lambda X, y: rows.loss_and_grad(network, params, X, y), inputs, labels)
-            total = part if total is None else total + part
+            total = summed_in_chunks(lambda X, y: rows.loss_and_grad(network, params, X, y), inputs, labels,
+                                     total=total)
         if total is not None:
             yield _partial_row(total)
 
     return per_partition
 
 
-def summed_in_chunks(loss_and_grad, inputs: np.ndarray, labels: np.ndarray, chunk_rows: int = STEP_ROWS) -> np.ndarray:
-    """``loss_and_grad(X, labels)`` over ``chunk_rows`` rows at a time, summed as ONE packed vector
-    (:func:`pack`): what a partition emits, and the numpy floor of ``benchmarks/engines.py``."""
-    total = None
+def summed_in_chunks(loss_and_grad, inputs: np.ndarray, labels: np.ndarray, chunk_rows: int = STEP_ROWS,
+                     total: np.ndarray | None = None) -> np.ndarray | None:
+    """``loss_and_grad(X, labels)`` over ``chunk_rows`` rows at a time, added to the packed running
+    ``total`` (:func:`pack`; None: start from nothing, and None back for no rows): what a partition
+    emits, one running sum over all its batches, and the numpy floor of ``benchmarks/engines.py``."""
     for start in range(0, len(labels), chunk_rows):
         end = start + chunk_rows
         part = pack(loss_and_grad(inputs[start:end], labels[start:end]))

@@ -23,10 +23,10 @@ mini-batches filter on a hash of ``_row`` (the base :class:`TrainingData`),
 and :class:`PatchTrainingData` samples on a hash of ``_row`` too. An Arrow
 batch may still end inside an image; :meth:`PatchRows.decode` carries the
 incomplete image over to the next batch and refuses a partition that ends
-with one. The averaging schedule decodes a whole partition at once, so it
-holds every patch value as a float there (58 KB an MNIST image at float32
-with 5x5 kernels, where the image encoding holds 784 bytes and cuts patches
-per local step).
+with one. The averaging schedule holds a whole partition's patch rows at once,
+as stored (14.4 KB an MNIST image with 5x5 kernels when the pixels are 8-bit
+levels, four or eight times that as float32/float64 values, where the image
+encoding holds 784 bytes and cuts patches per local step).
 
 Measured with ``python benchmarks/patches.py``: MNIST's 5,000 training
 images, 5x5x8 conv -> 2x2 pool -> 32 -> 10, float32, 2 partitions,
