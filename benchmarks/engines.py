@@ -68,9 +68,10 @@ def numpy_epochs(images, labels, config: TrainConfig, num_classes: int, epochs: 
     for _ in range(epochs):
         start = time.perf_counter()
         rows = np.nonzero(rng.random(len(labels)) < config.sample)[0] if config.sample < 1 else slice(None)
-        step = unpack(summed_in_chunks(lambda x, y: net.loss_and_grad(params, x, y), X[rows], labels[rows],
-                                       FLOOR_ROWS))
-        optimizer.step(params, step.grad_sum / step.count)  # as fit does: float64 sums, driver update
+        total = summed_in_chunks(lambda x, y: net.loss_and_grad(params, x, y), X[rows], labels[rows], FLOOR_ROWS)
+        if total is not None:  # a sample may pick no rows: no update, as in fit
+            step = unpack(total)
+            optimizer.step(params, step.grad_sum / step.count)  # as fit does: float64 sums, driver update
         seconds.append(time.perf_counter() - start)
     return seconds
 
