@@ -27,7 +27,6 @@ import hashlib
 import http.client
 import os
 import sys
-import tempfile
 import urllib.request
 import zlib
 from collections.abc import Iterable, Sequence
@@ -40,6 +39,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from dfnet.errors import DatasetError, IDXFormatError
+from dfnet.files import write_atomically
 
 __all__ = [
     "DATASETS", "DEFAULT_DATA_DIR", "DatasetSpec", "download", "get_dataset", "load_arrays",
@@ -299,13 +299,14 @@ def _fetch_verified(url: str, target: Path, expected_md5: str) -> int:
 
     Returns the number of bytes written. Raises DatasetError on an md5
     mismatch and lets OSError / HTTPException from the transfer through; in
-    every failure the temp file is removed.
+    every failure the temp file is removed (:func:`dfnet.files.write_atomically`).
     """
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        digest, size = hashlib.md5(), 0
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+    size = 0
+
+    def fetch(out) -> None:
+        nonlocal size
+        digest = hashlib.md5()
+        with urllib.request.urlopen(url, timeout=60) as response:
             for block in iter(lambda: response.read(1 << 20), b""):
                 digest.update(block)
                 out.write(block)
@@ -313,12 +314,9 @@ def _fetch_verified(url: str, target: Path, expected_md5: str) -> int:
         if digest.hexdigest() != expected_md5:
             raise DatasetError(f"{url}: md5 mismatch for {target.name}: expected {expected_md5}, "
                                f"got {digest.hexdigest()} ({size} bytes); file discarded")
-        # mkstemp creates 0600 files; a data file should be readable like any other download.
-        tmp.chmod(0o644)
-        os.replace(tmp, target)
-        return size
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    write_atomically(target, fetch)
+    return size
 
 
 def download(name: str, dest: str | os.PathLike, *, base_urls: Sequence[str] | None = None,
