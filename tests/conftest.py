@@ -1,4 +1,5 @@
-"""Shared fixtures: one real local Spark session for the whole run, and the real data sets."""
+"""Shared fixtures: one real local Spark session for the whole run, the real data sets, and one
+quick `dfnet train` run on the digits that several test modules read."""
 
 from __future__ import annotations
 
@@ -28,3 +29,14 @@ def spark(tmp_path_factory):
                                   warehouse=tmp_path_factory.mktemp("warehouse"))
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def digits_run(spark, tmp_path_factory):
+    """One `dfnet train --dataset digits --epochs 2` run (quick options): its exit code, output,
+    errors and run folder. Tests only read the folder."""
+    from cli_helpers import FAST, run_cli
+
+    output = tmp_path_factory.mktemp("cli") / "run"
+    code, out, err = run_cli(["train", "--dataset", "digits", "--epochs", "2", "--output", str(output), *FAST])
+    return code, out, err, output

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 import shutil
 
 import numpy as np
 import pytest
+from cli_helpers import FAST, run_cli
 
 from dfnet.cli import build_parser, config_from_args, main
 from dfnet.config import TrainConfig
@@ -19,18 +18,6 @@ from dfnet.model import TrainedModel
 
 EPOCH_LINE = re.compile(r"^Epoch (\d+)/(\d+) \| Loss (\d+\.\d{4}) \| Acc (\d\.\d{4}) \| Batchsize (\d+) \| "
                         r"(\d+\.\d{2}) s(?: \| Val loss (\d+\.\d{4}) \| Val acc (\d\.\d{4}))?$", flags=re.M)
-# Small enough to be quick, big enough to learn something in two epochs.
-FAST = ["--hidden", "32", "--batch-size", "128", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def digits_run(spark, tmp_path_factory):
-    """One `dfnet train --dataset digits --epochs 2` run, its exit code and output."""
-    output = tmp_path_factory.mktemp("cli") / "run"
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(["train", "--dataset", "digits", "--epochs", "2", "--output", str(output), *FAST])
-    return code, out.getvalue(), err.getvalue(), output
 
 
 @pytest.fixture(scope="module")
@@ -367,14 +354,11 @@ def test_invalid_cnn_configurations_exit_2_before_training(spark, tmp_path, caps
 
 def test_train_a_cnn_from_exploded_patches_and_reload_it(spark, tmp_path, digits_arrays):
     output = tmp_path / "cnn"
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(["train", "--model", "cnn", "--kernels", "6", "--kernel-size", "3", "--pool", "2",
-                     "--conv-activation", "relu", "--padding", "valid", "--patches", "explode", "--hidden", "32",
-                     "--schedule", "average", "--batch-size", "16", "--partitions", "2", "--epochs", "3",
-                     "--output", str(output), "--no-progress"])
-    stdout = out.getvalue()
-    assert code == 0, err.getvalue()
+    code, stdout, err = run_cli(["train", "--model", "cnn", "--kernels", "6", "--kernel-size", "3", "--pool", "2",
+                                 "--conv-activation", "relu", "--padding", "valid", "--patches", "explode",
+                                 "--hidden", "32", "--schedule", "average", "--batch-size", "16", "--partitions",
+                                 "2", "--epochs", "3", "--output", str(output), "--no-progress"])
+    assert code == 0, err
     assert "cnn kernels [6] 3x3 relu pool 2 patches explode, hidden [32] relu/cross-entropy" in stdout
     assert len(EPOCH_LINE.findall(stdout)) == 3
     layers = read_json(output / "model" / "model.json")["network"]["layers"]

@@ -13,8 +13,6 @@ never a browser that playwright downloads. Without it these tests fail.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -22,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from dfnet.cli import main
+from cli_helpers import run_cli
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -55,21 +52,17 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def reports(spark, tmp_path_factory):
-    """``{kind: report.html}`` of two quick real `dfnet train` runs on the digits."""
-    runs = {"mlp": ["--hidden", "32", "--batch-size", "128"],
-            "cnn": ["--model", "cnn", "--kernels", "4", "--hidden", "16", "--schedule", "average",
-                    "--batch-size", "64"]}
-    paths = {}
-    for kind, options in runs.items():
-        output = tmp_path_factory.mktemp("browser") / kind
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(["train", "--dataset", "digits", "--epochs", "2", *options, "--no-progress",
-                         "--output", str(output)])
-        assert code == 0, err.getvalue()
-        paths[kind] = output / "report.html"
-    return paths
+def reports(digits_run, tmp_path_factory):
+    """``{kind: report.html}`` of two quick real `dfnet train` runs on the digits: the shared MLP run
+    and a CNN run."""
+    code, _, err, mlp = digits_run
+    assert code == 0, err
+    cnn = tmp_path_factory.mktemp("browser") / "cnn"
+    code, _, err = run_cli(["train", "--dataset", "digits", "--epochs", "2", "--model", "cnn", "--kernels", "4",
+                            "--hidden", "16", "--schedule", "average", "--batch-size", "64", "--no-progress",
+                            "--output", str(cnn)])
+    assert code == 0, err
+    return {"mlp": mlp / "report.html", "cnn": cnn / "report.html"}
 
 
 # --- the check -----------------------------------------------------------------------

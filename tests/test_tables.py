@@ -3,8 +3,6 @@ leave a half-written table, and tables found by name from another process."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
@@ -15,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import cli_helpers
+from cli_helpers import run_cli
 from pyspark.sql import functions as F
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from dfnet import TrainConfig, fit, load_dataframe
-from dfnet.cli import main
 from dfnet.errors import DataValidationError, OutputExistsError
 from dfnet.evaluate import ClassScorer
 from dfnet.tables import (CLASS_METRICS_SCHEMA, HISTORY_SCHEMA, PREDICTIONS_SCHEMA, save_table, table_format,
@@ -27,14 +26,7 @@ from dfnet.tables import (CLASS_METRICS_SCHEMA, HISTORY_SCHEMA, PREDICTIONS_SCHE
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TABLES = {"predictions": "dfnet_predictions", "history": "dfnet_history", "metrics": "dfnet_class_metrics"}
-FAST = ["--dataset", "digits", "--hidden", "32", "--batch-size", "128", "--no-progress"]
-
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
+FAST = ["--dataset", "digits", *cli_helpers.FAST]
 
 
 def drop(spark, *names: str) -> None:
