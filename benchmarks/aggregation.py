@@ -75,9 +75,9 @@ def emit_chunks(size: int):
 
 
 def sum_arrow(partials: pa.Array) -> pa.Scalar:
-    """The grouped-aggregate Arrow UDF: element-wise sum of the group's vectors, as one list scalar."""
-    partials = partials.drop_null()
-    total = partials.flatten().to_numpy(zero_copy_only=False).reshape(len(partials), -1).sum(axis=0)
+    """The grouped-aggregate Arrow UDF: element-wise sum of the group's vectors (the engine's own
+    ``sum_on_driver``), as one list scalar."""
+    total = sum_on_driver(pa.chunked_array([partials]))
     return pa.ListArray.from_arrays(pa.array([0, len(total)], pa.int32()), pa.array(total))[0]
 
 
