@@ -50,7 +50,7 @@ def reader(rows):
     """A per-partition pass that decodes its rows into the step's inputs and computes nothing."""
 
     def per_partition(batches):
-        count = sum(len(as_pixels(x, rows.dtype)) for x, _ in rows.decode(batches))  # as the step's inputs
+        count = sum(len(as_pixels(x, rows.dtype)) for x, _, _ in rows.decode(batches))  # as the step's inputs
         yield pa.RecordBatch.from_arrays([pa.array([[float(count)]], type=pa.list_(pa.float64()))],
                                          names=[PARTIAL_COL])
 

@@ -77,6 +77,9 @@ class Checkpoint:
     config: dict  # TrainConfig.to_dict()
     data: dict  # {"rows": ..., "partitions": ...}
     uri: str = field(default="", compare=False)  # where it was read from or written to
+    #: early stopping's state (``EarlyStopping.state_dict()``: best epoch, loss and weights,
+    #: epochs without improvement), None when the run does not stop early
+    early_stopping: dict | None = field(default=None, compare=False)
 
 
 def checkpoint_name(epoch: int) -> str:
@@ -94,9 +97,13 @@ def encode(checkpoint: Checkpoint) -> bytes:
             arrays[f"optimizer.{key}"] = value
         else:
             scalars[key] = value
+    early = dict(checkpoint.early_stopping or {})
+    if early.get("best_params") is not None:
+        arrays["early.best_params"] = np.asarray(early.pop("best_params"))
     meta = {"format_version": FORMAT_VERSION, "epoch": checkpoint.epoch, "optimizer": checkpoint.optimizer,
             "optimizer_scalars": scalars, "history": checkpoint.history, "network": checkpoint.network,
             "config": checkpoint.config, "data": checkpoint.data,
+            "early_stopping": early or None,
             "random": {"seed": checkpoint.config.get("seed"), "next_epoch": checkpoint.epoch + 1,
                        "derivation": "every random choice is a function of (seed, epoch)"}}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
@@ -133,8 +140,11 @@ def decode(blob: bytes, uri: str = "") -> Checkpoint:
         state = dict(meta["optimizer_scalars"])
         state.update({name.removeprefix("optimizer."): value for name, value in arrays.items()
                       if name.startswith("optimizer.")})
+        early = meta.get("early_stopping")
+        if early is not None:
+            early = {**early, "best_params": arrays.get("early.best_params")}
         return Checkpoint(int(meta["epoch"]), arrays["params"], meta["optimizer"], state, meta["history"],
-                          meta["network"], meta["config"], meta["data"], uri)
+                          meta["network"], meta["config"], meta["data"], uri, early)
     except CheckpointError:
         raise
     except (ValueError, KeyError, TypeError, OSError) as e:  # a valid hash over bytes dfnet did not write

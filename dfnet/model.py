@@ -35,6 +35,11 @@ class TrainedModel:
     class_names: Sequence[str] | None = None
     #: names this training run in the history, metrics and prediction tables (set by ``fit``)
     run_id: str | None = None
+    #: early stopping's outcome: best_epoch (whose weights these are), best_val_loss,
+    #: stopped_epoch (None when it did not trigger), patience, min_delta; None without it
+    early_stopping: dict | None = None
+    #: what the schedule ran: schedule, models, local_steps, jobs_per_epoch, reason
+    schedule_plan: dict | None = None
 
     @property
     def num_classes(self) -> int:
@@ -86,7 +91,8 @@ class TrainedModel:
         meta = {"format_version": FORMAT_VERSION, "network": self.network.to_config(),
                 "config": self.config.to_dict() if self.config else None,
                 "class_names": list(self.class_names) if self.class_names else None,
-                "history": self.history, "run_id": self.run_id}
+                "history": self.history, "run_id": self.run_id, "early_stopping": self.early_stopping,
+                "schedule_plan": self.schedule_plan}
         # Serialise everything first, then rename both files into place, so a
         # failure never pairs new weights with an old architecture.
         text = json.dumps(meta, indent=2).encode()
@@ -135,4 +141,4 @@ class TrainedModel:
             raise ModelFormatError(f"{source}: saved architecture {network.to_config()['layers']} differs from the "
                                    f"expected {expect.to_config()['layers']}")
         return cls(network, params.astype(network.dtype), config, meta.get("history", []), meta.get("class_names"),
-                   meta.get("run_id"))
+                   meta.get("run_id"), meta.get("early_stopping"), meta.get("schedule_plan"))

@@ -2,6 +2,12 @@
 
 Each takes the *mean* gradient of a step and updates the parameters in place.
 Their state is plain numpy arrays so it can be checkpointed.
+
+Weight decay (``weight_decay`` > 0, on the entries of ``decay_mask``: a
+network's weights and kernels, never its biases): SGD and momentum add the L2
+term ``weight_decay * p`` to the gradient; Adam decays the weights apart from
+its moments, ``p -= lr * weight_decay * p`` (AdamW, Loshchilov & Hutter), so
+the decay is not rescaled by the moment estimates.
 """
 
 from __future__ import annotations
@@ -10,9 +16,21 @@ import numpy as np
 
 
 class Optimizer:
-    def __init__(self, lr: float):
+    def __init__(self, lr: float, weight_decay: float = 0.0, decay_mask: np.ndarray | None = None):
         self.lr = float(lr)
         self.steps = 0
+        self.weight_decay = float(weight_decay)
+        self.decay_mask = decay_mask  # None: every entry
+
+    def _decayed(self, params: np.ndarray) -> np.ndarray:
+        """``weight_decay * params`` on the decayed entries, 0 elsewhere (float64)."""
+        decay = self.weight_decay * params.astype(np.float64)
+        if self.decay_mask is not None:
+            decay *= self.decay_mask
+        return decay
+
+    def _l2(self, params: np.ndarray, grad: np.ndarray) -> np.ndarray:
+        return grad + self._decayed(params) if self.weight_decay else grad
 
     def step(self, params: np.ndarray, grad: np.ndarray) -> None:
         """Update ``params`` in place from the mean gradient ``grad``."""
@@ -30,6 +48,7 @@ class Optimizer:
 
 class SGD(Optimizer):
     def step(self, params, grad):
+        grad = self._l2(params, grad)
         params -= (self.lr * grad).astype(params.dtype, copy=False)
         self.steps += 1
 
@@ -37,14 +56,15 @@ class SGD(Optimizer):
 class Momentum(Optimizer):
     """Heavy-ball momentum: ``v = mu*v - lr*g; p += v``."""
 
-    def __init__(self, lr: float, momentum: float = 0.9):
-        super().__init__(lr)
+    def __init__(self, lr: float, momentum: float = 0.9, **decay):
+        super().__init__(lr, **decay)
         self.momentum = float(momentum)
         self.velocity: np.ndarray | None = None
 
     def step(self, params, grad):
         if self.velocity is None:
             self.velocity = np.zeros_like(params, dtype=np.float64)
+        grad = self._l2(params, grad)
         self.velocity *= self.momentum
         self.velocity -= self.lr * grad
         params += self.velocity.astype(params.dtype, copy=False)
@@ -61,8 +81,8 @@ class Momentum(Optimizer):
 class Adam(Optimizer):
     """Adam (Kingma & Ba) with bias correction; moments kept in float64."""
 
-    def __init__(self, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
-        super().__init__(lr)
+    def __init__(self, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, **decay):
+        super().__init__(lr, **decay)
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
         self.m: np.ndarray | None = None
         self.v: np.ndarray | None = None
@@ -76,7 +96,10 @@ class Adam(Optimizer):
         self.v = self.beta2 * self.v + (1 - self.beta2) * grad * grad
         m_hat = self.m / (1 - self.beta1 ** self.steps)
         v_hat = self.v / (1 - self.beta2 ** self.steps)
-        params -= (self.lr * m_hat / (np.sqrt(v_hat) + self.eps)).astype(params.dtype, copy=False)
+        update = self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
+        if self.weight_decay:
+            update += self.lr * self._decayed(params)
+        params -= update.astype(params.dtype, copy=False)
 
     def state_dict(self):
         return {**super().state_dict(), "m": _copy(self.m), "v": _copy(self.v)}
@@ -92,11 +115,13 @@ def _copy(state: np.ndarray | None) -> np.ndarray | None:
 
 
 def make_optimizer(name: str, lr: float, *, momentum: float = 0.9, beta1: float = 0.9,
-                   beta2: float = 0.999) -> Optimizer:
+                   beta2: float = 0.999, weight_decay: float = 0.0,
+                   decay_mask: np.ndarray | None = None) -> Optimizer:
+    decay = dict(weight_decay=weight_decay, decay_mask=decay_mask)
     if name == "sgd":
-        return SGD(lr)
+        return SGD(lr, **decay)
     if name == "momentum":
-        return Momentum(lr, momentum)
+        return Momentum(lr, momentum, **decay)
     if name == "adam":
-        return Adam(lr, beta1, beta2)
+        return Adam(lr, beta1, beta2, **decay)
     raise ValueError(f"unknown optimizer {name!r}; known: sgd, momentum, adam")

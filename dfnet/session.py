@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
+import threading
 import warnings
+from contextlib import contextmanager
 
 from pyspark.sql import SparkSession
 
@@ -37,16 +41,71 @@ def warehouse_conf(warehouse: str | os.PathLike) -> dict[str, str]:
             "spark.driver.extraJavaOptions": f"-Dderby.system.home={root}"}
 
 
+#: What a JVM prints on its way up that says nothing to a dfnet user: the log4j profile and
+#: level notes, the loopback-hostname and native-Hadoop warnings, the JDK's incubator-module
+#: note. Matched line by line; anything else (errors above all) still reaches the terminal.
+STARTUP_NOISE = re.compile("|".join([
+    r"^WARNING: Using incubator modules",
+    r"^Using Spark's default log4j profile",
+    r"^Setting default log level to",
+    r"^To adjust logging level use sc\.setLogLevel",
+    r"^\S+ \S+ WARN Utils: (Your hostname|Set SPARK_LOCAL_IP|Service '.*' could not bind)",
+    r"^\S+ \S+ WARN NativeCodeLoader: Unable to load native-hadoop",
+    r"^\S+ \S+ WARN SparkSession: Using an existing Spark session",
+]))
+
+
+def _forward_lines(source: int, target: int, noise: re.Pattern) -> None:
+    """Copy ``source`` (the JVM's standard error) to ``target`` line by line, leaving out ``noise``."""
+    with os.fdopen(source, "rb", buffering=0) as pipe, os.fdopen(target, "wb", buffering=0) as out:
+        for line in iter(pipe.readline, b""):
+            if not noise.search(line.decode("utf-8", "replace")):
+                out.write(line)
+
+
+@contextmanager
+def quiet_jvm_startup(enabled: bool = True):
+    """While a new JVM starts, give it a standard error that drops :data:`STARTUP_NOISE`.
+
+    The JVM inherits file descriptor 2 when it is launched, so for the span of
+    the launch descriptor 2 is a pipe; a daemon thread copies the pipe to the
+    real standard error for as long as the JVM lives, line by line, without the
+    start-up notes. Python's own descriptor 2 is put back at once.
+    """
+    if not enabled:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real descriptor 2 (an embedded interpreter): nothing to filter
+        yield
+        return
+    read_end, write_end = os.pipe()
+    thread = threading.Thread(target=_forward_lines, args=(read_end, os.dup(saved), STARTUP_NOISE),
+                              name="dfnet-jvm-stderr", daemon=True)
+    thread.start()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def get_or_create_spark(master: str | None = None, app_name: str = "dfnet",
                         conf: dict[str, str] | None = None,
-                        warehouse: str | os.PathLike | None = None) -> SparkSession:
+                        warehouse: str | os.PathLike | None = None, *, verbose: bool = False) -> SparkSession:
     """Return the active SparkSession, or start one on `master` (default ``local[*]``).
 
     An already running session is returned unchanged: its master, catalog and
     configuration are the user's, and dfnet will not stop it. A new session
     gets :data:`DEFAULT_CONF`, then ``warehouse`` (see :func:`warehouse_conf`;
     by default Spark's own: ``spark-warehouse/`` and ``metastore_db/`` in the
-    working directory), then ``conf``.
+    working directory), then ``conf``. Its JVM's start-up notes (log level,
+    hostname, native Hadoop, incubator modules) stay off the terminal unless
+    ``verbose`` (:func:`quiet_jvm_startup`); its later warnings and errors do not.
     """
     active = SparkSession.getActiveSession()
     if active is not None:
@@ -60,6 +119,19 @@ def get_or_create_spark(master: str | None = None, app_name: str = "dfnet",
     settings = {**DEFAULT_CONF, **(warehouse_conf(warehouse) if warehouse is not None else {}), **(conf or {})}
     for key, value in settings.items():
         builder = builder.config(key, value)
-    session = builder.getOrCreate()
-    session.sparkContext.setLogLevel("ERROR")
+    with quiet_jvm_startup(enabled=not verbose):
+        session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("WARN" if verbose else "ERROR")
     return session
+
+
+def task_slots(spark: SparkSession, fallback: int) -> int:
+    """Tasks the cluster runs at once: the SparkContext's default parallelism (local[N]: N; a
+    cluster: its executors' cores), else ``spark.default.parallelism``, else ``fallback``."""
+    try:
+        return max(1, int(spark.sparkContext.defaultParallelism))
+    except Exception:  # no SparkContext to ask (a Spark Connect session)
+        try:
+            return max(1, int(spark.conf.get("spark.default.parallelism")))
+        except Exception:
+            return max(1, int(fallback))

@@ -16,16 +16,18 @@ from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from .checkpoint import DEFAULT_KEEP, Checkpoint, CheckpointStore, check_compatible
 from .config import TrainConfig
 from .engine import make_engine
 from .engine.data import TrainingData, validate_frame
-from .engine.dataframe import LocalPlan
+from .engine.dataframe import LocalPlan, resolve_aggregate
 from .errors import ConfigError, TrainingDivergedError
 from .model import TrainedModel
 from .nn.network import LossAndGrad, Sequential, build_cnn, build_mlp
 from .optim import make_optimizer
+from .session import task_slots
 
 
 @dataclass
@@ -42,6 +44,7 @@ class EpochRecord:
     seconds: float  # training steps only, validation excluded
     val_loss: float | None = None  # on the validation rows, after the epoch's updates
     val_accuracy: float | None = None
+    best_epoch: int | None = None  # early stopping: the epoch of the lowest validation loss so far
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -84,6 +87,113 @@ def steps_per_epoch(config: TrainConfig, rows: int) -> int:
     if config.schedule == "classic":
         return 1
     return max(1, round(rows * config.sample / config.batch_size))
+
+
+#: ``auto`` trains one model per ~this many rows at most: on smaller shares an epoch of a model's
+#: maths is shorter than the Spark job that runs it (0.1-0.3 s), so a second model buys no time,
+#: while averaging k models that each saw 1/k of the rows needs more epochs to the same accuracy.
+MIN_ROWS_PER_MODEL = 8192
+
+
+@dataclass(frozen=True)
+class SchedulePlan:
+    """What a run's schedule does: the schedule that runs and, for model averaging, how many
+    models train side by side (tasks per job) and how many local steps they take between averages."""
+
+    schedule: str  # classic, minibatch or average
+    models: int | None = None  # average: models (coalesced tasks) per job; None: one per partition
+    local_steps: int | None = None  # average: local steps between two averages (None: an epoch)
+    reason: str = ""
+
+
+def plan_auto(config: TrainConfig, *, rows: int, partitions: int, slots: int) -> SchedulePlan:
+    """The ``auto`` schedule: model averaging, planned from the data and the cluster.
+
+    - models = min(partitions, task slots, rows // :data:`MIN_ROWS_PER_MODEL`), at
+      least 1. Each job runs one task per model (``coalesce``), so 8 or 64
+      partitions on a 2-core machine still train 2 models: more partitions than
+      slots would only add task launches and models that each see less data.
+    - averages per epoch = 1 for up to 2 models, else ceil(models / 2) (more
+      models drift further apart between averages), at most one per local step;
+      ``local_steps`` overrides.
+
+    Jobs per epoch are the averages per epoch: independent of the row count.
+    The plan is a function of the configuration, the row and partition counts
+    and the slot count only (not of timings), so a run is reproducible and a
+    resumed run plans the same.
+    """
+    models = max(1, min(partitions, slots, rows // MIN_ROWS_PER_MODEL))
+    local_per_epoch = max(1, math.ceil(math.ceil(rows * config.sample / models) / config.batch_size))
+    if config.local_steps is not None:
+        local = config.local_steps
+        why_rounds = f"--local-steps {local}"
+    else:
+        rounds = 1 if models <= 2 else min(local_per_epoch, math.ceil(models / 2))
+        local = math.ceil(local_per_epoch / rounds)
+        why_rounds = "one average per epoch" if rounds == 1 else f"{rounds} averages per epoch for {models} models"
+    if models == 1:
+        why_models = (f"1 model: {rows} rows are fewer than {2 * MIN_ROWS_PER_MODEL} (a second model would "
+                      f"cost more in averaging than it saves)" if rows < 2 * MIN_ROWS_PER_MODEL or slots > 1
+                      else "1 model: one task slot")
+    else:
+        limit = "task slot" if models == slots else ("partition" if models == partitions else
+                                                     f"{MIN_ROWS_PER_MODEL} rows")
+        why_models = f"{models} models, one per {limit} ({partitions} partitions, {slots} task slots)"
+    return SchedulePlan("average", models, local, f"{why_models}; {why_rounds}")
+
+
+def plan_schedule(config: TrainConfig, *, rows: int, partitions: int, slots: int) -> SchedulePlan:
+    """The plan of ``config.schedule`` (``auto`` resolved by :func:`plan_auto`)."""
+    if config.schedule == "auto":
+        if config.engine != "dataframe":
+            return SchedulePlan("minibatch", reason=f"the {config.engine} engine steps in mini-batches")
+        return plan_auto(config, rows=rows, partitions=partitions, slots=slots)
+    if config.schedule == "average":
+        return SchedulePlan("average", None, config.local_steps, "as asked: one model per partition")
+    return SchedulePlan(config.schedule, reason="as asked")
+
+
+class EarlyStopping:
+    """Tracks the validation loss: the best epoch, its weights, and epochs without improvement."""
+
+    def __init__(self, patience: int, min_delta: float = 0.0):
+        self.patience, self.min_delta = patience, min_delta
+        self.best_loss = math.inf
+        self.best_epoch: int | None = None
+        self.best_params: np.ndarray | None = None
+        self.wait = 0
+
+    def update(self, epoch: int, val_loss: float, params: np.ndarray) -> None:
+        if val_loss < self.best_loss - self.min_delta:
+            self.best_loss, self.best_epoch, self.best_params, self.wait = val_loss, epoch, params.copy(), 0
+        else:
+            self.wait += 1
+
+    @property
+    def should_stop(self) -> bool:
+        return self.wait >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "wait": self.wait,
+                "best_params": None if self.best_params is None else self.best_params.copy()}
+
+    def load_state_dict(self, state: dict, dtype) -> None:
+        self.best_loss, self.best_epoch, self.wait = float(state["best_loss"]), state["best_epoch"], int(state["wait"])
+        self.best_params = None if state.get("best_params") is None else state["best_params"].astype(dtype)
+
+
+def split_validation(df: DataFrame, fraction: float, seed: int, key_cols: Sequence[str]
+                     ) -> tuple[DataFrame, DataFrame]:
+    """``(training rows, validation rows)``: a row is held out when a seeded hash of its key
+    columns falls below ``fraction``, so the two are disjoint, together are ``df``, and a row's
+    side does not depend on the partitioning, the row order or the run."""
+    bucket = F.pmod(F.xxhash64(*[F.col(c) for c in key_cols], F.lit(seed), F.lit("validation")),
+                    F.lit(_SPLIT_BUCKETS))
+    held_out = bucket < F.lit(int(round(fraction * _SPLIT_BUCKETS)))
+    return df.filter(~held_out), df.filter(held_out)
+
+
+_SPLIT_BUCKETS = 1 << 30
 
 
 # --- progress ----------------------------------------------------------------------
@@ -152,20 +262,27 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
         initial_params: np.ndarray | None = None, validation_df: DataFrame | None = None,
         callbacks: Sequence[Callback] = (), verbose: bool = True, checkpoint_dir: str | None = None,
         checkpoint_every: int = 1, checkpoint_keep: int | None = DEFAULT_KEEP,
-        resume: bool = False, run_id: str | None = None) -> TrainedModel:
+        resume: bool = False, run_id: str | None = None, key_cols: Sequence[str] | None = None) -> TrainedModel:
     """Train a network on a DataFrame of images and integer labels.
 
     Parameters
     ----------
     df : DataFrame with an array column of pixels (``features_col``) and a
         column of class indices ``0..k-1`` (``label_col``).
-    config : hyperparameters; dfnet's defaults when None.
+    config : hyperparameters; dfnet's defaults when None. With
+        ``config.validation_split`` F > 0 a fraction F of ``df``'s rows is held
+        out (a seeded hash of ``key_cols``) and scored after every epoch;
+        ``config.early_stopping`` N stops after N epochs without a lower
+        validation loss and hands back the best epoch's weights.
     num_classes : k; by default the largest label + 1 (at least 2).
     network : an explicit architecture; by default the MLP or CNN ``config`` describes
         (a CNN's ``image_shape`` defaults to square single-channel images).
     initial_params : flat starting weights; by default drawn with ``config.init``.
     validation_df : labelled rows scored after every epoch (``val_loss``,
-        ``val_accuracy`` in the history); one extra Spark job per epoch.
+        ``val_accuracy`` in the history), instead of a ``validation_split``;
+        one extra Spark job per epoch.
+    key_cols : the columns that identify a row for the validation split (e.g.
+        ``["id"]``); by default the image and the label themselves.
     checkpoint_dir : a directory Spark can write (local, ``hdfs://``, ``dbfs:/``,
         ``s3a://`` ...); a checkpoint is written there every ``checkpoint_every``
         epochs and after the last one, keeping the newest ``checkpoint_keep``
@@ -173,13 +290,14 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
     run_id : names the run in the tables of :mod:`dfnet.tables`; by default a new
         one from the UTC time and a random suffix (``TrainedModel.run_id``).
     resume : continue from the newest good checkpoint in ``checkpoint_dir``
-        (bit-identical to an uninterrupted run); with none there, start from
-        scratch. Without ``resume``, a ``checkpoint_dir`` that already holds
-        checkpoints is refused rather than mixed with a new run's.
+        (bit-identical to an uninterrupted run, early stopping included); with
+        none there, start from scratch. Without ``resume``, a ``checkpoint_dir``
+        that already holds checkpoints is refused rather than mixed with a new run's.
 
     Everything about the input is checked before the first step: missing
     columns, wrong types, image lengths, NaN/inf pixels, labels out of range,
-    an empty DataFrame, more partitions than rows, a checkpoint of another run.
+    an empty DataFrame, more partitions than rows, a checkpoint of another run,
+    early stopping without validation rows.
     """
     config = (config or TrainConfig()).validate()
     if run_id is not None and (not isinstance(run_id, str) or not run_id.strip()):
@@ -189,6 +307,16 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
         raise ConfigError(f"checkpoint_every={checkpoint_every!r}: must be an integer >= 1")
     if resume and checkpoint_dir is None:
         raise ConfigError("resume=True needs a checkpoint_dir to resume from")
+    if config.validation_split and validation_df is not None:
+        raise ConfigError(f"validation_split={config.validation_split} holds rows of df out for validation, "
+                          f"and validation_df was given too: use one or the other")
+    if config.early_stopping is not None and not config.validation_split and validation_df is None:
+        raise ConfigError(f"early_stopping={config.early_stopping} watches the validation loss: give "
+                          f"validation_split (--validation-split F) or validation_df")
+    key_cols = list(key_cols) if key_cols else [features_col, label_col]
+    missing_keys = [c for c in key_cols if c not in df.columns]
+    if config.validation_split and missing_keys:
+        raise ConfigError(f"key_cols {missing_keys} not found; the DataFrame has columns {df.columns}")
     num_features = network.num_features if network is not None else None
     if network is not None:
         num_classes = network.num_classes
@@ -209,8 +337,8 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
         raise ConfigError(f"initial_params holds {int(np.sum(~np.isfinite(params)))} NaN or infinite value(s)")
 
     callbacks = list(callbacks) + ([ProgressPrinter()] if verbose else [])
-    optimizer = make_optimizer(config.optimizer, config.learning_rate, momentum=config.momentum,
-                               beta1=config.beta1, beta2=config.beta2)
+    optimizer = _driver_optimizer(config, network)
+    stopper = EarlyStopping(config.early_stopping, config.min_delta) if config.early_stopping else None
     history: list[EpochRecord] = []
     store, resumed = None, None
     if checkpoint_dir is not None:
@@ -220,36 +348,61 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
             if resumed is None:
                 _tell(callbacks, f"No checkpoint in {store.uri}: starting from scratch")
             else:
-                check_compatible(resumed, network.to_config(), config.to_dict(), {"rows": summary["rows"]})
+                check_compatible(resumed, network.to_config(), config.to_dict(), {})
                 params = resumed.params.astype(network.dtype)
                 optimizer.load_state_dict(resumed.optimizer_state)
                 history = [EpochRecord(**h) for h in resumed.history]
+                if stopper is not None and resumed.early_stopping is not None:
+                    stopper.load_state_dict(resumed.early_stopping, network.dtype)
         elif store.epochs():
             raise ConfigError(f"checkpoint directory {store.uri} already holds checkpoints (epochs "
                               f"{store.epochs()}); pass resume=True (--resume) to continue that run, or choose "
                               f"an empty directory")
 
-    if validation_df is not None:
+    if config.validation_split:
+        df, validation_df = split_validation(df, config.validation_split, config.seed, key_cols)
+    elif validation_df is not None:
         validate_frame(validation_df, features_col, label_col, num_features, num_classes)
     engine = engine_for(config, network)
-    data = engine.prepare(df, features_col=features_col, label_col=label_col, num_partitions=config.partitions)
+    shuffle = config.schedule == "auto" and config.engine == "dataframe"
+    prepare_args = dict(shuffle_seed=config.seed) if shuffle else {}
+    data = engine.prepare(df, features_col=features_col, label_col=label_col, num_partitions=config.partitions,
+                          **prepare_args)
     validation = None
     try:
         partitions = data.num_partitions()
+        if data.count == 0:
+            raise ConfigError(f"validation_split={config.validation_split} leaves no training rows of "
+                              f"{summary['rows']}")
         if resumed is not None:
             check_compatible(resumed, network.to_config(), config.to_dict(),
                              {"rows": data.count, "partitions": partitions})
             _tell(callbacks, f"Resuming from {resumed.uri} (epoch {resumed.epoch} of {config.epochs} done)")
         if validation_df is not None:
             validation = engine.prepare(validation_df, features_col=features_col, label_col=label_col)
-        if config.schedule == "average":
-            max_rows = max(data.partition_sizes())
-            total_steps = averaging_rounds(config, max_rows)
-            updates = lambda epoch: _averaging_epoch(engine, data, params, config, epoch, max_rows)  # noqa: E731
+            if validation.count == 0:
+                raise ConfigError(f"validation_split={config.validation_split} holds out none of the "
+                                  f"{summary['rows']} rows; use a larger fraction")
+        plan = plan_schedule(config, rows=data.count, partitions=partitions,
+                             slots=task_slots(df.sparkSession, partitions))
+        if plan.schedule == "average":
+            max_rows = max(data.partition_sizes(_coalesced(plan, partitions)))
+            total_steps = averaging_rounds(config, max_rows, plan.local_steps)
+            updates = lambda epoch: _averaging_epoch(engine, data, params, config, epoch, max_rows,  # noqa: E731
+                                                     plan, partitions)
         else:
-            total_steps = steps_per_epoch(config, data.count)
-            updates = lambda epoch: _gradient_epoch(engine, data, params, optimizer, config, epoch)  # noqa: E731
+            total_steps = steps_per_epoch(config.replace(schedule=plan.schedule), data.count)
+            updates = lambda epoch: _gradient_epoch(engine, data, params, optimizer,  # noqa: E731
+                                                    config.replace(schedule=plan.schedule), epoch)
+        if hasattr(engine, "aggregate"):
+            engine.aggregate = resolve_aggregate(config.aggregate, _coalesced(plan, partitions) or partitions,
+                                                 network.num_params)
+        _tell(callbacks, _describe_plan(config, plan, data.count, total_steps,
+                                        None if validation is None else validation.count))
+        stopped = stopper is not None and stopper.should_stop
         for epoch in range(len(history) + 1, config.epochs + 1):
+            if stopped:
+                break
             start = time.perf_counter()
             loss_sum, correct, rows, steps = 0.0, 0, 0, 0
             optimizer.lr = config.lr_at(epoch)
@@ -266,19 +419,58 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
                 scored = engine.gradient(params, validation.all_rows())
                 record.val_loss = scored.loss_sum / scored.count
                 record.val_accuracy = scored.correct / scored.count
+                if stopper is not None:
+                    stopper.update(epoch, record.val_loss, params)
+                    record.best_epoch = stopper.best_epoch
+                    stopped = stopper.should_stop
             history.append(record)
-            if store is not None and (epoch % checkpoint_every == 0 or epoch == config.epochs):
+            if store is not None and (epoch % checkpoint_every == 0 or epoch == config.epochs or stopped):
                 store.save(Checkpoint(epoch, params.copy(), config.optimizer, optimizer.state_dict(),
                                       [r.as_dict() for r in history], network.to_config(), config.to_dict(),
-                                      {"rows": data.count, "partitions": partitions}))
+                                      {"rows": data.count, "partitions": partitions},
+                                      early_stopping=None if stopper is None else stopper.state_dict()))
             for cb in callbacks:
                 cb.on_epoch_end(record, config.epochs)
     finally:
         data.release()
         if validation is not None:
             validation.release()
+    early = None
+    if stopper is not None and stopper.best_params is not None:
+        params = stopper.best_params.copy()
+        early = {"best_epoch": stopper.best_epoch, "best_val_loss": stopper.best_loss,
+                 "stopped_epoch": history[-1].epoch if stopped else None,
+                 "patience": config.early_stopping, "min_delta": config.min_delta}
+        _tell(callbacks, (f"Early stopping: no lower validation loss for {config.early_stopping} epochs, stopped "
+                          f"after epoch {history[-1].epoch}" if stopped else
+                          f"Early stopping did not trigger in {config.epochs} epochs") +
+              f"; restored the weights of epoch {stopper.best_epoch} (val loss {stopper.best_loss:.4f})")
     return TrainedModel(network, params, config=config, history=[r.as_dict() for r in history],
-                        run_id=run_id)
+                        run_id=run_id, early_stopping=early,
+                        schedule_plan={"schedule": plan.schedule, "models": plan.models,
+                                       "local_steps": plan.local_steps, "jobs_per_epoch": total_steps,
+                                       "reason": plan.reason})
+
+
+def _driver_optimizer(config: TrainConfig, network: Sequential):
+    decay = dict(weight_decay=config.weight_decay, decay_mask=network.decay_mask()) if config.weight_decay else {}
+    return make_optimizer(config.optimizer, config.learning_rate, momentum=config.momentum,
+                          beta1=config.beta1, beta2=config.beta2, **decay)
+
+
+def _coalesced(plan: SchedulePlan, partitions: int) -> int | None:
+    """The task count an averaging job coalesces the cache to, None when it keeps the partitions."""
+    return plan.models if plan.models is not None and plan.models < partitions else None
+
+
+def _describe_plan(config: TrainConfig, plan: SchedulePlan, rows: int, jobs: int, validation_rows) -> str:
+    """The start-of-run line: which schedule runs, and why."""
+    what = {"average": "model averaging", "minibatch": f"mini-batches of {config.batch_size}",
+            "classic": "one full-batch step an epoch"}[plan.schedule]
+    head = f"Schedule {config.schedule}" + (f" -> {what}" if config.schedule == "auto" else f": {what}")
+    validation = "" if validation_rows is None else f", plus 1 validation job ({validation_rows} rows)"
+    return (f"{head}: {plan.reason}; {jobs} Spark job{'s' if jobs != 1 else ''} per epoch{validation}; "
+            f"{rows} training rows")
 
 
 def new_run_id() -> str:
@@ -295,8 +487,10 @@ def _tell(callbacks: Sequence[Callback], text: str) -> None:
 def _gradient_epoch(engine, data: TrainingData, params: np.ndarray, optimizer, config: TrainConfig,
                     epoch: int) -> Iterator[LossAndGrad]:
     """Synchronous schedules: one job per step, the optimizer steps on the driver."""
+    dropout = engine.network.has_dropout
     for step, rows in enumerate(SCHEDULES[config.schedule](data, config, epoch), start=1):
-        result = engine.gradient(params, rows)
+        result = (engine.gradient(params, rows, (config.seed, epoch, step)) if dropout else
+                  engine.gradient(params, rows))
         if result.count:
             _check_finite(result, epoch, step, config, "the loss or gradient")
             optimizer.step(params, result.grad_sum / result.count)
@@ -309,22 +503,30 @@ def _local_steps_per_epoch(config: TrainConfig, max_partition_rows: int) -> int:
     return max(1, math.ceil(max_partition_rows * config.sample / config.batch_size))
 
 
-def averaging_rounds(config: TrainConfig, max_partition_rows: int) -> int:
-    """Jobs per epoch of the averaging schedule: the largest partition's local steps / local_steps."""
+def averaging_rounds(config: TrainConfig, max_partition_rows: int, local_steps: int | None = None) -> int:
+    """Jobs per epoch of the averaging schedule: the largest task's local steps / local steps
+    between averages (``local_steps``, default ``config.local_steps``, default a whole epoch)."""
     local = _local_steps_per_epoch(config, max_partition_rows)
-    return math.ceil(local / (config.local_steps or local))
+    return math.ceil(local / (local_steps or config.local_steps or local))
 
 
 def _averaging_epoch(engine, data: TrainingData, params: np.ndarray, config: TrainConfig, epoch: int,
-                     max_partition_rows: int) -> Iterator[LossAndGrad]:
-    """Model averaging: each job, every partition trains locally from the broadcast weights;
-    the driver replaces the weights by the row-weighted average of the partitions' results."""
+                     max_partition_rows: int, schedule: SchedulePlan | None = None,
+                     partitions: int | None = None) -> Iterator[LossAndGrad]:
+    """Model averaging: each job, every task (a partition, or ``schedule.models`` coalesced
+    groups of them) trains locally from the broadcast weights; the driver replaces the weights
+    by the row-weighted average of the tasks' results."""
+    schedule = schedule or SchedulePlan("average", None, config.local_steps)
     rows = epoch_rows(data, config.sample, config.seed, epoch)
-    per_round = config.local_steps or _local_steps_per_epoch(config, max_partition_rows)
-    for r in range(averaging_rounds(config, max_partition_rows)):
+    tasks = _coalesced(schedule, partitions) if partitions is not None else None
+    if tasks is not None:
+        rows = rows.coalesce(tasks)
+    per_round = schedule.local_steps or _local_steps_per_epoch(config, max_partition_rows)
+    for r in range(averaging_rounds(config, max_partition_rows, schedule.local_steps)):
         plan = LocalPlan(epoch=epoch, round=r, steps=per_round, batch_size=config.batch_size, seed=config.seed,
                          optimizer=config.optimizer, lr=config.lr_at(epoch),
-                         optimizer_args=dict(momentum=config.momentum, beta1=config.beta1, beta2=config.beta2))
+                         optimizer_args=dict(momentum=config.momentum, beta1=config.beta1, beta2=config.beta2),
+                         weight_decay=config.weight_decay, dropout=engine.network.has_dropout)
         result = engine.local_training(params, rows, plan)
         if result.count:
             _check_finite(result, epoch, r + 1, config, "the loss or the partitions' locally trained weights")

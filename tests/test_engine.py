@@ -242,10 +242,10 @@ def test_a_partition_of_byte_and_float_batches_reads_back_exact_pixels():
                                           names=[ROW_COL, X_COL, LABEL_COL])
 
     rows = ImageRows(4, "float32")
-    stored, _ = decode_partition(rows, iter([batch(eight_bit)]))
+    stored, _, _ = decode_partition(rows, iter([batch(eight_bit)]))
     assert stored.dtype == np.uint8  # one encoding: kept as stored, converted per chunk
     np.testing.assert_array_equal(as_pixels(stored, "float32"), eight_bit)
-    inputs, labels = decode_partition(rows, iter([batch(eight_bit), batch(floats)]))
+    inputs, labels, keys = decode_partition(rows, iter([batch(eight_bit), batch(floats)]))
     np.testing.assert_array_equal(inputs, np.concatenate([eight_bit, floats]))
     assert len(labels) == 5
 

@@ -12,7 +12,7 @@ from ..errors import ConfigError
 from ..nn.network import Sequential
 
 
-def make_engine(name: str, network: Sequential, *, aggregate: str = "agg", patches: str = "inline",
+def make_engine(name: str, network: Sequential, *, aggregate: str = "auto", patches: str = "inline",
                 patch_rows: str = "image-row"):
     """``dataframe`` (broadcast -> mapInArrow -> groupBy().agg, or an Arrow collect with
     ``aggregate="collect"``), ``rdd`` (the classic per-record map/reduce) or ``rdd-batched``
@@ -31,6 +31,6 @@ def make_engine(name: str, network: Sequential, *, aggregate: str = "agg", patch
         return DataFrameEngine(network, aggregate=aggregate, patches=patches, patch_rows=patch_rows)
     if patches != "inline":
         raise ConfigError(f"patches={patches!r} runs on the dataframe engine, not engine={name!r}")
-    if aggregate != "agg":
+    if aggregate not in ("auto", "agg"):
         raise ConfigError(f"aggregate={aggregate!r} applies to the dataframe engine, not engine={name!r}")
     return engines[name](network)

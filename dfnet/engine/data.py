@@ -229,17 +229,17 @@ class ImageRows:
     num_features: int
     dtype: str
 
-    def decode(self, batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Arrow batches of ``(_row, _x, _label)`` rows -> ``(X (n, num_features), labels (n,))`` chunks,
-        ``X`` as stored (see :func:`stored_arrow_images`)."""
+    def decode(self, batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Arrow batches of ``(_row, _x, _label)`` rows -> ``(X (n, num_features), labels (n,), keys (n,))``
+        chunks, ``X`` as stored (see :func:`stored_arrow_images`), ``keys`` the rows' ``_row``."""
         for batch in batches:
             if batch.num_rows:
                 yield (stored_arrow_images(batch.column(X_COL), self.num_features, self.dtype),
-                       batch.column(LABEL_COL).to_numpy())
+                       batch.column(LABEL_COL).to_numpy(), batch.column(ROW_COL).to_numpy())
 
-    def loss_and_grad(self, network, params: np.ndarray, X: np.ndarray, labels: np.ndarray):
+    def loss_and_grad(self, network, params: np.ndarray, X: np.ndarray, labels: np.ndarray, noise=None):
         """The sums over stored images ``X`` (converted to pixels here, one chunk at a time)."""
-        return network.loss_and_grad(params, as_pixels(X, self.dtype), labels)
+        return network.loss_and_grad(params, as_pixels(X, self.dtype), labels, noise=noise)
 
 
 @dataclass
@@ -269,9 +269,11 @@ class TrainingData:
         key = F.pmod(F.xxhash64(F.col(ROW_COL), F.lit(seed)), F.lit(num_batches))
         return rows.filter(key == k)
 
-    def partition_sizes(self) -> list[int]:
-        """Rows in each partition of the cache (one small Spark job)."""
-        counts = self.frame.groupBy(F.spark_partition_id().alias("p")).count().collect()
+    def partition_sizes(self, models: int | None = None) -> list[int]:
+        """Rows in each partition of the cache (one small Spark job); with ``models``, in each
+        of the ``models`` tasks that ``coalesce(models)`` makes of them."""
+        frame = self.frame if models is None else self.frame.coalesce(models)
+        counts = frame.groupBy(F.spark_partition_id().alias("p")).count().collect()
         return [row["count"] for row in counts] or [0]
 
     def num_partitions(self) -> int:
@@ -283,12 +285,27 @@ class TrainingData:
 
 
 def encode_training_data(df: DataFrame, *, features_col: str, label_col: str, num_features: int,
-                         dtype: str, num_partitions: int | None = None) -> TrainingData:
-    """Cache the packed encoding of an already validated ``df`` (one Spark job fills the cache)."""
+                         dtype: str, num_partitions: int | None = None,
+                         shuffle_seed: int | None = None) -> TrainingData:
+    """Cache the packed encoding of an already validated ``df`` (one Spark job fills the cache).
+
+    ``shuffle_seed``: spread the rows over the partitions by a seeded hash of
+    their key, each partition in key order, so that every partition is a random
+    sample of the data even when ``df`` is sorted (by label, say) and the
+    layout does not depend on which task finished first. Model averaging needs
+    it: models trained on partitions of one class each do not average into a
+    classifier.
+    """
     source = df.select(features_col, label_col)
-    if num_partitions is not None:
-        source = source.repartition(num_partitions)
-    source = source.withColumn(ROW_COL, F.monotonically_increasing_id())
+    if shuffle_seed is not None:
+        source = source.withColumn(ROW_COL, F.monotonically_increasing_id())
+        source = source.repartition(num_partitions or source.rdd.getNumPartitions(),
+                                    F.xxhash64(F.col(ROW_COL), F.lit(shuffle_seed), F.lit("layout")))
+        source = source.sortWithinPartitions(ROW_COL)
+    else:
+        if num_partitions is not None:
+            source = source.repartition(num_partitions)
+        source = source.withColumn(ROW_COL, F.monotonically_increasing_id())
     frame = source.mapInArrow(_encode_batches(features_col, label_col, num_features, dtype), ENCODED_SCHEMA)
     return TrainingData(frame, count_or_release(frame.persist(StorageLevel.MEMORY_AND_DISK)))
 

@@ -54,6 +54,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from ..nn.layers import DropoutNoise
 from ..nn.network import LossAndGrad, Sequential
 from .data import ImageRows, TrainingData, as_pixels, encode_training_data
 from .faults import inject_task_fault
@@ -103,9 +104,10 @@ def _partial_row(vector: np.ndarray) -> pa.RecordBatch:
 Rows = ImageRows | PatchRows  # how a cached row is read back: a whole image, or patch rows of one
 
 
-def decode_partition(rows: Rows, batches: Iterator[pa.RecordBatch]) -> tuple[np.ndarray, np.ndarray] | None:
-    """A whole partition as ONE ``(inputs, labels)`` pair (images or patches, as stored), None when
-    it is empty."""
+def decode_partition(rows: Rows, batches: Iterator[pa.RecordBatch]
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """A whole partition as ONE ``(inputs, labels, row keys)`` triple (images or patches, as
+    stored), None when it is empty."""
     parts = list(rows.decode(batches))
     if not parts:
         return None
@@ -114,25 +116,33 @@ def decode_partition(rows: Rows, batches: Iterator[pa.RecordBatch]) -> tuple[np.
     inputs = [p[0] for p in parts]
     if len({x.dtype for x in inputs}) > 1:  # uint8 levels beside float values: all as pixels
         inputs = [as_pixels(x, rows.dtype) for x in inputs]
-    return np.concatenate(inputs), np.concatenate([p[1] for p in parts])
+    return np.concatenate(inputs), np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+
+
+def step_noise(noise_key: tuple[int, int, int] | None, keys: np.ndarray) -> DropoutNoise | None:
+    """The dropout key of a step ``(seed, epoch, step)`` for rows ``keys``; None: no dropout."""
+    return None if noise_key is None else DropoutNoise(*noise_key, keys)
 
 
 def _image_rows(network: Sequential) -> ImageRows:
     return ImageRows(network.num_features, network.dtype.name)
 
 
-def partial_gradient_sums(network: Sequential, broadcast, rows: Rows | None = None):
+def partial_gradient_sums(network: Sequential, broadcast, rows: Rows | None = None,
+                          noise_key: tuple[int, int, int] | None = None):
     """The ``mapInArrow`` function: one packed partial-sum row per non-empty partition
-    (``rows``: how to read the cached rows; default: the image encoding)."""
+    (``rows``: how to read the cached rows; default: the image encoding; ``noise_key``: the
+    step's ``(seed, epoch, step)`` dropout key, None for no dropout)."""
     rows = rows or _image_rows(network)
 
     def per_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         inject_task_fault()
         params = broadcast.value
         total = None
-        for inputs, labels in rows.decode(batches):
-            total = summed_in_chunks(lambda X, y: rows.loss_and_grad(network, params, X, y), inputs, labels,
-                                     total=total)
+        for inputs, labels, keys in rows.decode(batches):
+            total = summed_in_chunks(
+                lambda X, y, k: rows.loss_and_grad(network, params, X, y, step_noise(noise_key, k)),
+                inputs, labels, total=total, keys=keys)
         if total is not None:
             yield _partial_row(total)
 
@@ -140,15 +150,17 @@ def partial_gradient_sums(network: Sequential, broadcast, rows: Rows | None = No
 
 
 def summed_in_chunks(loss_and_grad, inputs: np.ndarray, labels: np.ndarray, chunk_rows: int = STEP_ROWS,
-                     total: np.ndarray | None = None) -> np.ndarray | None:
-    """``loss_and_grad(X, labels)`` over ``chunk_rows`` rows at a time, added in place to the float64
+                     total: np.ndarray | None = None, keys: np.ndarray | None = None) -> np.ndarray | None:
+    """``loss_and_grad(X, labels)`` (``loss_and_grad(X, labels, keys)`` when the rows' ``keys``
+    are given) over ``chunk_rows`` rows at a time, added in place to the float64
     running ``total`` packed as ``[gradient..., loss_sum, correct, count]`` (None: start from
     nothing, and None back for no rows): what a partition emits, one running sum over all its
     batches, and the numpy floor of ``benchmarks/engines.py``. Adding in place instead of packing
     every chunk into a new vector saved ~2% of a 30,000-row pass."""
     for start in range(0, len(labels), chunk_rows):
         end = start + chunk_rows
-        part = loss_and_grad(inputs[start:end], labels[start:end])
+        part = (loss_and_grad(inputs[start:end], labels[start:end]) if keys is None else
+                loss_and_grad(inputs[start:end], labels[start:end], keys[start:end]))
         if total is None:
             total = np.zeros(part.grad_sum.size + _SCALARS)
         total[:-_SCALARS] += part.grad_sum
@@ -166,6 +178,9 @@ def locally_trained_sums(network: Sequential, broadcast, plan: "LocalPlan", rows
     per-partition permutation; an image's patch rows count as one) with a
     fresh local optimizer, and yields ONE packed row
     ``[weights * images_used..., loss_sum, correct, images_used]``.
+    Local step ``s`` of round ``r`` is step ``r * plan.steps + s`` of the
+    epoch in the dropout key, and ``plan.weight_decay`` decays the local
+    optimizer's weights as the driver's would.
     """
     from pyspark import TaskContext
 
@@ -178,7 +193,7 @@ def locally_trained_sums(network: Sequential, broadcast, plan: "LocalPlan", rows
         partition_data = decode_partition(rows, batches)
         if partition_data is None:
             return
-        X, labels = partition_data
+        X, labels, keys = partition_data
         partition = TaskContext.get().partitionId()
         order = np.random.default_rng([plan.seed, plan.epoch, partition]).permutation(len(labels))
         first = plan.round * plan.steps * plan.batch_size
@@ -186,11 +201,13 @@ def locally_trained_sums(network: Sequential, broadcast, plan: "LocalPlan", rows
         if len(order) == 0:
             return
         params = np.array(broadcast.value, copy=True)
-        optimizer = make_optimizer(plan.optimizer, plan.lr, **plan.optimizer_args)
+        decay = dict(weight_decay=plan.weight_decay, decay_mask=network.decay_mask()) if plan.weight_decay else {}
+        optimizer = make_optimizer(plan.optimizer, plan.lr, **plan.optimizer_args, **decay)
         loss_sum, correct = 0.0, 0
-        for start in range(0, len(order), plan.batch_size):
+        for s, start in enumerate(range(0, len(order), plan.batch_size)):
             batch = order[start:start + plan.batch_size]
-            step = rows.loss_and_grad(network, params, X[batch], labels[batch])
+            noise_key = None if not plan.dropout else (plan.seed, plan.epoch, plan.round * plan.steps + s)
+            step = rows.loss_and_grad(network, params, X[batch], labels[batch], step_noise(noise_key, keys[batch]))
             optimizer.step(params, step.grad_sum / step.count)
             loss_sum += step.loss_sum
             correct += step.correct
@@ -213,6 +230,8 @@ class LocalPlan:
     optimizer: str
     lr: float
     optimizer_args: dict
+    weight_decay: float = 0.0
+    dropout: bool = False  # the network has dropout layers: key their masks
 
 
 AQE_CONF = "spark.sql.adaptive.enabled"
@@ -257,15 +276,27 @@ def sum_on_driver(column: pa.ChunkedArray) -> np.ndarray | None:
     return total
 
 
+#: ``aggregate="auto"`` collects the partial vectors to the driver while tasks x parameters stays at
+#: or below this many values (256 MB of float64 at most on the driver per step), else aggregates.
+COLLECT_LIMIT = 1 << 25
+
+
+def resolve_aggregate(aggregate: str, tasks: int, num_params: int) -> str:
+    """``agg`` or ``collect`` for a step of ``tasks`` tasks (``auto``: collect up to :data:`COLLECT_LIMIT`)."""
+    if aggregate != "auto":
+        return aggregate
+    return "collect" if tasks * (num_params + _SCALARS) <= COLLECT_LIMIT else "agg"
+
+
 class DataFrameEngine:
     """Computes summed gradients over encoded rows with one Spark job per call."""
 
     name = "dataframe"
 
-    def __init__(self, network: Sequential, aggregate: str = "agg", *, patches: str = "inline",
+    def __init__(self, network: Sequential, aggregate: str = "auto", *, patches: str = "inline",
                  patch_rows: str = "image-row"):
-        if aggregate not in ("agg", "collect"):
-            raise ValueError(f"aggregate must be 'agg' or 'collect', got {aggregate!r}")
+        if aggregate not in ("auto", "agg", "collect"):
+            raise ValueError(f"aggregate must be 'auto', 'agg' or 'collect', got {aggregate!r}")
         if patches not in ("inline", "explode"):
             raise ValueError(f"patches must be 'inline' or 'explode', got {patches!r}")
         self.network = network
@@ -276,18 +307,21 @@ class DataFrameEngine:
         self.rows: Rows = _image_rows(network) if patches == "inline" else PatchRows.of(network, patch_rows)
 
     def prepare(self, df: DataFrame, *, features_col: str, label_col: str,
-                num_partitions: int | None = None) -> TrainingData:
-        """Cache the packed encoding (images, or patch rows) of a validated ``df``."""
+                num_partitions: int | None = None, shuffle_seed: int | None = None) -> TrainingData:
+        """Cache the packed encoding (images, or patch rows) of a validated ``df``; ``shuffle_seed``
+        spreads the rows over the partitions at random (patch rows always are, by image key)."""
         if isinstance(self.rows, PatchRows):
             return explode_patches(df, self.rows, features_col=features_col, label_col=label_col,
                                    num_partitions=num_partitions)
         return encode_training_data(df, features_col=features_col, label_col=label_col,
                                     num_features=self.network.num_features, dtype=self.network.dtype.name,
-                                    num_partitions=num_partitions)
+                                    num_partitions=num_partitions, shuffle_seed=shuffle_seed)
 
-    def gradient(self, params: np.ndarray, rows: DataFrame) -> LossAndGrad:
-        """Sums over ``rows`` (an encoded frame, usually a sample or batch of it) at ``params``."""
-        return self._summed(params, rows, lambda b: partial_gradient_sums(self.network, b, self.rows))
+    def gradient(self, params: np.ndarray, rows: DataFrame,
+                 noise_key: tuple[int, int, int] | None = None) -> LossAndGrad:
+        """Sums over ``rows`` (an encoded frame, usually a sample or batch of it) at ``params``;
+        ``noise_key`` ``(seed, epoch, step)`` turns the network's dropout on (off: None)."""
+        return self._summed(params, rows, lambda b: partial_gradient_sums(self.network, b, self.rows, noise_key))
 
     def local_training(self, params: np.ndarray, rows: DataFrame, plan: LocalPlan) -> LossAndGrad:
         """One averaging round: the returned ``grad_sum`` field holds the row-weighted SUM of the
@@ -299,6 +333,8 @@ class DataFrameEngine:
         broadcast = spark.sparkContext.broadcast(params)
         try:
             partials = rows.mapInArrow(make_fn(broadcast), PARTIAL_SCHEMA)
+            # "auto" is resolved by the trainer, which knows the task count (resolve_aggregate); left
+            # unresolved it aggregates, which bounds the driver's memory whatever the partitions.
             if self.aggregate == "collect":
                 total = sum_on_driver(partials.toArrow().column(0))
             else:

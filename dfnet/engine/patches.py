@@ -118,7 +118,7 @@ class PatchRows:
 
     def decode(self, batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Arrow batches of ``(_row, _pos, _x, _label)`` rows, image by image in ``_pos`` order ->
-        ``(patches (n, H_out, W_out, kh*kw*C), labels (n,))`` chunks of whole images, patches as
+        ``(patches (n, H_out, W_out, kh*kw*C), labels (n,), image keys (n,))`` chunks of whole images, patches as
         stored (see :func:`~dfnet.engine.data.stored_arrow_images`)."""
         per_image, carry = self.rows_per_image, None
         for batch in batches:
@@ -132,13 +132,14 @@ class PatchRows:
             keys, pos = batch.column(ROW_COL).to_numpy(), batch.column(POS_COL).to_numpy()
             _check_whole_images(keys, pos, per_image)
             x = stored_arrow_images(batch.column(X_COL), self.row_values, self.dtype)
-            yield x.reshape((-1, *self.patch_shape)), batch.column(LABEL_COL).to_numpy()[::per_image]
+            yield x.reshape((-1, *self.patch_shape)), batch.column(LABEL_COL).to_numpy()[::per_image], keys[::per_image]
         if carry is not None:
             raise ValueError(f"image {carry.column(ROW_COL)[0]} has {carry.num_rows} of its {per_image} patch "
                              f"rows: patch rows must be selected by whole images")
 
-    def loss_and_grad(self, network: Sequential, params: np.ndarray, P: np.ndarray, labels: np.ndarray):
-        return network.loss_and_grad(params, None, labels, patches=as_pixels(P, self.dtype))
+    def loss_and_grad(self, network: Sequential, params: np.ndarray, P: np.ndarray, labels: np.ndarray,
+                      noise=None):
+        return network.loss_and_grad(params, None, labels, patches=as_pixels(P, self.dtype), noise=noise)
 
 
 def _check_whole_images(keys: np.ndarray, pos: np.ndarray, per_image: int) -> None:

@@ -204,3 +204,79 @@ INITIALIZERS = {"classic": _classic, "uniform": _uniform, "xavier": _xavier, "he
 BIASED_INITS = frozenset({"classic", "uniform"})
 
 ACTIVATIONS: dict[str, type[Layer]] = {"sigmoid": Sigmoid, "relu": ReLU, "tanh": Tanh, "softmax": Softmax}
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training each value is kept with probability ``1 - rate`` and scaled
+    by ``1 / (1 - rate)``; at prediction (no mask given) it is the identity.
+
+    Its masks are not drawn from a generator but computed from a key (see
+    :func:`dropout_keep`), so every engine, batching and schedule that sees the
+    same ``(seed, epoch, step, row key)`` applies the same mask, and a replay
+    or a resumed run is bit-identical.
+    """
+
+    kind = "dropout"
+
+    def __init__(self, rate: float):
+        if not 0.0 <= float(rate) < 1.0:
+            raise ValueError(f"dropout rate must be in [0, 1), got {rate!r}")
+        self.rate = float(rate)
+
+    def forward(self, params, X, mask: Array | None = None):
+        if mask is None:
+            return X, None
+        return X * mask, mask
+
+    def backward(self, params, cache, dY):
+        return (dY if cache is None else dY * cache), []
+
+    def to_config(self) -> dict:
+        return {"type": self.kind, "rate": self.rate}
+
+
+
+_MIX1, _MIX2, _GOLDEN = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(z: Array) -> Array:
+    """SplitMix64's finaliser on a uint64 array (wrapping arithmetic): a counter-based hash."""
+    z = z + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+class DropoutNoise:
+    """The key of one training step's dropout masks: ``(seed, epoch, step)`` and the batch's row keys.
+
+    ``mask(layer, shape, rate, dtype)`` gives layer ``layer``'s keep mask for the
+    batch, ``(n, *shape)``, scaled by ``1 / (1 - rate)``; unit ``u`` of row ``r``
+    is kept when ``hash(seed, epoch, step, layer, key[r], u)`` mapped to
+    [0, 1) is at least ``rate``.
+    """
+
+    def __init__(self, seed: int, epoch: int, step: int, keys: Array):
+        head = np.array([seed, epoch, step], dtype=np.uint64)
+        z = np.uint64(0x6466_6E65_7444_524F)  # "dfnetDRO"
+        with np.errstate(over="ignore"):
+            for value in head:
+                z = _splitmix64(np.array([z ^ value], dtype=np.uint64))[0]
+        self.head = z
+        self.keys = np.asarray(keys, dtype=np.int64).view(np.uint64)
+
+    def subset(self, rows) -> "DropoutNoise":
+        """The same step's key for a slice or index array of the batch's rows."""
+        other = object.__new__(DropoutNoise)
+        other.head, other.keys = self.head, self.keys[rows]
+        return other
+
+    def mask(self, layer: int, shape: tuple[int, ...], rate: float, dtype) -> Array:
+        units = int(np.prod(shape))
+        with np.errstate(over="ignore"):
+            row = _splitmix64(_splitmix64(self.keys ^ self.head) ^ np.uint64(layer))
+            z = _splitmix64(row[:, None] ^ (np.arange(units, dtype=np.uint64) * _GOLDEN)[None, :])
+        uniform = (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+        keep = (uniform >= rate).astype(dtype)
+        keep *= np.asarray(1.0 / (1.0 - rate), dtype=dtype)
+        return keep.reshape((len(self.keys), *shape))

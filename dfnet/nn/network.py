@@ -19,10 +19,12 @@ from typing import Sequence
 import numpy as np
 
 from .conv import CONV_LAYERS, Conv2D, Flatten, MaxPool2D
-from .layers import ACTIVATIONS, INITIALIZERS, Dense, Layer, Softmax
+from .layers import ACTIVATIONS, INITIALIZERS, Dense, Dropout, DropoutNoise, Layer, Softmax
 from .losses import LOSSES, Loss
 
-LAYERS: dict[str, type[Layer]] = {"dense": Dense, **ACTIVATIONS, **CONV_LAYERS}
+LAYERS: dict[str, type[Layer]] = {"dense": Dense, "dropout": Dropout, **ACTIVATIONS, **CONV_LAYERS}
+#: Parameter arrays that weight decay shrinks (weights and kernels; never biases).
+DECAYED_PARAMS = frozenset({"W", "K"})
 
 
 def layer_from_config(config: dict) -> Layer:
@@ -98,6 +100,18 @@ class Sequential:
             raise ValueError(f"expected a flat parameter vector of {self.num_params} values, got shape {params.shape}")
         return [[params[s].reshape(shape) for s, shape in entries] for entries in self._slices]
 
+    def decay_mask(self) -> np.ndarray:
+        """A flat boolean vector, True where weight decay applies (:data:`DECAYED_PARAMS`)."""
+        mask = np.zeros(self.num_params, dtype=bool)
+        for layer, entries in zip(self.layers, self._slices):
+            for name, (s, _) in zip(layer.param_names, entries):
+                mask[s] = name in DECAYED_PARAMS
+        return mask
+
+    @property
+    def has_dropout(self) -> bool:
+        return any(isinstance(layer, Dropout) for layer in self.layers)
+
     def init_params(self, seed: int | np.random.Generator = 0, scheme: str = "xavier") -> np.ndarray:
         """A new flat parameter vector drawn with an initialisation scheme."""
         if scheme not in INITIALIZERS:
@@ -135,17 +149,22 @@ class Sequential:
         return out
 
     def loss_and_grad(self, params: np.ndarray, X: np.ndarray | None, labels: np.ndarray, *,
-                      patches: np.ndarray | None = None) -> LossAndGrad:
+                      patches: np.ndarray | None = None, noise: DropoutNoise | None = None) -> LossAndGrad:
         """Summed loss, summed gradient (flat), and correct count on a batch.
 
         ``X`` has shape ``(n, num_features)``; ``labels`` are class indices ``(n,)``;
-        ``patches`` as in :meth:`forward`.
+        ``patches`` as in :meth:`forward`. ``noise`` keys the training masks of
+        the :class:`~dfnet.nn.layers.Dropout` layers (one row key per example);
+        without it dropout is off, as at prediction.
         """
         views = self.unflatten(params)
         out, cache = self._first_forward(views[0], X, patches)
         caches = [cache]
-        for layer, p in zip(self.body[1:], views[1:]):
-            out, cache = layer.forward(p, out)
+        for i, (layer, p) in enumerate(zip(self.body[1:], views[1:]), start=1):
+            if isinstance(layer, Dropout) and noise is not None and layer.rate > 0:
+                out, cache = layer.forward(p, out, noise.mask(i, out.shape[1:], layer.rate, out.dtype))
+            else:
+                out, cache = layer.forward(p, out)
             caches.append(cache)
         labels = np.asarray(labels, dtype=np.int64)
         loss, probs, delta = self.head(out, labels)
@@ -209,7 +228,7 @@ def _check_activation(name: str, parameter: str) -> str:
 
 
 def _dense_tail(n_in: int, hidden: Sequence[int], n_out: int, activation: str, loss: str,
-                output: str | None) -> list[Layer]:
+                output: str | None, dropout: float = 0.0) -> list[Layer]:
     """Dense layers ``n_in -> hidden... -> n_out``, each hidden one followed by
     ``activation``, the last by ``output`` (default: softmax for cross-entropy,
     sigmoid for MSE, the classic network)."""
@@ -222,32 +241,35 @@ def _dense_tail(n_in: int, hidden: Sequence[int], n_out: int, activation: str, l
     layers: list[Layer] = []
     sizes = [n_in, *hidden]
     for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [Dense(a, b), ACTIVATIONS[activation]()]
+        layers += [Dense(a, b), ACTIVATIONS[activation]()] + ([Dropout(dropout)] if dropout else [])
     return layers + [Dense(sizes[-1], n_out), ACTIVATIONS[output]()]
 
 
 def build_mlp(n_in: int, hidden: Sequence[int], n_out: int, *, activation: str = "relu",
-              loss: str = "cross-entropy", output: str | None = None, dtype: str = "float64") -> Sequential:
+              loss: str = "cross-entropy", output: str | None = None, dtype: str = "float64",
+              dropout: float = 0.0) -> Sequential:
     """A multilayer perceptron ``n_in -> hidden... -> n_out``.
 
     ``output`` is the final activation; by default softmax for cross-entropy and
-    sigmoid for MSE (the classic network).
+    sigmoid for MSE (the classic network). ``dropout`` > 0 puts a
+    :class:`~dfnet.nn.layers.Dropout` of that rate after each hidden activation.
     """
-    layers = _dense_tail(n_in, hidden, n_out, activation, loss, output)
+    layers = _dense_tail(n_in, hidden, n_out, activation, loss, output, dropout)
     return Sequential(layers, LOSSES[loss](), (n_in,), dtype)
 
 
 def build_cnn(input_shape: Sequence[int], conv: Sequence[tuple[int, int | Sequence[int]]], *, n_out: int,
               dense: Sequence[int] = (), activation: str = "relu", conv_activation: str | None = None,
               padding: str = "valid", pool: int | None = 2, loss: str = "cross-entropy",
-              output: str | None = None, dtype: str = "float64") -> Sequential:
+              output: str | None = None, dtype: str = "float64", dropout: float = 0.0) -> Sequential:
     """A convolutional network on ``(H, W, C)`` images.
 
     Each ``(filters, kernel_size)`` in ``conv`` is a block Conv2D ->
     ``conv_activation`` (default: ``activation``) -> MaxPool2D(``pool``) (no
     pooling when ``pool`` is None); then Flatten and the dense tail of
     :func:`build_mlp`: ``dense`` hidden sizes with ``activation``, then
-    ``n_out`` outputs.
+    ``n_out`` outputs. ``dropout`` > 0 adds a Dropout after every hidden
+    activation, the convolutions' included (before their pooling).
 
     >>> build_cnn((28, 28, 1), [(8, 5), (16, 3)], dense=[32], n_out=10).output_shape
     (10,)
@@ -260,11 +282,13 @@ def build_cnn(input_shape: Sequence[int], conv: Sequence[tuple[int, int | Sequen
     shape = input_shape
     for filters, kernel_size in conv:
         block = [Conv2D(shape[2], filters, kernel_size, padding), ACTIVATIONS[conv_activation]()]
+        if dropout:
+            block.append(Dropout(dropout))
         if pool is not None:
             block.append(MaxPool2D(pool))
         for layer in block:
             shape = layer.output_shape(shape)
         layers += block
     layers.append(Flatten())
-    layers += _dense_tail(int(np.prod(shape)), dense, n_out, activation, loss, output)
+    layers += _dense_tail(int(np.prod(shape)), dense, n_out, activation, loss, output, dropout)
     return Sequential(layers, LOSSES[loss](), input_shape, dtype)
