@@ -1,7 +1,8 @@
 """The ``dfnet`` command line.
 
-``dfnet train`` loads a data set into Spark, trains (scoring the test split
-after every epoch unless ``--no-validation``), evaluates on the test split and
+``dfnet train`` loads a data set into Spark, trains (scoring a held-out
+``--validation-split`` of the training rows after every epoch, and stopping
+early with ``--early-stopping N``), evaluates on the test split and
 writes the run folder: ``model/`` (architecture + weights), ``history.json``,
 ``metrics.json`` and ``report.html`` (one offline page of plotly figures, see
 :func:`dfnet.report.run_figures`; left out with ``--no-report``). The folder is
@@ -119,26 +120,43 @@ def build_parser() -> argparse.ArgumentParser:
                      help="constant, or cosine decay from --lr towards 0 over the epochs")
     opt.add_argument("--epochs", type=int, default=None)
     opt.add_argument("--schedule", choices=SCHEDULES, default=None,
-                     help="classic: one full-batch step per epoch; minibatch: steps of --batch-size rows; "
-                          "average: partitions train locally, the driver averages their weights")
+                     help="auto (default): model averaging planned from the rows, partitions and task slots, a "
+                          "few Spark jobs per epoch; classic: one full-batch step per epoch; minibatch: exact "
+                          "synchronous SGD, one job per --batch-size rows; average: every partition trains "
+                          "locally, the driver averages their weights")
     opt.add_argument("--local-steps", type=int, default=None,
                      help="average schedule: local steps per partition between averages (default: an epoch)")
     opt.add_argument("--sample", type=float, default=None, help="fraction of rows sampled per epoch")
-    opt.add_argument("--batch-size", type=int, default=None)
+    opt.add_argument("--batch-size", type=int, default=None,
+                     help="rows per (local) step (default: 32-128 from the rows per model, see auto_batch_size)")
     opt.add_argument("--seed", type=int, default=None)
     opt.add_argument("--aggregate", choices=AGGREGATES, default=None,
                      help="how the dataframe engine adds the partitions' sums: agg (groupBy().agg, the driver "
                           "receives one vector) or collect (every partition's vector streamed to the driver "
                           "as Arrow and summed there: faster in every case measured; the driver then holds "
                           "partitions x parameters values)")
+    reg = t.add_argument_group("validation, early stopping and regularization")
+    reg.add_argument("--validation-split", type=float, default=None,
+                     help="hold this fraction of the training rows out (a seeded hash of the row id, never the "
+                          "test split) and score it after every epoch (one Spark job each)")
+    reg.add_argument("--early-stopping", type=int, default=None, metavar="N",
+                     help="stop after N epochs without a lower validation loss and keep the best epoch's "
+                          "weights (needs --validation-split)")
+    reg.add_argument("--min-delta", type=float, default=None,
+                     help="a validation loss counts as lower only when it beats the best by more than this (0)")
+    reg.add_argument("--weight-decay", type=float, default=None,
+                     help="weight decay of the weights (not biases): decoupled (AdamW) for adam, L2 for sgd and "
+                          "momentum (default 0)")
+    reg.add_argument("--dropout", type=float, default=None, metavar="P",
+                     help="inverted dropout of rate P after every hidden activation, dense and convolutional; "
+                          "off at prediction (dataframe engine; default 0)")
     run = t.add_argument_group("run")
     run.add_argument("--master", default=None, help="Spark master, e.g. local[2] (default local[*])")
     run.add_argument("--output", default=None, help="run folder (default runs/<dataset>-<time>)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing --output folder")
     run.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
-    run.add_argument("--no-validation", action="store_true",
-                     help="do not score the test split after every epoch (one Spark job each); the history "
-                          "and its figure then have training lines only")
+    run.add_argument("--verbose", action="store_true",
+                     help="show Spark's own start-up notes and warnings on the console")
     run.add_argument("--no-report", action="store_true", help="do not write report.html into the run folder")
     ckpt = t.add_argument_group("checkpoints")
     ckpt.add_argument("--checkpoint-dir", default=None,
@@ -168,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", default=None, help="run_id column (default: the model's training run)")
     p.add_argument("--no-image", action="store_true", help="leave the image column null (a smaller table)")
     p.add_argument("--master", default=None, help="Spark master, e.g. local[2] (default local[*])")
+    p.add_argument("--verbose", action="store_true", help="show Spark's own start-up notes and warnings")
     _table_options(p, predictions="--table", history=False)
     b = sub.add_parser("bench", help="run one of the benchmarks in benchmarks/ (source checkout only)",
                        description="Runs benchmarks/<name>.py with the remaining arguments; see each "
@@ -224,7 +243,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
     """Merge dfnet defaults <- preset <- explicit options into a validated config and data choice."""
     fields = {"model", "engine", "hidden", "activation", "loss", "init", "dtype", "optimizer", "lr", "lr_schedule",
               "epochs", "schedule", "sample", "batch_size", "local_steps", "seed", "partitions", "kernels",
-              "kernel_size", "pool", "conv_activation", "padding", "image_shape", "patches", "patch_rows", "aggregate"}
+              "kernel_size", "pool", "conv_activation", "padding", "image_shape", "patches", "patch_rows", "aggregate",
+              "validation_split", "early_stopping", "min_delta", "weight_decay", "dropout"}
     chosen = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     if chosen.get("pool") == "none":
         chosen["pool"] = None
@@ -291,19 +311,25 @@ def train_command(args: argparse.Namespace) -> int:
     spec = get_dataset(data["dataset"])
     classes = check_classes(data["dataset"], data["classes"]) if data["classes"] else None
     class_names = [spec.class_names[c] for c in classes] if classes else list(spec.class_names)
+    extras = [f"{name} {value}" for name, value in (("validation split", config.validation_split),
+                                                     ("early stopping", config.early_stopping),
+                                                     ("weight decay", config.weight_decay),
+                                                     ("dropout", config.dropout)) if value]
     print(f"dfnet: {data['dataset']} classes {list(classes) if classes else 'all'} | "
           f"{_describe_model(config)} | "
-          f"{config.optimizer} lr {config.learning_rate} | {config.schedule} x {config.epochs} epochs", flush=True)
+          f"{config.optimizer} lr {config.learning_rate} {config.lr_schedule} | {config.schedule} x {config.epochs} "
+          f"epochs" + "".join(f" | {e}" for e in extras), flush=True)
 
-    spark = get_or_create_spark(args.master, app_name="dfnet-train", warehouse=args.warehouse)
+    spark = get_or_create_spark(args.master, app_name="dfnet-train", warehouse=args.warehouse,
+                                verbose=args.verbose)
     tables = _check_tables(spark, args)
     train_df = load_dataframe(spark, data["dataset"], "train", data_dir=args.data_dir, classes=classes)
     test_df = load_dataframe(spark, data["dataset"], "test", data_dir=args.data_dir, classes=classes)
     printer = ProgressPrinter(bar=False if args.no_progress else None)
     start = time.perf_counter()
     model = fit(train_df, config, num_classes=len(class_names), callbacks=[printer], verbose=False,
-                validation_df=None if args.no_validation else test_df,
-                checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume)
+                key_cols=["id"], checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
+                resume=args.resume)
     train_seconds = time.perf_counter() - start
     model.class_names = class_names
     evaluation = model.evaluate(test_df)
@@ -311,7 +337,10 @@ def train_command(args: argparse.Namespace) -> int:
 
     metrics = {**evaluation.as_dict(), "dataset": data["dataset"], "classes": list(classes) if classes else None,
                "class_names": class_names, "train_seconds": train_seconds,
-               "final_train_accuracy": model.history[-1]["accuracy"], "config": config.to_dict()}
+               "final_train_accuracy": model.history[-1]["accuracy"], "config": config.to_dict(),
+               "schedule_plan": model.schedule_plan,
+               **({"early_stopping": model.early_stopping, "best_epoch": model.early_stopping["best_epoch"],
+                   "stopped_epoch": model.early_stopping["stopped_epoch"]} if model.early_stopping else {})}
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; a run folder is meant to be shared
@@ -386,7 +415,8 @@ def predict_command(args: argparse.Namespace) -> int:
     run_id = args.run_id or model.run_id
     if not run_id:
         raise DFNetError(f"{args.model}: the model has no run id (saved by an older dfnet); pass --run-id")
-    spark = get_or_create_spark(args.master, app_name="dfnet-predict", warehouse=args.warehouse)
+    spark = get_or_create_spark(args.master, app_name="dfnet-predict", warehouse=args.warehouse,
+                                verbose=args.verbose)
     check_can_write(spark, args.predictions_table, args.mode, PREDICTIONS_SCHEMA, run_id=run_id)
     if args.input_table:
         input_table = quote_table_name(check_table_name(args.input_table))

@@ -69,7 +69,7 @@ from pyspark.ml.classification import (ProbabilisticClassificationModel, Probabi
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.linalg import DenseVector, Vector, VectorUDT
 from pyspark.ml.param import Param, Params, TypeConverters
-from pyspark.ml.param.shared import HasMaxIter, HasSeed, HasStepSize
+from pyspark.ml.param.shared import HasMaxIter, HasSeed, HasStepSize, HasValidationIndicatorCol
 from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReadable, MLReader, MLWritable, MLWriter
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -80,7 +80,7 @@ from .engine.data import check_columns, validate_frame
 from .errors import ConfigError, DataValidationError, ModelFormatError, OutputExistsError
 from .evaluate import ClassScorer, predict
 from .model import TrainedModel
-from .nn.layers import ACTIVATIONS, Dense
+from .nn.layers import ACTIVATIONS, Dense, Dropout
 from .nn.network import Sequential
 from .train import build_network, fit
 
@@ -91,6 +91,8 @@ PARAM_FIELDS: dict[str, str] = {
     "maxIter": "epochs", "stepSize": "lr", "seed": "seed", "optimizer": "optimizer", "lrSchedule": "lr_schedule",
     "schedule": "schedule", "batchSize": "batch_size", "sampleFraction": "sample", "localSteps": "local_steps",
     "activation": "activation", "loss": "loss", "weightInit": "init", "partitions": "partitions", "dtype": "dtype",
+    "weightDecay": "weight_decay", "dropout": "dropout", "validationSplit": "validation_split",
+    "patience": "early_stopping", "minDelta": "min_delta",
 }
 _DEFAULTS = TrainConfig()
 #: Written in path/data; a reader refuses other versions.
@@ -99,7 +101,7 @@ DATA_FORMAT_VERSION = 1
 _FEATURES_ARRAY_COL = "__dfnet_features"
 
 
-class _DFNetParams(_ProbabilisticClassifierParams, HasMaxIter, HasStepSize, HasSeed):
+class _DFNetParams(_ProbabilisticClassifierParams, HasMaxIter, HasStepSize, HasSeed, HasValidationIndicatorCol):
     """Params shared by :class:`DFNetClassifier` and :class:`DFNetModel`.
 
     Defaults are dfnet's own (:class:`~dfnet.config.TrainConfig`); ``stepSize``,
@@ -152,6 +154,25 @@ class _DFNetParams(_ProbabilisticClassifierParams, HasMaxIter, HasStepSize, HasS
                               typeConverter=TypeConverters.toString)
     verbose: Param[bool] = Param(Params._dummy(), "verbose", "print one line per epoch while fitting",
                                  typeConverter=TypeConverters.toBoolean)
+    weightDecay: Param[float] = Param(
+        Params._dummy(), "weightDecay",
+        "weight decay of the weights (not biases): decoupled (AdamW) for adam, L2 for sgd and momentum",
+        typeConverter=TypeConverters.toFloat)
+    dropout: Param[float] = Param(Params._dummy(), "dropout",
+                                  "inverted dropout rate after every hidden activation, in [0, 1); off in transform",
+                                  typeConverter=TypeConverters.toFloat)
+    validationSplit: Param[float] = Param(
+        Params._dummy(), "validationSplit",
+        "fraction of the rows held out for validation by a seeded hash of the row (when validationIndicatorCol "
+        "is not set), in [0, 1)", typeConverter=TypeConverters.toFloat)
+    patience: Param[int] = Param(
+        Params._dummy(), "patience",
+        "early stopping: stop after this many epochs without a lower validation loss and keep the best epoch's "
+        "weights (needs validationIndicatorCol or validationSplit; unset: no early stopping)",
+        typeConverter=TypeConverters.toInt)
+    minDelta: Param[float] = Param(Params._dummy(), "minDelta",
+                                   "early stopping: the least decrease of the validation loss that counts",
+                                   typeConverter=TypeConverters.toFloat)
 
     def __init__(self, *args: Any):
         super().__init__(*args)
@@ -184,8 +205,24 @@ class _DFNetParams(_ProbabilisticClassifierParams, HasMaxIter, HasStepSize, HasS
     def getSchedule(self) -> str:
         return self.getOrDefault(self.schedule)
 
-    def getBatchSize(self) -> int:
-        return self.getOrDefault(self.batchSize)
+    def getBatchSize(self) -> int | None:
+        """Rows per (local) step, or None when not set (auto_batch_size then)."""
+        return self._optional(self.batchSize)
+
+    def getWeightDecay(self) -> float:
+        return self.getOrDefault(self.weightDecay)
+
+    def getDropout(self) -> float:
+        return self.getOrDefault(self.dropout)
+
+    def getValidationSplit(self) -> float:
+        return self.getOrDefault(self.validationSplit)
+
+    def getPatience(self) -> int | None:
+        return self._optional(self.patience)
+
+    def getMinDelta(self) -> float:
+        return self.getOrDefault(self.minDelta)
 
     def getSampleFraction(self) -> float:
         return self.getOrDefault(self.sampleFraction)
@@ -251,7 +288,10 @@ class DFNetClassifier(ProbabilisticClassifier, _DFNetParams, MLReadable["DFNetCl
                  sampleFraction: float = _DEFAULTS.sample, localSteps: int | None = None,
                  activation: str = _DEFAULTS.activation, loss: str = _DEFAULTS.loss,
                  weightInit: str = _DEFAULTS.init, partitions: int | None = None, dtype: str = _DEFAULTS.dtype,
-                 thresholds: list[float] | None = None, verbose: bool = False):
+                 thresholds: list[float] | None = None, verbose: bool = False,
+                 weightDecay: float = _DEFAULTS.weight_decay, dropout: float = _DEFAULTS.dropout,
+                 validationIndicatorCol: str | None = None, validationSplit: float = _DEFAULTS.validation_split,
+                 patience: int | None = None, minDelta: float = _DEFAULTS.min_delta):
         super().__init__()
         self.setParams(**self._input_kwargs)
 
@@ -266,7 +306,10 @@ class DFNetClassifier(ProbabilisticClassifier, _DFNetParams, MLReadable["DFNetCl
                   localSteps: int | None = None, activation: str = _DEFAULTS.activation,
                   loss: str = _DEFAULTS.loss, weightInit: str = _DEFAULTS.init, partitions: int | None = None,
                   dtype: str = _DEFAULTS.dtype, thresholds: list[float] | None = None,
-                  verbose: bool = False) -> "DFNetClassifier":
+                  verbose: bool = False, weightDecay: float = _DEFAULTS.weight_decay,
+                  dropout: float = _DEFAULTS.dropout, validationIndicatorCol: str | None = None,
+                  validationSplit: float = _DEFAULTS.validation_split, patience: int | None = None,
+                  minDelta: float = _DEFAULTS.min_delta) -> "DFNetClassifier":
         """Set the given Params (keyword only); None unsets one."""
         return self._set_or_clear(**self._input_kwargs)
 
@@ -321,6 +364,24 @@ class DFNetClassifier(ProbabilisticClassifier, _DFNetParams, MLReadable["DFNetCl
     def setVerbose(self, value: bool) -> "DFNetClassifier":
         return self._set(verbose=value)
 
+    def setWeightDecay(self, value: float) -> "DFNetClassifier":
+        return self._set(weightDecay=value)
+
+    def setDropout(self, value: float) -> "DFNetClassifier":
+        return self._set(dropout=value)
+
+    def setValidationIndicatorCol(self, value: str) -> "DFNetClassifier":
+        return self._set(validationIndicatorCol=value)
+
+    def setValidationSplit(self, value: float) -> "DFNetClassifier":
+        return self._set(validationSplit=value)
+
+    def setPatience(self, value: int) -> "DFNetClassifier":
+        return self._set(patience=value)
+
+    def setMinDelta(self, value: float) -> "DFNetClassifier":
+        return self._set(minDelta=value)
+
     # --- training --------------------------------------------------------------------
     def train_config(self) -> TrainConfig:
         """The validated TrainConfig these Params describe (errors name the Param)."""
@@ -366,8 +427,20 @@ class DFNetClassifier(ProbabilisticClassifier, _DFNetParams, MLReadable["DFNetCl
         features = self.getFeaturesCol()
         arrays = _feature_arrays(dataset, features, config.dtype)
         frame = dataset if arrays is None else dataset.withColumn(features, arrays)
+        validation = None
+        indicator = self._optional(self.validationIndicatorCol)
+        if indicator:
+            if config.validation_split:
+                raise ConfigError(f"validationIndicatorCol={indicator!r} and validationSplit="
+                                  f"{config.validation_split} both choose validation rows: set one")
+            fields = {f.name: f.dataType for f in dataset.schema.fields}
+            if indicator not in fields or not isinstance(fields[indicator], T.BooleanType):
+                raise DataValidationError(f"validationIndicatorCol={indicator!r}: expected a boolean column of "
+                                          f"the DataFrame, which has {list(fields)}")
+            validation = frame.filter(F.col(indicator))
+            frame = frame.filter(~F.col(indicator))
         trained = fit(frame, config, features_col=features, label_col=self.getLabelCol(),
-                      network=network, verbose=self.getVerbose())
+                      network=network, verbose=self.getVerbose(), validation_df=validation)
         model = DFNetModel(trained)
         self._copyValues(model)
         model._describe_network()
@@ -411,7 +484,7 @@ class DFNetModel(ProbabilisticClassificationModel, _DFNetParams, MLReadable["DFN
         MLlib; unset for any other network (a CNN's sizes are in its architecture)."""
         network = self.trained_model.network
         dense = [layer for layer in network.layers if isinstance(layer, Dense)]
-        if dense and all(isinstance(layer, (Dense, *ACTIVATIONS.values())) for layer in network.layers):
+        if dense and all(isinstance(layer, (Dense, Dropout, *ACTIVATIONS.values())) for layer in network.layers):
             self._set(layers=[dense[0].n_in] + [layer.n_out for layer in dense])
         else:
             self.clear(self.layers)

@@ -86,17 +86,33 @@ class Adam(Optimizer):
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
         self.m: np.ndarray | None = None
         self.v: np.ndarray | None = None
+        self._update: np.ndarray | None = None  # scratch buffers of step()
+        self._denom: np.ndarray | None = None
 
     def step(self, params, grad):
+        # In place into kept buffers: the same IEEE operations in the same order as
+        # m = b1*m + (1-b1)*g etc., so bit-identical, but no 100k-value temporaries a step (which
+        # made Adam 2/3 of a 784-128-10 local step at batch 32).
         if self.m is None:
             self.m = np.zeros_like(params, dtype=np.float64)
             self.v = np.zeros_like(params, dtype=np.float64)
+        if self._update is None or self._update.shape != params.shape:
+            self._update = np.empty(params.shape, dtype=np.float64)
+            self._denom = np.empty(params.shape, dtype=np.float64)
         self.steps += 1
-        self.m = self.beta1 * self.m + (1 - self.beta1) * grad
-        self.v = self.beta2 * self.v + (1 - self.beta2) * grad * grad
-        m_hat = self.m / (1 - self.beta1 ** self.steps)
-        v_hat = self.v / (1 - self.beta2 ** self.steps)
-        update = self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
+        m, v, update, denom = self.m, self.v, self._update, self._denom
+        m *= self.beta1
+        m += (1 - self.beta1) * grad
+        g2 = (1 - self.beta2) * grad
+        g2 *= grad
+        v *= self.beta2
+        v += g2
+        np.divide(m, 1 - self.beta1 ** self.steps, out=update)  # m_hat
+        np.divide(v, 1 - self.beta2 ** self.steps, out=denom)  # v_hat
+        np.sqrt(denom, out=denom)
+        denom += self.eps
+        update *= self.lr
+        update /= denom
         if self.weight_decay:
             update += self.lr * self._decayed(params)
         params -= update.astype(params.dtype, copy=False)

@@ -221,6 +221,8 @@ def history_figure(history: Sequence) -> go.Figure:
 
     ``history``: EpochRecord objects or dicts with ``epoch``, ``loss``, ``accuracy``
     and optionally ``val_loss``, ``val_accuracy`` (``TrainedModel.history``).
+    With early stopping (``best_epoch`` in the records) a dotted line marks the
+    best epoch, whose weights the model keeps.
     """
     records = [_as_record(r) for r in history]
     epochs = [r["epoch"] for r in records]
@@ -233,6 +235,12 @@ def history_figure(history: Sequence) -> go.Figure:
                 continue
             fig.add_trace(go.Scatter(x=epochs, y=values, name=name, legendgroup=name, showlegend=col == 1,
                                      mode="lines+markers", line={"dash": dash, "color": color}), row=1, col=col)
+    best = records[-1].get("best_epoch") if records else None
+    if best is not None:
+        for col in (1, 2):
+            fig.add_vline(x=best, line={"dash": "dot", "color": "#00a86b"}, row=1, col=col)
+        fig.add_annotation(x=best, y=1.0, yref="paper", text=f"best epoch {best}", showarrow=False,
+                           xanchor="left", font={"color": "#00a86b"})
     fig.update_xaxes(title_text="epoch", dtick=1 if len(epochs) <= 20 else None)
     return fig.update_layout(title="Training history", height=420)
 

@@ -101,12 +101,14 @@ class SchedulePlan:
     models train side by side (tasks per job) and how many local steps they take between averages."""
 
     schedule: str  # classic, minibatch or average
+    batch_size: int = 64  # rows per (local) step, resolved (TrainConfig.resolved_batch_size)
     models: int | None = None  # average: models (coalesced tasks) per job; None: one per partition
     local_steps: int | None = None  # average: local steps between two averages (None: an epoch)
     reason: str = ""
 
 
-def plan_auto(config: TrainConfig, *, rows: int, partitions: int, slots: int) -> SchedulePlan:
+def plan_auto(config: TrainConfig, *, rows: int, partitions: int, slots: int,
+              task_rows: Callable[[int | None], int] | None = None) -> SchedulePlan:
     """The ``auto`` schedule: model averaging, planned from the data and the cluster.
 
     - models = min(partitions, task slots, rows // :data:`MIN_ROWS_PER_MODEL`), at
@@ -120,16 +122,22 @@ def plan_auto(config: TrainConfig, *, rows: int, partitions: int, slots: int) ->
     Jobs per epoch are the averages per epoch: independent of the row count.
     The plan is a function of the configuration, the row and partition counts
     and the slot count only (not of timings), so a run is reproducible and a
-    resumed run plans the same.
+    resumed run plans the same. ``task_rows(tasks)`` gives the rows of the
+    largest task when the cache is coalesced to ``tasks`` (None: not
+    coalesced); by default an even split.
     """
     models = max(1, min(partitions, slots, rows // MIN_ROWS_PER_MODEL))
-    local_per_epoch = max(1, math.ceil(math.ceil(rows * config.sample / models) / config.batch_size))
+    largest = task_rows(models if models < partitions else None) if task_rows else math.ceil(rows / models)
+    batch = config.resolved_batch_size(largest)
+    why_batch = f"local batches of {batch}" + (" (auto_batch_size)" if config.batch_size is None else "")
+    config = config.replace(batch_size=batch)
+    local_per_epoch = _local_steps_per_epoch(config, largest)
     if config.local_steps is not None:
         local = config.local_steps
-        why_rounds = f"--local-steps {local}"
+        why_rounds = f"local_steps={local}"
     else:
         rounds = 1 if models <= 2 else min(local_per_epoch, math.ceil(models / 2))
-        local = math.ceil(local_per_epoch / rounds)
+        local = None if rounds == 1 else math.ceil(local_per_epoch / rounds)
         why_rounds = "one average per epoch" if rounds == 1 else f"{rounds} averages per epoch for {models} models"
     if models == 1:
         why_models = (f"1 model: {rows} rows are fewer than {2 * MIN_ROWS_PER_MODEL} (a second model would "
@@ -139,18 +147,22 @@ def plan_auto(config: TrainConfig, *, rows: int, partitions: int, slots: int) ->
         limit = "task slot" if models == slots else ("partition" if models == partitions else
                                                      f"{MIN_ROWS_PER_MODEL} rows")
         why_models = f"{models} models, one per {limit} ({partitions} partitions, {slots} task slots)"
-    return SchedulePlan("average", models, local, f"{why_models}; {why_rounds}")
+    return SchedulePlan("average", batch, models, local, f"{why_models}; {why_rounds}; {why_batch}")
 
 
-def plan_schedule(config: TrainConfig, *, rows: int, partitions: int, slots: int) -> SchedulePlan:
+def plan_schedule(config: TrainConfig, *, rows: int, partitions: int, slots: int,
+                  task_rows: Callable[[int | None], int] | None = None) -> SchedulePlan:
     """The plan of ``config.schedule`` (``auto`` resolved by :func:`plan_auto`)."""
     if config.schedule == "auto":
         if config.engine != "dataframe":
-            return SchedulePlan("minibatch", reason=f"the {config.engine} engine steps in mini-batches")
-        return plan_auto(config, rows=rows, partitions=partitions, slots=slots)
+            return SchedulePlan("minibatch", config.resolved_batch_size(rows),
+                                reason=f"the {config.engine} engine steps in mini-batches")
+        return plan_auto(config, rows=rows, partitions=partitions, slots=slots, task_rows=task_rows)
     if config.schedule == "average":
-        return SchedulePlan("average", None, config.local_steps, "as asked: one model per partition")
-    return SchedulePlan(config.schedule, reason="as asked")
+        largest = task_rows(None) if task_rows else math.ceil(rows / partitions)
+        return SchedulePlan("average", config.resolved_batch_size(largest), None, config.local_steps,
+                            "as asked: one model per partition")
+    return SchedulePlan(config.schedule, config.resolved_batch_size(rows), reason="as asked")
 
 
 class EarlyStopping:
@@ -240,13 +252,13 @@ def build_network(config: TrainConfig, num_features: int, num_classes: int) -> S
     """The MLP or CNN that ``config`` describes, for images of ``num_features`` values."""
     if config.model == "mlp":
         return build_mlp(num_features, config.hidden, num_classes, activation=config.activation,
-                         loss=config.loss, dtype=config.dtype)
+                         loss=config.loss, dtype=config.dtype, dropout=config.dropout)
     image_shape = config.resolve_image_shape(num_features)
     try:
         return build_cnn(image_shape, [(k, config.kernel_size) for k in config.kernels], n_out=num_classes,
                          dense=config.hidden, activation=config.activation,
                          conv_activation=config.conv_activation_name, padding=config.padding, pool=config.pool,
-                         loss=config.loss, dtype=config.dtype)
+                         loss=config.loss, dtype=config.dtype, dropout=config.dropout)
     except ValueError as e:  # a kernel or pooling window larger than what reaches it
         raise ConfigError(f"model='cnn' does not fit {image_shape} images: {e}") from e
 
@@ -383,21 +395,30 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
             if validation.count == 0:
                 raise ConfigError(f"validation_split={config.validation_split} holds out none of the "
                                   f"{summary['rows']} rows; use a larger fraction")
+        sizes: dict = {}  # tasks -> rows of each: one small job, asked once
+
+        def task_rows(tasks: int | None) -> int:
+            if tasks not in sizes:
+                sizes[tasks] = max(data.partition_sizes(tasks))
+            return sizes[tasks]
+
         plan = plan_schedule(config, rows=data.count, partitions=partitions,
-                             slots=task_slots(df.sparkSession, partitions))
+                             slots=task_slots(df.sparkSession, partitions), task_rows=task_rows)
+        # What the loop runs: the planned schedule and batch size (the checkpoints and the model
+        # keep the configuration as given, so a resumed run plans again and compares like with like).
+        run = config.replace(schedule=plan.schedule, batch_size=plan.batch_size)
         if plan.schedule == "average":
-            max_rows = max(data.partition_sizes(_coalesced(plan, partitions)))
-            total_steps = averaging_rounds(config, max_rows, plan.local_steps)
-            updates = lambda epoch: _averaging_epoch(engine, data, params, config, epoch, max_rows,  # noqa: E731
+            max_rows = task_rows(_coalesced(plan, partitions))
+            total_steps = averaging_rounds(run, max_rows, plan.local_steps)
+            updates = lambda epoch: _averaging_epoch(engine, data, params, run, epoch, max_rows,  # noqa: E731
                                                      plan, partitions)
         else:
-            total_steps = steps_per_epoch(config.replace(schedule=plan.schedule), data.count)
-            updates = lambda epoch: _gradient_epoch(engine, data, params, optimizer,  # noqa: E731
-                                                    config.replace(schedule=plan.schedule), epoch)
+            total_steps = steps_per_epoch(run, data.count)
+            updates = lambda epoch: _gradient_epoch(engine, data, params, optimizer, run, epoch)  # noqa: E731
         if hasattr(engine, "aggregate"):
             engine.aggregate = resolve_aggregate(config.aggregate, _coalesced(plan, partitions) or partitions,
                                                  network.num_params)
-        _tell(callbacks, _describe_plan(config, plan, data.count, total_steps,
+        _tell(callbacks, _describe_plan(config.schedule, plan, data.count, total_steps,
                                         None if validation is None else validation.count))
         stopped = stopper is not None and stopper.should_stop
         for epoch in range(len(history) + 1, config.epochs + 1):
@@ -447,7 +468,7 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
               f"; restored the weights of epoch {stopper.best_epoch} (val loss {stopper.best_loss:.4f})")
     return TrainedModel(network, params, config=config, history=[r.as_dict() for r in history],
                         run_id=run_id, early_stopping=early,
-                        schedule_plan={"schedule": plan.schedule, "models": plan.models,
+                        schedule_plan={"schedule": plan.schedule, "batch_size": plan.batch_size, "models": plan.models,
                                        "local_steps": plan.local_steps, "jobs_per_epoch": total_steps,
                                        "reason": plan.reason})
 
@@ -463,11 +484,11 @@ def _coalesced(plan: SchedulePlan, partitions: int) -> int | None:
     return plan.models if plan.models is not None and plan.models < partitions else None
 
 
-def _describe_plan(config: TrainConfig, plan: SchedulePlan, rows: int, jobs: int, validation_rows) -> str:
-    """The start-of-run line: which schedule runs, and why."""
-    what = {"average": "model averaging", "minibatch": f"mini-batches of {config.batch_size}",
+def _describe_plan(asked: str, plan: SchedulePlan, rows: int, jobs: int, validation_rows) -> str:
+    """The start-of-run line: which schedule runs (``asked``: the configured one), and why."""
+    what = {"average": "model averaging", "minibatch": f"mini-batches of {plan.batch_size}",
             "classic": "one full-batch step an epoch"}[plan.schedule]
-    head = f"Schedule {config.schedule}" + (f" -> {what}" if config.schedule == "auto" else f": {what}")
+    head = f"Schedule {asked}" + (f" -> {what}" if asked == "auto" else f": {what}")
     validation = "" if validation_rows is None else f", plus 1 validation job ({validation_rows} rows)"
     return (f"{head}: {plan.reason}; {jobs} Spark job{'s' if jobs != 1 else ''} per epoch{validation}; "
             f"{rows} training rows")

@@ -34,7 +34,7 @@ CONFIG = TrainConfig(hidden=(16,), epochs=4, batch_size=360, partitions=2, seed=
 
 class Recorder:
     def __init__(self):
-        self.steps, self.messages = [], []
+        self.steps, self.messages, self.plans = [], [], []
 
     def on_step(self, epoch, step, steps):
         self.steps.append((epoch, step))
@@ -43,7 +43,10 @@ class Recorder:
         pass
 
     def on_message(self, text):
-        self.messages.append(text)
+        if text.startswith("Schedule "):  # the plan line every run starts with (test_train checks it)
+            self.plans.append(text)
+        else:
+            self.messages.append(text)
 
 
 def snapshot(folder: Path) -> dict[str, str]:

@@ -152,7 +152,7 @@ def test_overwrite_replaces_an_existing_output(tmp_path, capsys):
     output.mkdir()
     (output / "notes.txt").write_text("old run")
     code = main(["train", "--dataset", "digits", "--epochs", "1", "--batch-size", "720", "--hidden", "8",
-                 "--output", str(output), "--overwrite", "--no-progress", "--no-validation", "--no-report"])
+                 "--output", str(output), "--overwrite", "--no-progress", "--no-report"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert sorted(p.name for p in output.iterdir()) == ["history.json", "metrics.json", "model"]
