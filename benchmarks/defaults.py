@@ -52,7 +52,7 @@ def cli_run(args: list[str], data_dir: str, master: str) -> dict:
         print(proc.stdout, flush=True)
         metrics = json.loads((out / "metrics.json").read_text())
         history = json.loads((out / "history.json").read_text())
-    return {"args": args, "accuracy": metrics["accuracy"], "train_seconds": metrics["train_seconds"],
+    return {"args": args, "accuracy": metrics["test_accuracy"], "train_seconds": metrics["train_seconds"],
             "epoch_seconds": sum(h["seconds"] for h in history), "epochs": len(history),
             "process_seconds": wall, "best_epoch": metrics.get("best_epoch"),
             "stopped_epoch": metrics.get("stopped_epoch"), "schedule_plan": metrics["schedule_plan"]}

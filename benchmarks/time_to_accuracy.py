@@ -5,7 +5,7 @@
                                           [--fashion-target 0.88] [--mnist01-target 0.995] [--master local[2]]
 
 Tasks (test accuracy on the official test split; the target is an option):
-  fashion   Fashion-MNIST, 60,000 -> 10,000 images, 784-256-128-10 ReLU/softmax, target 0.88
+  fashion   Fashion-MNIST, 60,000 -> 10,000 images, 784-128-10 ReLU/softmax (dfnet's default), target 0.88
   mnist01   MNIST 0/1, 1,000 -> 2,115 images (../shared/data/mnist), 784-128-2 ReLU/softmax, target 0.995
 
 Contenders, all timed in the same run from the same data (dfnet and numpy from the same initial weights):
@@ -13,6 +13,7 @@ Contenders, all timed in the same run from the same data (dfnet and numpy from t
                       (--numpy-threads BLAS threads, default 1: what one Spark task gets)
   numpy-b512-cosine   single process, the same hyperparameters as df-minibatch (the algorithm without Spark)
   df-minibatch        DataFrame engine, minibatch schedule, Adam 0.003 cosine, batches of 512 (one job per step)
+  df-defaults         dfnet's defaults (the auto schedule, 30 cosine epochs), only the task's layer sizes given
   df-average          DataFrame engine, model averaging, one job per epoch (local Adam 0.002)
   df-average-1p       the same on ONE partition: one task trains on all rows where they are cached (averaging
                       k models trains each on 1/k of the data, and needs ~k times the epochs to the same accuracy)
@@ -20,6 +21,11 @@ Contenders, all timed in the same run from the same data (dfnet and numpy from t
   df-classic          DataFrame engine, one full-batch Adam 0.003 step per epoch (budget: --classic-epochs)
   mllib               Spark MLlib MultilayerPerceptronClassifier (L-BFGS, same layer sizes), a fresh fit for each
                       maxIter in --mllib-iters until one reaches the target
+  torch               single process PyTorch on the driver's arrays (same layer sizes, PyTorch's own init),
+                      Adam 0.001, mini-batches of 128, 2 threads
+  torch-distributor   pyspark.ml.torch's TorchDistributor, 2 local processes (one thread each), DistributedDataParallel
+                      over gloo, each process on half of each epoch's shuffle: 64 rows per process per step, Adam 0.001
+  (both torch contenders are skipped when torch is not installed)
 
 How time to target is counted:
   dfnet   the cumulative training seconds (history `seconds`: the steps only) at the first epoch whose
@@ -27,6 +33,9 @@ How time to target is counted:
   numpy   the same: cumulative seconds of the training epochs; "wall" adds the per-epoch test scoring.
   mllib   the wall time of the first fit that reaches the target (one fit, not the sum of the search);
           "wall" adds scoring that model with MulticlassClassificationEvaluator.
+  torch   as numpy. torch-distributor: rank 0's cumulative seconds of the training epochs (the all-reduces
+          included); "wall" runs from just before TorchDistributor.run (process launch, data loading, warm-up and
+          rank 0's per-epoch test scoring included). `launch_seconds`: run's wall minus rank 0's time in the function.
 A contender stops at the target (unless --full-budget) or at its epoch / iteration budget ("not reached",
 with its best accuracy). Cosine learning rates decay over the budget (--max-epochs), so the budget is part
 of those contenders' hyperparameters. The JVM is warmed (~20 cheap jobs and a small MLlib fit) before any
@@ -40,7 +49,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -54,7 +65,7 @@ from dfnet.session import get_or_create_spark
 from dfnet.train import EpochRecord, build_network, fit
 
 TASKS = {
-    "fashion": dict(dataset="fashion-mnist", classes=None, target=0.88, hidden=(256, 128), max_epochs=20,
+    "fashion": dict(dataset="fashion-mnist", classes=None, target=0.88, hidden=(128,), max_epochs=20,
                     classic_epochs=150, average_batch=128),
     # 500 rows per partition: local batches of 16 give 32 local steps per epoch, so --local-steps 20
     # really averages twice per epoch instead of collapsing into df-average.
@@ -62,16 +73,21 @@ TASKS = {
                     classic_epochs=100, average_batch=16),
 }
 CONTENDERS = {
-    "numpy-b128": dict(kind="numpy", config=dict(batch_size=128, lr=0.002)),
+    "numpy-b128": dict(kind="numpy", config=dict(batch_size=128, lr=0.002, lr_schedule="constant")),
     "numpy-b512-cosine": dict(kind="numpy", config=dict(batch_size=512, lr=0.003, lr_schedule="cosine")),
     "df-minibatch": dict(kind="dfnet", config=dict(schedule="minibatch", batch_size=512, lr=0.003,
                                                    lr_schedule="cosine")),
-    "df-average": dict(kind="dfnet", config=dict(schedule="average", lr=0.002)),
-    "df-average-1p": dict(kind="dfnet", config=dict(schedule="average", lr=0.002, partitions=1)),
-    "df-average-local": dict(kind="dfnet", config=dict(schedule="average", lr=0.002)),
-    "df-classic": dict(kind="dfnet", config=dict(schedule="classic", lr=0.003)),
+    "df-defaults": dict(kind="dfnet", config={}),
+    "df-average": dict(kind="dfnet", config=dict(schedule="average", lr=0.002, lr_schedule="constant")),
+    "df-average-1p": dict(kind="dfnet", config=dict(schedule="average", lr=0.002, lr_schedule="constant",
+                                                    partitions=1)),
+    "df-average-local": dict(kind="dfnet", config=dict(schedule="average", lr=0.002, lr_schedule="constant")),
+    "df-classic": dict(kind="dfnet", config=dict(schedule="classic", lr=0.003, lr_schedule="constant")),
     "mllib": dict(kind="mllib", config={}),
+    "torch": dict(kind="torch", config=dict(batch_size=128, lr=0.001, threads=2)),
+    "torch-distributor": dict(kind="torch-distributor", config=dict(batch_size=128, lr=0.001, processes=2)),
 }
+TORCH_KINDS = ("torch", "torch-distributor")
 
 
 class TargetReached(Exception):
@@ -105,6 +121,32 @@ class TargetTracker:
                 raise TargetReached
 
 
+class EpochCurve:
+    """The :class:`TargetTracker` of the contenders that run their own epoch loop (the torch ones)."""
+
+    def __init__(self, target: float, stop_at_target: bool, epochs: int):
+        self.target, self.stop_at_target, self.epochs = target, stop_at_target, epochs
+        self.train_seconds = 0.0
+        self.curve: list[dict] = []
+        self.reached_at: dict | None = None
+        self.status: str | None = None
+
+    def add(self, epoch: int, steps: int, train_loss: float, seconds: float, wall_seconds: float,
+            accuracy: float) -> bool:
+        """Record one epoch; True when training should stop (at the target, or diverged)."""
+        self.train_seconds += seconds
+        point = dict(epoch=epoch, steps=steps, train_loss=train_loss, epoch_seconds=seconds,
+                     train_seconds=self.train_seconds, wall_seconds=wall_seconds, accuracy=accuracy)
+        self.curve.append(point)
+        print(f"   epoch {epoch:3d}/{self.epochs} | {seconds:6.3f} s | test acc {accuracy:.4f}", flush=True)
+        if not math.isfinite(train_loss):
+            self.status = f"diverged at epoch {epoch}"
+            return True
+        if self.reached_at is None and accuracy >= self.target:
+            self.reached_at = point
+        return self.reached_at is not None and self.stop_at_target
+
+
 def outcome(name: str, kind: str, target: float, curve: list[dict], reached_at: dict | None, *,
             status: str | None = None, **extra) -> dict:
     """One contender's result in the shape every kind shares."""
@@ -120,6 +162,8 @@ def outcome(name: str, kind: str, target: float, curve: list[dict], reached_at: 
 # --- contenders ----------------------------------------------------------------------
 
 def contender_config(name: str, task: dict, args) -> TrainConfig:
+    if name == "df-defaults":  # dfnet's defaults as they are (30 cosine epochs, auto schedule), the task's layers
+        return TrainConfig(hidden=task["hidden"], partitions=args.partitions).validate()
     changes = dict(hidden=task["hidden"], epochs=args.max_epochs or task["max_epochs"], partitions=args.partitions)
     changes.update(CONTENDERS[name]["config"])
     if changes.get("schedule") == "average":
@@ -279,6 +323,177 @@ def _total_iterations(model) -> int | None:
         return None
 
 
+# --- PyTorch contenders ------------------------------------------------------------------
+# TorchDistributor cloudpickles its train function into a script for torchrun's processes. This file runs
+# as __main__, so the function and the helpers it names (_torch_mlp, _warm_torch, EpochCurve) travel by
+# value, and the processes never import this script; each imports what it needs itself.
+
+def torch_missing() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return True
+    return False
+
+
+def _torch_mlp(layers: list[int]):
+    """Linear layers of the given sizes with ReLU between: logits, for nn.CrossEntropyLoss."""
+    from torch import nn
+
+    modules = []
+    for fan_in, fan_out in zip(layers[:-1], layers[1:]):
+        modules += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+    return nn.Sequential(*modules[:-1])
+
+
+def _warm_torch(model, X, y, batch_size: int, steps: int = 20) -> None:
+    """Untimed Adam steps, then the weights put back: a process's first steps (thread pool, allocator,
+    gloo's first all-reduces) are slower than the rest."""
+    import copy
+
+    import torch
+
+    state = copy.deepcopy(model.state_dict())
+    scratch = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(steps):
+        scratch.zero_grad()
+        torch.nn.functional.cross_entropy(model(X[:batch_size]), y[:batch_size]).backward()
+        scratch.step()
+    model.load_state_dict(state)
+    model.zero_grad()
+
+
+def run_torch(name: str, layers: list[int], epochs: int, data: dict, target: float, args) -> dict:
+    """Single-process PyTorch on the driver's arrays: the same layer sizes, Adam, shuffled mini-batches."""
+    import torch
+
+    spec = CONTENDERS[name]["config"]
+    batch_size = spec["batch_size"]
+    torch.set_num_threads(spec["threads"])
+    X, y, X_test, y_test = (torch.from_numpy(a) for a in data["arrays"])
+    torch.manual_seed(args.seed)
+    model = _torch_mlp(layers)
+    optimizer = torch.optim.Adam(model.parameters(), lr=spec["lr"])
+    loss_fn = torch.nn.CrossEntropyLoss()
+    _warm_torch(model, X, y, batch_size)
+    generator = torch.Generator().manual_seed(args.seed)
+    tracker = EpochCurve(target, not args.full_budget, epochs)
+    wall_seconds = 0.0
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        order = torch.randperm(len(y), generator=generator)
+        loss_sum = 0.0
+        for first in range(0, len(order), batch_size):
+            rows = order[first:first + batch_size]
+            optimizer.zero_grad()
+            loss = loss_fn(model(X[rows]), y[rows])
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(rows)
+        seconds = time.perf_counter() - start
+        scoring = time.perf_counter()
+        with torch.no_grad():
+            accuracy = (model(X_test).argmax(dim=1) == y_test).double().mean().item()
+        wall_seconds += seconds + time.perf_counter() - scoring
+        if tracker.add(epoch, math.ceil(len(order) / batch_size), loss_sum / len(order), seconds, wall_seconds,
+                       accuracy):
+            break
+    return outcome(name, "torch", target, tracker.curve, tracker.reached_at, status=tracker.status,
+                   config=dict(spec, layers=layers, seed=args.seed), torch=torch.__version__,
+                   budget=f"{epochs} epochs")
+
+
+def _ddp_train(paths: list[str], layers: list[int], spec: dict, epochs: int, target: float, stop_at_target: bool,
+               seed: int, launched: float) -> dict:
+    """TorchDistributor's train function, run by every process: DDP over gloo, each rank on its share of
+    the epoch's shuffle; rank 0 scores the test set after each epoch and decides when all ranks stop."""
+    import time
+
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    entered = time.monotonic()  # CLOCK_MONOTONIC on Linux: the same clock as the driver's `launched`
+    torch.set_num_threads(1)  # one core per process (torchrun sets OMP_NUM_THREADS=1 too)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    X, y, X_test, y_test = (torch.from_numpy(np.load(path)) for path in paths)
+    torch.manual_seed(seed)
+    model = DistributedDataParallel(_torch_mlp(layers))  # starts every rank from rank 0's weights
+    optimizer = torch.optim.Adam(model.parameters(), lr=spec["lr"])
+    loss_fn = torch.nn.CrossEntropyLoss()
+    batch_size = spec["batch_size"] // world  # the global batch is split: DDP averages the ranks' gradients
+    _warm_torch(model, X, y, batch_size)
+    # The same seeded shuffle on every rank, cut into equal shares (as DistributedSampler does): unequal
+    # step counts would leave one rank waiting in an all-reduce that never comes.
+    generator = torch.Generator().manual_seed(seed)
+    share = len(y) // world
+    tracker = EpochCurve(target, stop_at_target, epochs) if rank == 0 else None
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        order = torch.randperm(len(y), generator=generator)[rank * share:(rank + 1) * share]
+        loss_sum = 0.0
+        for first in range(0, share, batch_size):
+            rows = order[first:first + batch_size]
+            optimizer.zero_grad()
+            loss = loss_fn(model(X[rows]), y[rows])
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(rows)
+        seconds = time.perf_counter() - start
+        totals = torch.tensor([loss_sum, float(share)], dtype=torch.float64)
+        dist.all_reduce(totals)
+        stop = torch.zeros(1, dtype=torch.int32)
+        if rank == 0:
+            with torch.no_grad():
+                accuracy = (model.module(X_test).argmax(dim=1) == y_test).double().mean().item()
+            stop[0] = tracker.add(epoch, -(-share // batch_size), (totals[0] / totals[1]).item(), seconds,
+                                  time.monotonic() - launched, accuracy)
+        # Also the barrier: the other ranks wait here while rank 0 scores, then all stop at the same epoch.
+        dist.broadcast(stop, src=0)
+        if stop.item():
+            break
+    result = [None]
+    if rank == 0:
+        result = [dict(curve=tracker.curve, reached_at=tracker.reached_at, status=tracker.status,
+                       startup_seconds=entered - launched, in_function_seconds=time.monotonic() - entered)]
+    # Every process pickles its return value to the same output file, so all return rank 0's.
+    dist.broadcast_object_list(result, src=0)
+    dist.destroy_process_group()
+    return result[0]
+
+
+def run_torch_distributor(name: str, layers: list[int], epochs: int, data: dict, target: float, args) -> dict:
+    """The same model with DistributedDataParallel in TorchDistributor's local processes."""
+    import torch
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    spec = CONTENDERS[name]["config"]
+    extra = dict(config=dict(spec, layers=layers, seed=args.seed), torch=torch.__version__, budget=f"{epochs} epochs")
+    with tempfile.TemporaryDirectory(prefix="dfnet-tta-") as tmp:
+        # Files, not arguments: the arguments are pickled into the launch script and unpickled by every process.
+        paths = [os.path.join(tmp, f"{part}.npy") for part in ("X", "y", "X_test", "y_test")]
+        for path, array in zip(paths, data["arrays"]):
+            np.save(path, array)
+        distributor = TorchDistributor(num_processes=spec["processes"], local_mode=True, use_gpu=False)
+        launched = time.monotonic()
+        try:
+            run = distributor.run(_ddp_train, paths, layers, spec, epochs, target, not args.full_budget,
+                                  args.seed, launched)
+        except RuntimeError as exc:  # a failed process: the message ends with its output
+            print(f"   failed: {exc}", flush=True)
+            return outcome(name, "torch-distributor", target, [], None, status="failed (output in the log)",
+                           **extra)
+        run_seconds = time.monotonic() - launched
+    launch_seconds = run_seconds - run["in_function_seconds"]
+    print(f"   distributor.run {run_seconds:.2f} s: {run['startup_seconds']:.2f} s to rank 0's function, "
+          f"{launch_seconds:.2f} s outside it in all", flush=True)
+    return outcome(name, "torch-distributor", target, run["curve"], run["reached_at"], status=run["status"],
+                   launch_seconds=launch_seconds, startup_seconds=run["startup_seconds"], run_seconds=run_seconds,
+                   **extra)
+
+
 # --- data and warm-up ----------------------------------------------------------------
 
 def load_task(spark, task: dict, args) -> dict:
@@ -340,12 +555,21 @@ def run_task(spark, task_name: str, args) -> dict:
     results = []
     for name in args.contenders:
         kind = CONTENDERS[name]["kind"]
-        if kind != "numpy" and not args.warm:
+        if kind in ("dfnet", "mllib") and not args.warm:
             seconds = warm_up(data, task["hidden"], "mllib" in args.contenders, args.partitions)
             print(f"   (JVM warm-up: {seconds:.1f} s, untimed)", flush=True)
             args.warm = True
         print(f"-- {name}", flush=True)
-        if kind == "mllib":
+        if kind in TORCH_KINDS and torch_missing():
+            print("   skipped: torch not installed", flush=True)
+            result = outcome(name, kind, target, [], None, status="skipped: torch not installed")
+        elif kind in TORCH_KINDS:
+            epochs = args.max_epochs or task["max_epochs"]
+            print(f"   Adam {CONTENDERS[name]['config']['lr']}, batch {CONTENDERS[name]['config']['batch_size']}, "
+                  f"budget {epochs} epochs", flush=True)
+            runner = run_torch if kind == "torch" else run_torch_distributor
+            result = runner(name, layers, epochs, data, target, args)
+        elif kind == "mllib":
             result = run_mllib(name, layers, data, target, args)
         else:
             config = contender_config(name, task, args)
@@ -362,6 +586,7 @@ def run_task(spark, task_name: str, args) -> dict:
             result = runner(name, config, data, target, args)
         results.append(result)
         summary = (f"reached in {result['seconds_to_target']:.2f} s" if result["reached"]
+                   else result["status"] if result["best_accuracy"] is None
                    else f"{result['status']} (best {result['best_accuracy']:.4f})")
         print(f"   -> {summary}", flush=True)
     data["train_df"].unpersist()
@@ -385,7 +610,7 @@ def progress_cell(r: dict) -> str:
     point = r["reached_at"] or (r["curve"][-1] if r["curve"] else None)
     if point is None:
         return "-"
-    if r["kind"] == "numpy":
+    if r["kind"] in ("numpy", *TORCH_KINDS):  # steps per process for torch-distributor
         jobs = _count(point["epoch"] * point["steps"], "step")
     else:
         jobs = _count(sum(p["steps"] for p in r["curve"] if p["epoch"] <= point["epoch"]), "job")
@@ -454,7 +679,8 @@ def main(argv=None) -> int:
     parser.add_argument("--contenders", default=",".join(CONTENDERS),
                         help="comma-separated subset of: " + ", ".join(CONTENDERS))
     parser.add_argument("--max-epochs", type=int, default=None,
-                        help="epoch budget (and cosine horizon) of the mini-batch, averaging and numpy contenders "
+                        help="epoch budget (and cosine horizon) of the mini-batch, averaging, numpy and torch "
+                             "contenders "
                              "(default: " + ", ".join(f"{k} {t['max_epochs']}" for k, t in TASKS.items()) + ")")
     parser.add_argument("--classic-epochs", type=int, default=None,
                         help="epoch budget of df-classic, one full-batch step each "
@@ -469,7 +695,8 @@ def main(argv=None) -> int:
     parser.add_argument("--numpy-threads", type=int, default=1,
                         help="BLAS threads of the numpy contenders (1, like one Spark task; 2 uses both cores)")
     parser.add_argument("--partitions", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0, help="MLlib's seed (dfnet and numpy use TrainConfig's)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="MLlib's and the torch contenders' seed (dfnet and numpy use TrainConfig's)")
     parser.add_argument("--data-dir", default=default_data_dir())
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--name", default="time_to_accuracy", help="results file name")

@@ -107,9 +107,6 @@ class TrainConfig:
         if self.dropout and self.engine != "dataframe":
             raise ConfigError(f"dropout={self.dropout} runs on the dataframe engine, not engine={self.engine!r}: "
                               f"its masks are keyed by the cached rows' keys, which the RDD baselines do not carry")
-        if self.schedule == "auto" and self.engine != "dataframe":
-            raise ConfigError(f"schedule='auto' (model averaging) runs on the dataframe engine, not "
-                              f"engine={self.engine!r}; the RDD baselines take classic or minibatch")
         if self.patches == "explode" and self.engine != "dataframe":
             raise ConfigError(f"patches='explode' runs on the dataframe engine, not engine={self.engine!r}; "
                               f"the RDD engines cut patches inline")

@@ -38,5 +38,6 @@ def digits_run(spark, tmp_path_factory):
     from cli_helpers import FAST, run_cli
 
     output = tmp_path_factory.mktemp("cli") / "run"
-    code, out, err = run_cli(["train", "--dataset", "digits", "--epochs", "2", "--output", str(output), *FAST])
+    code, out, err = run_cli(["train", "--dataset", "digits", "--epochs", "2", "--validation-split", "0.2",
+                              "--output", str(output), *FAST])
     return code, out, err, output

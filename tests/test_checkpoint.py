@@ -29,7 +29,8 @@ from dfnet.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 # Adam (optimizer state), 4 steps per epoch, 2 partitions.
-CONFIG = TrainConfig(hidden=(16,), epochs=4, batch_size=360, partitions=2, seed=1)
+CONFIG = TrainConfig(hidden=(16,), schedule="minibatch", lr_schedule="constant", epochs=4, batch_size=360,
+                     partitions=2, seed=1)
 
 
 class Recorder:
@@ -201,7 +202,7 @@ def test_resume_needs_a_directory_and_every_must_be_positive(digits):
 
 
 def test_averaging_schedule_resumes_bit_for_bit_and_retention_keeps_the_newest(digits, tmp_path):
-    config = TrainConfig(hidden=(16,), epochs=5, schedule="average", batch_size=100, partitions=2, seed=4)
+    config = TrainConfig(hidden=(16,), lr_schedule="constant", epochs=5, schedule="average", batch_size=100, partitions=2, seed=4)
     reference = fit(digits, config, verbose=False)
     folder = tmp_path / "avg"
     first = fit(digits, config, checkpoint_dir=str(folder), checkpoint_every=2, checkpoint_keep=2, verbose=False)
@@ -249,9 +250,9 @@ def test_any_flipped_byte_or_truncation_is_detected():
 
 # --- the command line, killed with SIGKILL and resumed ------------------------------------
 
-CLI_ARGS = ["--dataset", "digits", "--epochs", "6", "--hidden", "16", "--batch-size", "720", "--partitions", "2",
+CLI_ARGS = ["--dataset", "digits", "--lr-schedule", "constant", "--epochs", "6", "--hidden", "16", "--batch-size", "720", "--partitions", "2",
             "--seed", "1", "--master", "local[2]", "--no-progress"]
-CLI_CONFIG = TrainConfig(hidden=(16,), epochs=6, batch_size=720, partitions=2, seed=1)
+CLI_CONFIG = TrainConfig(hidden=(16,), lr_schedule="constant", epochs=6, batch_size=720, partitions=2, seed=1)
 
 
 def cli(*args: str) -> list[str]:

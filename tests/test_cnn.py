@@ -216,7 +216,7 @@ def test_sampling_and_batches_of_patch_rows_keep_whole_images(spark, digits_rows
 def test_cnn_fit_equals_a_numpy_replay_of_its_steps(spark, digits_rows, schedule, patches):
     images, labels = digits_rows
     df = to_dataframe(spark, images, labels, max_value=16.0, num_partitions=3)
-    config = TrainConfig(model="cnn", kernels=(3,), kernel_size=3, conv_activation="sigmoid", hidden=(8,),
+    config = TrainConfig(lr_schedule="constant", model="cnn", kernels=(3,), kernel_size=3, conv_activation="sigmoid", hidden=(8,),
                          optimizer="adam", lr=0.01, epochs=2, schedule=schedule, sample=0.7, batch_size=50,
                          dtype="float64", seed=3, patches=patches, partitions=2)
     net = build_network(config, 64, 10)
@@ -248,7 +248,7 @@ def test_model_averaging_from_patches_equals_a_numpy_replay(spark, digits_rows):
     """--schedule average --patches explode: each partition trains on its own images' patches."""
     images, labels = digits_rows
     df = to_dataframe(spark, images, labels, max_value=16.0)
-    config = TrainConfig(model="cnn", kernels=(3,), hidden=(8,), activation="tanh", optimizer="adam", lr=0.01,
+    config = TrainConfig(lr_schedule="constant", model="cnn", kernels=(3,), hidden=(8,), activation="tanh", optimizer="adam", lr=0.01,
                          epochs=2, schedule="average", batch_size=16, local_steps=3, dtype="float64", seed=9,
                          patches="explode", partitions=2)
     net = build_network(config, 64, 10)

@@ -186,7 +186,7 @@ def test_from_dict_accepts_a_partial_dict_and_fills_defaults():
 
 
 def test_from_dict_rejects_unknown_keys_and_names_them():
-    d = {**TrainConfig().to_dict(), "learning_rate": 0.1, "dropout": 0.5}
+    d = {**TrainConfig().to_dict(), "learning_rate": 0.1, "dropout_rate": 0.5}
     with pytest.raises(ConfigError) as info:
         TrainConfig.from_dict(d)
     assert "dropout" in str(info.value) and "learning_rate" in str(info.value)
@@ -204,7 +204,7 @@ def test_replace_returns_a_new_config_and_leaves_the_original():
     config = TrainConfig()
     changed = config.replace(epochs=9, lr=0.5)
     assert (changed.epochs, changed.lr) == (9, 0.5)
-    assert (config.epochs, config.lr) == (5, None)
+    assert (config.epochs, config.lr) == (30, None)
 
 
 def test_classic_preset_is_the_classic_network():
@@ -220,7 +220,7 @@ def test_cosine_schedule_decays_from_lr_towards_zero():
     expected = [0.2 * (1 + np.cos(np.pi * k / 4)) / 2 for k in range(4)]
     np.testing.assert_allclose(rates, expected)
     assert rates[0] == 0.2 and all(a > b > 0 for a, b in zip(rates, rates[1:]))
-    assert TrainConfig(optimizer="sgd", lr=0.2, epochs=4).lr_at(3) == 0.2
+    assert TrainConfig(optimizer="sgd", lr=0.2, lr_schedule="constant", epochs=4).lr_at(3) == 0.2
 
 
 def test_collect_aggregation_is_refused_on_the_rdd_engines():

@@ -29,6 +29,10 @@ def digits(spark):
     df.unpersist()
 
 
+def untimed(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in record.items() if k != "seconds"} for record in history]
+
+
 def ids(df) -> set[int]:
     return {row["id"] for row in df.select("id").collect()}
 
@@ -76,7 +80,7 @@ def test_cli_early_stopping_stops_long_before_its_epochs_and_keeps_the_best_weig
     X = np.stack(pdf["image"].to_numpy()).astype(np.float32)
     scored = model.network.loss_and_grad(model.params, X, pdf["label"].to_numpy())
     assert scored.loss_sum / scored.count == pytest.approx(history[best - 1]["val_loss"], rel=1e-5)
-    assert metrics["accuracy"] > 0.95
+    assert metrics["test_accuracy"] > 0.95
 
 
 def test_resume_with_early_stopping_is_bit_identical(digits, tmp_path):
@@ -91,7 +95,8 @@ def test_resume_with_early_stopping_is_bit_identical(digits, tmp_path):
         shutil.copy(tmp_path / "all" / checkpoint_name(cut), folder / checkpoint_name(cut))
         resumed = fit(digits, config, checkpoint_dir=str(folder), resume=True, verbose=False)
         assert np.array_equal(resumed.params, whole.params)
-        assert resumed.early_stopping == whole.early_stopping and resumed.history == whole.history
+        assert resumed.early_stopping == whole.early_stopping
+        assert untimed(resumed.history) == untimed(whole.history)
     # Resuming a run that has already stopped trains nothing more and gives the same weights.
     again = fit(digits, config, checkpoint_dir=str(tmp_path / "all"), resume=True, verbose=False)
     assert np.array_equal(again.params, whole.params) and len(again.history) == stopped
@@ -104,7 +109,7 @@ def test_resume_with_early_stopping_is_bit_identical(digits, tmp_path):
     (60000, 2, 2, 2, 1),
     (60000, 8, 2, 2, 1),  # more partitions than slots: still one model per slot
     (60000, 16, 2, 2, 1),
-    (600000, 64, 64, 64, 32),  # a big cluster: averaged more often
+    (600000, 64, 64, 64, 30),  # a big cluster: averaged more often (32 rounds of 10 of its 293 local steps)
     (60000, 64, 64, 60000 // MIN_ROWS_PER_MODEL, 4),
 ])
 def test_auto_plans_models_from_slots_and_rows_and_jobs_independent_of_size(rows, partitions, slots, models, jobs):

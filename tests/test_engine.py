@@ -69,7 +69,7 @@ def test_one_epoch_of_fit_equals_numpy_steps_on_the_same_rows(spark, mnist_rows,
     images, labels = mnist_rows
     images, labels = images[:300], labels[:300]
     df = to_dataframe(spark, images, labels, num_partitions=3)
-    config = TrainConfig(hidden=(16,), activation="sigmoid", loss="mse", optimizer="adam", lr=0.01, epochs=2,
+    config = TrainConfig(lr_schedule="constant", hidden=(16,), activation="sigmoid", loss="mse", optimizer="adam", lr=0.01, epochs=2,
                          schedule=schedule, sample=0.7, batch_size=50, dtype="float64", seed=3)
     net = build_mlp(784, [16], 10, activation="sigmoid", loss="mse", dtype="float64")
     start = net.init_params(4, "uniform")
@@ -107,7 +107,7 @@ def test_all_engines_and_numpy_give_the_same_weights_after_an_epoch(spark, mnist
     start = net.init_params(7, "uniform")
     # sample=1.0: every engine's epoch sees all rows (the engines draw samples and batches their
     # own way); the minibatch case still runs several dependent steps.
-    config = TrainConfig(hidden=(12,), activation="sigmoid", loss="mse", optimizer="momentum", lr=0.05,
+    config = TrainConfig(lr_schedule="constant", hidden=(12,), activation="sigmoid", loss="mse", optimizer="momentum", lr=0.05,
                          epochs=1, schedule=schedule, batch_size=120 if schedule == "minibatch" else 64,
                          dtype="float64")
     weights = {engine: fit(df, config.replace(engine=engine), network=net, initial_params=start,
@@ -155,7 +155,7 @@ def test_model_averaging_epoch_equals_an_independent_numpy_replay(spark, mnist_r
     df = to_dataframe(spark, images, labels, num_partitions=2)
     net = build_mlp(784, [10], 10, activation="tanh", dtype="float64")
     start = net.init_params(5, "xavier")
-    config = TrainConfig(hidden=(10,), activation="tanh", optimizer="adam", lr=0.01, epochs=2, schedule="average",
+    config = TrainConfig(lr_schedule="constant", hidden=(10,), activation="tanh", optimizer="adam", lr=0.01, epochs=2, schedule="average",
                          batch_size=16, local_steps=3, dtype="float64", seed=9)
     model = fit(df, config, network=net, initial_params=start, verbose=False)
 

@@ -216,7 +216,7 @@ def test_copy_with_extra_params_leaves_the_original_alone(pipeline_model, frames
     estimator = DFNetClassifier(layers=MLP, stepSize=0.01)
     copied = estimator.copy({estimator.stepSize: 0.5, estimator.maxIter: 7})
     assert (copied.getStepSize(), copied.getMaxIter()) == (0.5, 7)
-    assert (estimator.getStepSize(), estimator.getMaxIter()) == (0.01, 5)
+    assert (estimator.getStepSize(), estimator.getMaxIter()) == (0.01, 30)
     assert copied.train_config().lr == 0.5 and copied.train_config().epochs == 7
 
     model = stage_of(pipeline_model)

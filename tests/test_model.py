@@ -158,7 +158,7 @@ CORRUPT_JSON = [
     ("unknown-layer", lambda p: rewrite_json(p, lambda m: m["network"]["layers"][1].update(type="swish"))),
     ("unknown-loss", lambda p: rewrite_json(p, lambda m: m["network"].update(loss="hinge"))),
     ("layer-missing-size", lambda p: rewrite_json(p, lambda m: m["network"]["layers"][0].pop("n_out"))),
-    ("unknown-config-key", lambda p: rewrite_json(p, lambda m: m["config"].update(dropout=0.5))),
+    ("unknown-config-key", lambda p: rewrite_json(p, lambda m: m["config"].update(dropout_rate=0.5))),
 ]
 
 

@@ -26,7 +26,7 @@ from dfnet.tables import (CLASS_METRICS_SCHEMA, HISTORY_SCHEMA, PREDICTIONS_SCHE
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TABLES = {"predictions": "dfnet_predictions", "history": "dfnet_history", "metrics": "dfnet_class_metrics"}
-FAST = ["--dataset", "digits", *cli_helpers.FAST]
+FAST = ["--dataset", "digits", "--epochs", "2", *cli_helpers.FAST]
 
 
 def drop(spark, *names: str) -> None:

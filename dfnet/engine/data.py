@@ -290,7 +290,7 @@ def encode_training_data(df: DataFrame, *, features_col: str, label_col: str, nu
     """Cache the packed encoding of an already validated ``df`` (one Spark job fills the cache).
 
     ``shuffle_seed``: spread the rows over the partitions by a seeded hash of
-    their key, each partition in key order, so that every partition is a random
+    their content, each partition in hash order, so that every partition is a random
     sample of the data even when ``df`` is sorted (by label, say) and the
     layout does not depend on which task finished first. Model averaging needs
     it: models trained on partitions of one class each do not average into a
@@ -298,14 +298,15 @@ def encode_training_data(df: DataFrame, *, features_col: str, label_col: str, nu
     """
     source = df.select(features_col, label_col)
     if shuffle_seed is not None:
-        source = source.withColumn(ROW_COL, F.monotonically_increasing_id())
-        source = source.repartition(num_partitions or source.rdd.getNumPartitions(),
-                                    F.xxhash64(F.col(ROW_COL), F.lit(shuffle_seed), F.lit("layout")))
-        source = source.sortWithinPartitions(ROW_COL)
-    else:
-        if num_partitions is not None:
-            source = source.repartition(num_partitions)
-        source = source.withColumn(ROW_COL, F.monotonically_increasing_id())
+        # A hash of the row's content, not of its position: the layout (and so the row keys
+        # numbered after it) is the same however the input was partitioned or cached. Rows that
+        # tie are identical, so their order changes nothing.
+        content = F.xxhash64(F.col(features_col), F.col(label_col), F.lit(shuffle_seed), F.lit("layout"))
+        source = source.repartition(num_partitions or source.rdd.getNumPartitions(), content)
+        source = source.sortWithinPartitions(content)
+    elif num_partitions is not None:
+        source = source.repartition(num_partitions)
+    source = source.withColumn(ROW_COL, F.monotonically_increasing_id())
     frame = source.mapInArrow(_encode_batches(features_col, label_col, num_features, dtype), ENCODED_SCHEMA)
     return TrainingData(frame, count_or_release(frame.persist(StorageLevel.MEMORY_AND_DISK)))
 

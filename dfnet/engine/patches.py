@@ -163,9 +163,9 @@ class PatchTrainingData(TrainingData):
         bucket = F.pmod(F.xxhash64(F.col(ROW_COL), F.lit(seed), F.lit("sample")), F.lit(_SAMPLE_BUCKETS))
         return self.frame.filter(bucket < F.lit(int(round(fraction * _SAMPLE_BUCKETS))))
 
-    def partition_sizes(self) -> list[int]:
-        """Images in each partition of the cache."""
-        return [rows // self.rows_per_image for rows in super().partition_sizes()]
+    def partition_sizes(self, models: int | None = None) -> list[int]:
+        """Images in each partition of the cache (or in each of ``models`` coalesced tasks)."""
+        return [rows // self.rows_per_image for rows in super().partition_sizes(models)]
 
 
 def patch_frame(df: DataFrame, layout: PatchRows, *, features_col: str, label_col: str,
