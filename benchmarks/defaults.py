@@ -11,6 +11,7 @@ Cases (every dfnet run uses dfnet's defaults plus only what the case names):
               batch, learning rates and initial weights): seconds to 88% test accuracy for both
   fashion-8   the same with --partitions 8; fashion-16 with --partitions 16
   cnn         `dfnet train --model cnn --dataset mnist --dropout 0.25 --early-stopping 5 --validation-split 0.1`
+  cnn-2       the same with two convolution blocks, `--kernels 16,32`
 
 Prints a table and saves benchmarks/results/<name>.json.
 """
@@ -141,13 +142,19 @@ def main() -> int:
         lines.append(f"| digits, `dfnet train` (fresh process) | {cold['accuracy']:.4f} | {cold['train_seconds']:.2f} s "
                      f"| sklearn MLPClassifier(128): {sk['accuracy']:.4f} in {sk['train_seconds']:.2f} s | "
                      f"{cold['train_seconds'] / sk['train_seconds']:.2f}x |")
-    if "cnn" in cases:
-        cnn = cli_run(["--model", "cnn", "--dataset", "mnist", "--dropout", "0.25", "--early-stopping", "5",
+    for case, kernels in (("cnn", []), ("cnn-2", ["--kernels", "16,32"])):
+        if case not in cases:
+            continue
+        cnn = cli_run(["--model", "cnn", *kernels, "--dataset", "mnist", "--dropout", "0.25", "--early-stopping", "5",
                        "--validation-split", "0.1"], args.data_dir, args.master)
-        results["cnn"] = cnn
-        lines.append(f"| cnn mnist 5,000 -> 10,000, dropout 0.25, early stopping 5 | {cnn['accuracy']:.4f} | "
+        results[case] = cnn
+        lines.append(f"| {case} mnist 5,000 -> 10,000, dropout 0.25, early stopping 5 | {cnn['accuracy']:.4f} | "
                      f"{cnn['train_seconds']:.2f} s | best epoch {cnn['best_epoch']}, stopped "
                      f"{cnn['stopped_epoch']} | - |")
+    if not any(c == "digits" or c.startswith("fashion") for c in cases):  # CLI cases only: no session here
+        print("\n".join(lines))
+        save_results(args.name, {"options": vars(args), "results": results, "table": lines})
+        return 0
     spark = get_or_create_spark(args.master, app_name="dfnet-bench-defaults")
     if "digits" in cases:
         train = load_dataframe(spark, "digits", "train")
