@@ -140,9 +140,9 @@ def plan_auto(config: TrainConfig, *, rows: int, partitions: int, slots: int,
         local = None if rounds == 1 else math.ceil(local_per_epoch / rounds)
         why_rounds = "one average per epoch" if rounds == 1 else f"{rounds} averages per epoch for {models} models"
     if models == 1:
-        why_models = (f"1 model: {rows} rows are fewer than {2 * MIN_ROWS_PER_MODEL} (a second model would "
-                      f"cost more in averaging than it saves)" if rows < 2 * MIN_ROWS_PER_MODEL or slots > 1
-                      else "1 model: one task slot")
+        why_models = ("1 model: one task slot" if slots == 1 else "1 model: one partition" if partitions == 1 else
+                      f"1 model: {rows} rows are fewer than {2 * MIN_ROWS_PER_MODEL} (a second model would "
+                      f"cost more in averaging than it saves)")
     else:
         limit = "task slot" if models == slots else ("partition" if models == partitions else
                                                      f"{MIN_ROWS_PER_MODEL} rows")
