@@ -105,10 +105,16 @@ class SchedulePlan:
     models: int | None = None  # average: models (coalesced tasks) per job; None: one per partition
     local_steps: int | None = None  # average: local steps between two averages (None: an epoch)
     reason: str = ""
+    epochs_per_job: int = 1  # average: whole epochs one job trains (small data, no per-epoch validation)
+
+
+#: ``auto`` lets one job train several whole epochs while a model's epoch has fewer rows than this,
+#: so small data is not one 0.2-0.3 s Spark job per 0.05 s epoch (the 1,437 digits: 11 epochs a job).
+ROWS_PER_JOB = 16384
 
 
 def plan_auto(config: TrainConfig, *, rows: int, partitions: int, slots: int,
-              task_rows: Callable[[int | None], int] | None = None) -> SchedulePlan:
+              task_rows: Callable[[int | None], int] | None = None, whole_epochs_only: bool = False) -> SchedulePlan:
     """The ``auto`` schedule: model averaging, planned from the data and the cluster.
 
     - models = min(partitions, task slots, rows // :data:`MIN_ROWS_PER_MODEL`), at
@@ -125,6 +131,12 @@ def plan_auto(config: TrainConfig, *, rows: int, partitions: int, slots: int,
     resumed run plans the same. ``task_rows(tasks)`` gives the rows of the
     largest task when the cache is coalesced to ``tasks`` (None: not
     coalesced); by default an even split.
+
+    With one average per epoch and fewer than :data:`ROWS_PER_JOB` rows per
+    model, one job trains ``ROWS_PER_JOB // rows`` whole epochs (each its own
+    permutation and fresh local optimizer, exactly as separate jobs would),
+    unless ``whole_epochs_only``: a run that validates or checkpoints after
+    every epoch, or samples its rows, needs one job per epoch.
     """
     models = max(1, min(partitions, slots, rows // MIN_ROWS_PER_MODEL))
     largest = task_rows(models if models < partitions else None) if task_rows else math.ceil(rows / models)
@@ -132,6 +144,7 @@ def plan_auto(config: TrainConfig, *, rows: int, partitions: int, slots: int,
     why_batch = f"local batches of {batch}" + (" (auto_batch_size)" if config.batch_size is None else "")
     config = config.replace(batch_size=batch)
     local_per_epoch = _local_steps_per_epoch(config, largest)
+    per_job = 1
     if config.local_steps is not None:
         local = config.local_steps
         why_rounds = f"local_steps={local}"
@@ -139,6 +152,10 @@ def plan_auto(config: TrainConfig, *, rows: int, partitions: int, slots: int,
         rounds = 1 if models <= 2 else min(local_per_epoch, math.ceil(models / 2))
         local = None if rounds == 1 else math.ceil(local_per_epoch / rounds)
         why_rounds = "one average per epoch" if rounds == 1 else f"{rounds} averages per epoch for {models} models"
+        if rounds == 1 and not whole_epochs_only and config.sample >= 1.0:
+            per_job = max(1, min(config.epochs, ROWS_PER_JOB // max(largest, 1)))
+            if per_job > 1:
+                why_rounds += f"; {per_job} epochs per job ({largest} rows a model: a job costs more than an epoch)"
     if models == 1:
         why_models = ("1 model: one task slot" if slots == 1 else "1 model: one partition" if partitions == 1 else
                       f"1 model: {rows} rows are fewer than {2 * MIN_ROWS_PER_MODEL} (a second model would "
@@ -147,17 +164,19 @@ def plan_auto(config: TrainConfig, *, rows: int, partitions: int, slots: int,
         limit = "task slot" if models == slots else ("partition" if models == partitions else
                                                      f"{MIN_ROWS_PER_MODEL} rows")
         why_models = f"{models} models, one per {limit} ({partitions} partitions, {slots} task slots)"
-    return SchedulePlan("average", batch, models, local, f"{why_models}; {why_rounds}; {why_batch}")
+    return SchedulePlan("average", batch, models, local, f"{why_models}; {why_rounds}; {why_batch}", per_job)
 
 
 def plan_schedule(config: TrainConfig, *, rows: int, partitions: int, slots: int,
-                  task_rows: Callable[[int | None], int] | None = None) -> SchedulePlan:
+                  task_rows: Callable[[int | None], int] | None = None, whole_epochs_only: bool = False
+                  ) -> SchedulePlan:
     """The plan of ``config.schedule`` (``auto`` resolved by :func:`plan_auto`)."""
     if config.schedule == "auto":
         if config.engine != "dataframe":
             return SchedulePlan("minibatch", config.resolved_batch_size(rows),
                                 reason=f"the {config.engine} engine steps in mini-batches")
-        return plan_auto(config, rows=rows, partitions=partitions, slots=slots, task_rows=task_rows)
+        return plan_auto(config, rows=rows, partitions=partitions, slots=slots, task_rows=task_rows,
+                         whole_epochs_only=whole_epochs_only)
     if config.schedule == "average":
         largest = task_rows(None) if task_rows else math.ceil(rows / partitions)
         return SchedulePlan("average", config.resolved_batch_size(largest), None, config.local_steps,
@@ -403,15 +422,17 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
             return sizes[tasks]
 
         plan = plan_schedule(config, rows=data.count, partitions=partitions,
-                             slots=task_slots(df.sparkSession, partitions), task_rows=task_rows)
+                             slots=task_slots(df.sparkSession, partitions), task_rows=task_rows,
+                             whole_epochs_only=validation is not None or store is not None)
         # What the loop runs: the planned schedule and batch size (the checkpoints and the model
         # keep the configuration as given, so a resumed run plans again and compares like with like).
         run = config.replace(schedule=plan.schedule, batch_size=plan.batch_size)
         if plan.schedule == "average":
             max_rows = task_rows(_coalesced(plan, partitions))
             total_steps = averaging_rounds(run, max_rows, plan.local_steps)
+            grouped: dict[int, LossAndGrad] = {}  # epochs_per_job > 1: the job's later epochs' sums
             updates = lambda epoch: _averaging_epoch(engine, data, params, run, epoch, max_rows,  # noqa: E731
-                                                     plan, partitions)
+                                                     plan, partitions, grouped)
         else:
             total_steps = steps_per_epoch(run, data.count)
             updates = lambda epoch: _gradient_epoch(engine, data, params, optimizer, run, epoch)  # noqa: E731
@@ -469,6 +490,7 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
     return TrainedModel(network, params, config=config, history=[r.as_dict() for r in history],
                         run_id=run_id, early_stopping=early,
                         schedule_plan={"schedule": plan.schedule, "batch_size": plan.batch_size, "models": plan.models,
+                                       "epochs_per_job": plan.epochs_per_job,
                                        "local_steps": plan.local_steps, "jobs_per_epoch": total_steps,
                                        "reason": plan.reason})
 
@@ -490,7 +512,8 @@ def _describe_plan(asked: str, plan: SchedulePlan, rows: int, jobs: int, validat
             "classic": "one full-batch step an epoch"}[plan.schedule]
     head = f"Schedule {asked}" + (f" -> {what}" if asked == "auto" else f": {what}")
     validation = "" if validation_rows is None else f", plus 1 validation job ({validation_rows} rows)"
-    return (f"{head}: {plan.reason}; {jobs} Spark job{'s' if jobs != 1 else ''} per epoch{validation}; "
+    per = "per epoch" if plan.epochs_per_job == 1 else f"per {plan.epochs_per_job} epochs"
+    return (f"{head}: {plan.reason}; {jobs} Spark job{'s' if jobs != 1 else ''} {per}{validation}; "
             f"{rows} training rows")
 
 
@@ -533,25 +556,41 @@ def averaging_rounds(config: TrainConfig, max_partition_rows: int, local_steps: 
 
 def _averaging_epoch(engine, data: TrainingData, params: np.ndarray, config: TrainConfig, epoch: int,
                      max_partition_rows: int, schedule: SchedulePlan | None = None,
-                     partitions: int | None = None) -> Iterator[LossAndGrad]:
+                     partitions: int | None = None, grouped: dict | None = None) -> Iterator[LossAndGrad]:
     """Model averaging: each job, every task (a partition, or ``schedule.models`` coalesced
     groups of them) trains locally from the broadcast weights; the driver replaces the weights
-    by the row-weighted average of the tasks' results."""
-    schedule = schedule or SchedulePlan("average", None, config.local_steps)
+    by the row-weighted average of the tasks' results.
+
+    With ``schedule.epochs_per_job`` k > 1 the first epoch of each group of k runs ONE job that
+    trains all k (the weights are those after the group from then on); the group's later
+    epochs only hand back their sums, kept in ``grouped``, and cost no job."""
+    schedule = schedule or SchedulePlan("average", config.batch_size, None, config.local_steps)
+    if grouped is not None and epoch in grouped:
+        yield grouped.pop(epoch)
+        return
     rows = epoch_rows(data, config.sample, config.seed, epoch)
     tasks = _coalesced(schedule, partitions) if partitions is not None else None
     if tasks is not None:
         rows = rows.coalesce(tasks)
     per_round = schedule.local_steps or _local_steps_per_epoch(config, max_partition_rows)
+    later = range(epoch + 1, min(config.epochs, epoch + schedule.epochs_per_job - 1) + 1)
     for r in range(averaging_rounds(config, max_partition_rows, schedule.local_steps)):
         plan = LocalPlan(epoch=epoch, round=r, steps=per_round, batch_size=config.batch_size, seed=config.seed,
                          optimizer=config.optimizer, lr=config.lr_at(epoch),
                          optimizer_args=dict(momentum=config.momentum, beta1=config.beta1, beta2=config.beta2),
-                         weight_decay=config.weight_decay, dropout=engine.network.has_dropout)
-        result = engine.local_training(params, rows, plan)
+                         weight_decay=config.weight_decay, dropout=engine.network.has_dropout,
+                         more_lrs=tuple(config.lr_at(e) for e in later))
+        if later:
+            first, *rest = engine.local_epochs(params, rows, plan)
+            grouped.update(zip(later, rest))
+            result = LossAndGrad(first.loss_sum, rest[-1].grad_sum, first.correct, first.count)
+            weights_count = rest[-1].count
+        else:
+            result = engine.local_training(params, rows, plan)
+            weights_count = result.count
         if result.count:
             _check_finite(result, epoch, r + 1, config, "the loss or the partitions' locally trained weights")
-            params[:] = (result.grad_sum / result.count).astype(params.dtype)
+            params[:] = (result.grad_sum / weights_count).astype(params.dtype)
             _check_finite_weights(params, epoch, r + 1, config)
         yield result
 

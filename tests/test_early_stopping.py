@@ -120,6 +120,22 @@ def test_auto_plans_models_from_slots_and_rows_and_jobs_independent_of_size(rows
     assert -(-steps // (plan.local_steps or steps)) == jobs
     assert plan.batch_size == auto_batch_size(per_model)
     assert str(models) in plan.reason
+    assert plan.epochs_per_job == (11 if rows == 1437 else 1)  # below 16,384 rows a model
+    assert plan_auto(TrainConfig(), rows=rows, partitions=partitions, slots=slots,
+                     whole_epochs_only=True).epochs_per_job == 1
+
+
+def test_small_data_trains_several_epochs_per_job_bit_identically_to_one_job_each(digits, tmp_path):
+    """1,437 digits: one job trains 11 epochs; a run that checkpoints every epoch (so one job an
+    epoch) gives the same weights and history, bit for bit."""
+    config = TrainConfig(hidden=(32,), epochs=13, dropout=0.1, weight_decay=1e-3, seed=5)
+    grouped = fit(digits, config, verbose=False)
+    assert grouped.schedule_plan["epochs_per_job"] == 11
+    assert [h["seconds"] > 0.01 for h in grouped.history].count(True) <= 2  # two jobs: epochs 1 and 12
+    single = fit(digits, config, checkpoint_dir=str(tmp_path / "ckpt"), verbose=False)
+    assert single.schedule_plan["epochs_per_job"] == 1
+    assert np.array_equal(grouped.params, single.params)
+    assert untimed(grouped.history) == untimed(single.history)
 
 
 def test_auto_batch_size_grows_with_the_rows_per_model():

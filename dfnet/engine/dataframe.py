@@ -195,24 +195,31 @@ def locally_trained_sums(network: Sequential, broadcast, plan: "LocalPlan", rows
             return
         X, labels, keys = partition_data
         partition = TaskContext.get().partitionId()
-        order = np.random.default_rng([plan.seed, plan.epoch, partition]).permutation(len(labels))
-        first = plan.round * plan.steps * plan.batch_size
-        order = order[first:first + plan.steps * plan.batch_size]
-        if len(order) == 0:
-            return
         params = np.array(broadcast.value, copy=True)
         decay = dict(weight_decay=plan.weight_decay, decay_mask=network.decay_mask()) if plan.weight_decay else {}
-        optimizer = make_optimizer(plan.optimizer, plan.lr, **plan.optimizer_args, **decay)
-        loss_sum, correct = 0.0, 0
-        for s, start in enumerate(range(0, len(order), plan.batch_size)):
-            batch = order[start:start + plan.batch_size]
-            noise_key = None if not plan.dropout else (plan.seed, plan.epoch, plan.round * plan.steps + s)
-            step = rows.loss_and_grad(network, params, X[batch], labels[batch], step_noise(noise_key, keys[batch]))
-            optimizer.step(params, step.grad_sum / step.count)
-            loss_sum += step.loss_sum
-            correct += step.correct
-        used = len(order)
-        packed = np.concatenate([params.astype(np.float64) * used, [loss_sum, correct, used]])
+        stats, used = [], 0
+        # The round's epoch, then (plan.more_lrs) whole further epochs in the same task: each with
+        # its own permutation and a fresh local optimizer, as separate jobs would run them.
+        for i, lr in enumerate((plan.lr, *plan.more_lrs)):
+            epoch = plan.epoch + i
+            order = np.random.default_rng([plan.seed, epoch, partition]).permutation(len(labels))
+            first = plan.round * plan.steps * plan.batch_size
+            order = order[first:first + plan.steps * plan.batch_size]
+            if len(order) == 0:
+                return
+            optimizer = make_optimizer(plan.optimizer, lr, **plan.optimizer_args, **decay)
+            loss_sum, correct = 0.0, 0
+            for s, start in enumerate(range(0, len(order), plan.batch_size)):
+                batch = order[start:start + plan.batch_size]
+                noise_key = None if not plan.dropout else (plan.seed, epoch, plan.round * plan.steps + s)
+                step = rows.loss_and_grad(network, params, X[batch], labels[batch],
+                                          step_noise(noise_key, keys[batch]))
+                optimizer.step(params, step.grad_sum / step.count)
+                loss_sum += step.loss_sum
+                correct += step.correct
+            used = len(order)
+            stats += [loss_sum, correct, used]
+        packed = np.concatenate([params.astype(np.float64) * used, stats])
         yield _partial_row(packed)
 
     return per_partition
@@ -232,6 +239,9 @@ class LocalPlan:
     optimizer_args: dict
     weight_decay: float = 0.0
     dropout: bool = False  # the network has dropout layers: key their masks
+    #: learning rates of further whole epochs (epoch + 1, ...) the same job trains (round 0 of
+    #: one-round epochs only): a job's fixed cost shared by several epochs of small data
+    more_lrs: tuple[float, ...] = ()
 
 
 AQE_CONF = "spark.sql.adaptive.enabled"
@@ -326,9 +336,29 @@ class DataFrameEngine:
     def local_training(self, params: np.ndarray, rows: DataFrame, plan: LocalPlan) -> LossAndGrad:
         """One averaging round: the returned ``grad_sum`` field holds the row-weighted SUM of the
         partitions' locally trained weights (divide by ``count`` for the average)."""
-        return self._summed(params, rows, lambda b: locally_trained_sums(self.network, b, plan, self.rows))
+        return self.local_epochs(params, rows, plan)[-1]
+
+    def local_epochs(self, params: np.ndarray, rows: DataFrame, plan: LocalPlan) -> list[LossAndGrad]:
+        """An averaging round that trains ``1 + len(plan.more_lrs)`` epochs in one job: one
+        :class:`LossAndGrad` per epoch (its loss, correct and row counts), each holding the
+        row-weighted sum of the final weights in ``grad_sum``."""
+        epochs = 1 + len(plan.more_lrs)
+        total = self._summed_vector(params, rows,
+                                    lambda b: locally_trained_sums(self.network, b, plan, self.rows))
+        if total is None:
+            return [LossAndGrad(0.0, np.zeros(self.network.num_params), 0, 0)] * epochs
+        weights, stats = total[:-_SCALARS * epochs], total[-_SCALARS * epochs:].reshape(epochs, _SCALARS)
+        return [LossAndGrad(float(loss), weights, int(round(correct)), int(round(count)))
+                for loss, correct, count in stats]
 
     def _summed(self, params: np.ndarray, rows: DataFrame, make_fn) -> LossAndGrad:
+        total = self._summed_vector(params, rows, make_fn)
+        if total is None:  # no rows in this sample or batch
+            return LossAndGrad(0.0, np.zeros(self.network.num_params), 0, 0)
+        return unpack(total)
+
+    def _summed_vector(self, params: np.ndarray, rows: DataFrame, make_fn) -> np.ndarray | None:
+        """One job: the packed partial rows of ``make_fn(broadcast)`` summed (None: no rows)."""
         spark = rows.sparkSession
         broadcast = spark.sparkContext.broadcast(params)
         try:
@@ -343,6 +373,4 @@ class DataFrameEngine:
         finally:
             # Release the step's weights or executors accumulate one copy per step.
             broadcast.destroy()
-        if total is None:  # no rows in this sample or batch
-            return LossAndGrad(0.0, np.zeros(self.network.num_params), 0, 0)
-        return unpack(total)
+        return total
