@@ -382,14 +382,7 @@ def run_torch(name: str, layers: list[int], epochs: int, data: dict, target: flo
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         order = torch.randperm(len(y), generator=generator)
-        loss_sum = 0.0
-        for first in range(0, len(order), batch_size):
-            rows = order[first:first + batch_size]
-            optimizer.zero_grad()
-            loss = loss_fn(model(X[rows]), y[rows])
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item() * len(rows)
+        loss_sum = _torch_epoch(model, optimizer, loss_fn, X, y, order, batch_size)
         seconds = time.perf_counter() - start
         scoring = time.perf_counter()
         with torch.no_grad():
@@ -401,6 +394,19 @@ def run_torch(name: str, layers: list[int], epochs: int, data: dict, target: flo
     return outcome(name, "torch", target, tracker.curve, tracker.reached_at, status=tracker.status,
                    config=dict(spec, layers=layers, seed=args.seed), torch=torch.__version__,
                    budget=f"{epochs} epochs")
+
+
+def _torch_epoch(model, optimizer, loss_fn, X, y, order, batch_size: int) -> float:
+    """One pass of Adam steps over the rows ``order`` in batches; the summed loss."""
+    loss_sum = 0.0
+    for first in range(0, len(order), batch_size):
+        rows = order[first:first + batch_size]
+        optimizer.zero_grad()
+        loss = loss_fn(model(X[rows]), y[rows])
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(rows)
+    return loss_sum
 
 
 def _ddp_train(paths: list[str], layers: list[int], spec: dict, epochs: int, target: float, stop_at_target: bool,
@@ -433,14 +439,7 @@ def _ddp_train(paths: list[str], layers: list[int], spec: dict, epochs: int, tar
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         order = torch.randperm(len(y), generator=generator)[rank * share:(rank + 1) * share]
-        loss_sum = 0.0
-        for first in range(0, share, batch_size):
-            rows = order[first:first + batch_size]
-            optimizer.zero_grad()
-            loss = loss_fn(model(X[rows]), y[rows])
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item() * len(rows)
+        loss_sum = _torch_epoch(model, optimizer, loss_fn, X, y, order, batch_size)
         seconds = time.perf_counter() - start
         totals = torch.tensor([loss_sum, float(share)], dtype=torch.float64)
         dist.all_reduce(totals)
