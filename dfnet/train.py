@@ -489,10 +489,7 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
               f"; restored the weights of epoch {stopper.best_epoch} (val loss {stopper.best_loss:.4f})")
     return TrainedModel(network, params, config=config, history=[r.as_dict() for r in history],
                         run_id=run_id, early_stopping=early,
-                        schedule_plan={"schedule": plan.schedule, "batch_size": plan.batch_size, "models": plan.models,
-                                       "epochs_per_job": plan.epochs_per_job,
-                                       "local_steps": plan.local_steps, "jobs_per_epoch": total_steps,
-                                       "reason": plan.reason})
+                        schedule_plan={**asdict(plan), "jobs_per_epoch": total_steps})
 
 
 def _driver_optimizer(config: TrainConfig, network: Sequential):
@@ -580,17 +577,14 @@ def _averaging_epoch(engine, data: TrainingData, params: np.ndarray, config: Tra
                          optimizer_args=dict(momentum=config.momentum, beta1=config.beta1, beta2=config.beta2),
                          weight_decay=config.weight_decay, dropout=engine.network.has_dropout,
                          more_lrs=tuple(config.lr_at(e) for e in later))
-        if later:
-            first, *rest = engine.local_epochs(params, rows, plan)
+        first, *rest = engine.local_epochs(params, rows, plan)
+        if rest:
             grouped.update(zip(later, rest))
-            result = LossAndGrad(first.loss_sum, rest[-1].grad_sum, first.correct, first.count)
-            weights_count = rest[-1].count
-        else:
-            result = engine.local_training(params, rows, plan)
-            weights_count = result.count
+        final = (rest or [first])[-1]  # the weights after the job's last epoch, and their row weight
+        result = LossAndGrad(first.loss_sum, final.grad_sum, first.correct, first.count)
         if result.count:
             _check_finite(result, epoch, r + 1, config, "the loss or the partitions' locally trained weights")
-            params[:] = (result.grad_sum / weights_count).astype(params.dtype)
+            params[:] = (result.grad_sum / final.count).astype(params.dtype)
             _check_finite_weights(params, epoch, r + 1, config)
         yield result
 
