@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--activation", choices=ACTIVATIONS, default=None)
     conv = t.add_argument_group("convolutions (--model cnn)")
     conv.add_argument("--kernels", type=_int_list, default=None,
-                      help="filters of each convolution block, e.g. 10 or 16,32 (default 10)")
+                      help="filters of each convolution block, e.g. 10 or 16,32 (default: 16,32 for images of "
+                           "24 pixels and more on a side, 10 below)")
     conv.add_argument("--kernel-size", type=int, default=None, help="square kernel side (default 3)")
     conv.add_argument("--pool", type=_pool, default=None,
                       help="max-pooling window after each convolution, or none (default 2)")
@@ -292,11 +293,12 @@ def _check_checkpoint_options(args: argparse.Namespace, target: Path) -> None:
                              f"written whole at the end of the run; choose a folder beside it")
 
 
-def _describe_model(config: TrainConfig) -> str:
+def _describe_model(config: TrainConfig, image_shape: tuple[int, ...]) -> str:
     dense = f"hidden {list(config.hidden)} {config.activation}/{config.loss}"
     if config.model != "cnn":
         return f"{config.model} {dense}"
-    return (f"cnn kernels {list(config.kernels)} {config.kernel_size}x{config.kernel_size} "
+    kernels = config.resolve_kernels(config.image_shape or image_shape)
+    return (f"cnn kernels {list(kernels)} {config.kernel_size}x{config.kernel_size} "
             f"{config.conv_activation_name} pool {config.pool} patches {config.patches}, {dense}")
 
 
@@ -316,7 +318,7 @@ def train_command(args: argparse.Namespace) -> int:
                                                      ("weight decay", config.weight_decay),
                                                      ("dropout", config.dropout)) if value]
     print(f"dfnet: {data['dataset']} classes {list(classes) if classes else 'all'} | "
-          f"{_describe_model(config)} | "
+          f"{_describe_model(config, spec.image_shape)} | "
           f"{config.optimizer} lr {config.learning_rate} {config.lr_schedule} | {config.schedule} x {config.epochs} "
           f"epochs" + "".join(f" | {e}" for e in extras), flush=True)
 

@@ -274,7 +274,8 @@ def build_network(config: TrainConfig, num_features: int, num_classes: int) -> S
                          loss=config.loss, dtype=config.dtype, dropout=config.dropout)
     image_shape = config.resolve_image_shape(num_features)
     try:
-        return build_cnn(image_shape, [(k, config.kernel_size) for k in config.kernels], n_out=num_classes,
+        return build_cnn(image_shape, [(k, config.kernel_size) for k in config.resolve_kernels(image_shape)],
+                         n_out=num_classes,
                          dense=config.hidden, activation=config.activation,
                          conv_activation=config.conv_activation_name, padding=config.padding, pool=config.pool,
                          loss=config.loss, dtype=config.dtype, dropout=config.dropout)

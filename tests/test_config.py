@@ -150,10 +150,11 @@ CNN = TrainConfig(model="cnn", kernels=(6, 12), kernel_size=5, pool=None, conv_a
 def test_to_dict_from_dict_round_trip_through_json(config):
     d = config.to_dict()
     assert set(d) == {f.name for f in dataclasses.fields(TrainConfig)}
-    assert d["hidden"] == list(config.hidden) and d["kernels"] == list(config.kernels)
+    assert d["hidden"] == list(config.hidden)
+    assert d["kernels"] == (None if config.kernels is None else list(config.kernels))
     restored = TrainConfig.from_dict(json.loads(json.dumps(d)))  # what a saved model goes through
     assert restored == config
-    assert isinstance(restored.hidden, tuple) and isinstance(restored.kernels, tuple)
+    assert isinstance(restored.hidden, tuple) and (restored.kernels is None or isinstance(restored.kernels, tuple))
     assert restored.image_shape is None or isinstance(restored.image_shape, tuple)
     assert restored.validate() == config
 
@@ -227,3 +228,18 @@ def test_collect_aggregation_is_refused_on_the_rdd_engines():
     with pytest.raises(ConfigError, match="aggregate='collect' applies to the dataframe engine"):
         TrainConfig(engine="rdd", aggregate="collect").validate()
     assert TrainConfig(engine="dataframe", aggregate="collect").validate().aggregate == "collect"
+
+
+def test_unset_kernels_give_two_blocks_from_24_pixels_and_one_block_below():
+    from dfnet.train import build_network
+
+    def convs(num_features, **changes):
+        net = build_network(TrainConfig(model="cnn", **changes).validate(), num_features, 10)
+        return [layer.filters for layer in net.layers if type(layer).__name__ == "Conv2D"]
+
+    assert convs(28 * 28) == [16, 32]  # MNIST: 26 -> 13 -> 11 -> 5
+    assert convs(24 * 24) == [16, 32]
+    assert convs(23 * 23) == [10]
+    assert convs(8 * 8) == [10]  # the digits: a second block does not fit
+    assert convs(32 * 32 * 3, image_shape=(32, 32, 3)) == [16, 32]
+    assert convs(28 * 28, kernels=(6,)) == [6]  # an explicit choice is kept
