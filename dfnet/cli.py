@@ -153,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "off at prediction (dataframe engine; default 0)")
     run = t.add_argument_group("run")
     run.add_argument("--master", default=None, help="Spark master, e.g. local[2] (default local[*])")
+    run.add_argument("--remote", default=None, metavar="URL",
+                     help="Spark Connect server, e.g. sc://host:15002 (default: $SPARK_REMOTE; neither: a classic session on --master)")
     run.add_argument("--output", default=None, help="run folder (default runs/<dataset>-<time>)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing --output folder")
     run.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
@@ -187,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", default=None, help="run_id column (default: the model's training run)")
     p.add_argument("--no-image", action="store_true", help="leave the image column null (a smaller table)")
     p.add_argument("--master", default=None, help="Spark master, e.g. local[2] (default local[*])")
+    p.add_argument("--remote", default=None, metavar="URL",
+                   help="Spark Connect server, e.g. sc://host:15002 (default: $SPARK_REMOTE; neither: a classic session on --master)")
     p.add_argument("--verbose", action="store_true", help="show Spark's own start-up notes and warnings")
     _table_options(p, predictions="--table", history=False)
     b = sub.add_parser("bench", help="run one of the benchmarks in benchmarks/ (source checkout only)",
@@ -323,7 +327,7 @@ def train_command(args: argparse.Namespace) -> int:
           f"epochs" + "".join(f" | {e}" for e in extras), flush=True)
 
     spark = get_or_create_spark(args.master, app_name="dfnet-train", warehouse=args.warehouse,
-                                verbose=args.verbose)
+                                verbose=args.verbose, remote=args.remote)
     tables = _check_tables(spark, args)
     train_df = load_dataframe(spark, data["dataset"], "train", data_dir=args.data_dir, classes=classes)
     test_df = load_dataframe(spark, data["dataset"], "test", data_dir=args.data_dir, classes=classes)
@@ -418,7 +422,7 @@ def predict_command(args: argparse.Namespace) -> int:
     if not run_id:
         raise DFNetError(f"{args.model}: the model has no run id (saved by an older dfnet); pass --run-id")
     spark = get_or_create_spark(args.master, app_name="dfnet-predict", warehouse=args.warehouse,
-                                verbose=args.verbose)
+                                verbose=args.verbose, remote=args.remote)
     check_can_write(spark, args.predictions_table, args.mode, PREDICTIONS_SCHEMA, run_id=run_id)
     if args.input_table:
         input_table = quote_table_name(check_table_name(args.input_table))

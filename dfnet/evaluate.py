@@ -23,6 +23,7 @@ from .engine.data import validate_frame
 from .errors import ConfigError, DataValidationError
 from .nn.layers import Sigmoid, Softmax
 from .nn.network import Sequential
+from .session import weights_for_tasks
 
 
 class ClassScorer:
@@ -161,14 +162,14 @@ def predict(df: DataFrame, network: Sequential, params: np.ndarray, *, features_
         return df
     allow_udt_columns(df)
     schema = T.StructType([T.StructField(kind, _SCORE_FIELDS[kind]) for kind in outputs])  # Arrow hands back nullable fields
-    broadcast = df.sparkSession.sparkContext.broadcast(params)
+    weights = weights_for_tasks(df.sparkSession, params)  # lives as long as the returned frame
 
     @F.pandas_udf(schema)
     def scores(images: pd.Series) -> pd.DataFrame:
         if len(images) == 0:
             return pd.DataFrame({kind: pd.Series([], dtype=object) for kind in outputs})
         X = np.stack(images.to_numpy()).astype(network.dtype, copy=False)
-        raw, probability, prediction = scorer(broadcast.value, X)
+        raw, probability, prediction = scorer(weights.value, X)
         columns = {"prediction": prediction, "probability": list(probability), "raw": list(raw)}
         return pd.DataFrame({kind: columns[kind] for kind in outputs})
 

@@ -1,4 +1,11 @@
-"""Getting a SparkSession the way dfnet needs it, without disturbing one the user already has."""
+"""Getting a SparkSession the way dfnet needs it, without disturbing one the user already has.
+
+This module is also the one place that knows the two kinds of session: a classic one (a
+``SparkContext`` in this process, RDDs, broadcast, py4j) and a Spark Connect one (Databricks
+serverless and standard access mode, ``SparkSession.builder.remote(...)``, ``SPARK_REMOTE``),
+which has none of them. :func:`is_connect`, :func:`ship_weights`, :func:`input_partitions` and
+:func:`task_slots` give the rest of dfnet one call that works on both.
+"""
 
 from __future__ import annotations
 
@@ -96,8 +103,11 @@ def quiet_jvm_startup(enabled: bool = True):
 
 def get_or_create_spark(master: str | None = None, app_name: str = "dfnet",
                         conf: dict[str, str] | None = None,
-                        warehouse: str | os.PathLike | None = None, *, verbose: bool = False) -> SparkSession:
-    """Return the active SparkSession, or start one on `master` (default ``local[*]``).
+                        warehouse: str | os.PathLike | None = None, *, verbose: bool = False,
+                        remote: str | None = None) -> SparkSession:
+    """Return the active SparkSession, or start one on `master` (default ``local[*]``); with
+    ``remote`` (``sc://host:port``), or else the ``SPARK_REMOTE`` environment variable as
+    pyspark reads it, a Spark Connect session to that server instead.
 
     An already running session is returned unchanged: its master, catalog and
     configuration are the user's, and dfnet will not stop it. A new session
@@ -115,6 +125,12 @@ def get_or_create_spark(master: str | None = None, app_name: str = "dfnet",
             warnings.warn(f"warehouse={os.fspath(warehouse)!r} is ignored: the running session keeps its tables "
                           f"in {have}", stacklevel=2)
         return active
+    remote = remote or os.environ.get("SPARK_REMOTE")
+    if remote:
+        # The server's configuration is its operator's: a client sets none of DEFAULT_CONF (most
+        # are static settings a Connect client may not change).
+        with quiet_jvm_startup(enabled=not verbose and remote.startswith("local")):
+            return SparkSession.builder.remote(remote).appName(app_name).getOrCreate()
     builder = SparkSession.builder.appName(app_name).master(master or "local[*]")
     settings = {**DEFAULT_CONF, **(warehouse_conf(warehouse) if warehouse is not None else {}), **(conf or {})}
     for key, value in settings.items():
@@ -125,13 +141,75 @@ def get_or_create_spark(master: str | None = None, app_name: str = "dfnet",
     return session
 
 
+def is_connect(spark) -> bool:
+    """Whether ``spark`` (a SparkSession) is a Spark Connect client session."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def require_classic(spark, what: str, instead: str) -> None:
+    """Refuse ``what`` on a Connect session, saying why and what to use ``instead``."""
+    if is_connect(spark):
+        from .errors import ConfigError
+        raise ConfigError(f"{what} needs a classic Spark session (a SparkContext, RDDs and broadcast "
+                          f"variables), and this is a Spark Connect session, which has none of them; "
+                          f"{instead}")
+
+
+class InClosure:
+    """The weights as part of the task's function: pickled with it and sent with every task (Spark
+    Connect sends it in the plan). The same ``.value`` as a broadcast variable."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def weights_for_tasks(spark, params):
+    """A handle whose ``.value`` gives tasks ``params``: a broadcast variable on a classic
+    session, the closure on Connect (which has no broadcast)."""
+    return InClosure(params) if is_connect(spark) else spark.sparkContext.broadcast(params)
+
+
+@contextmanager
+def ship_weights(spark, params):
+    """:func:`weights_for_tasks` for the jobs inside the block; a broadcast is destroyed after
+    it (else executors keep one copy per step)."""
+    handle = weights_for_tasks(spark, params)
+    try:
+        yield handle
+    finally:
+        if not isinstance(handle, InClosure):
+            handle.destroy()
+
+
+def input_partitions(df) -> int:
+    """Partitions of ``df``: the RDD's on a classic session (no job); on Connect, which has no RDD,
+    one small job reads the highest partition id that holds a row."""
+    if not is_connect(df.sparkSession):
+        return df.rdd.getNumPartitions()
+    from pyspark.sql import functions as F
+    top = df.select(F.spark_partition_id().alias("p")).agg(F.max("p").alias("p")).first()["p"]
+    return 1 if top is None else int(top) + 1
+
+
+_LOCAL_MASTER = re.compile(r"^local(?:-cluster)?\[(\*|\d+)")
+
+
 def task_slots(spark: SparkSession, fallback: int) -> int:
     """Tasks the cluster runs at once: the SparkContext's default parallelism (local[N]: N; a
-    cluster: its executors' cores), else ``spark.default.parallelism``, else ``fallback``."""
-    try:
+    cluster: its executors' cores). A Connect session has no SparkContext to ask: there
+    ``spark.default.parallelism``, else N of a ``local[N]`` master, else ``fallback``."""
+    if not is_connect(spark):
         return max(1, int(spark.sparkContext.defaultParallelism))
-    except Exception:  # no SparkContext to ask (a Spark Connect session)
+    for key in ("spark.default.parallelism", "spark.master"):
         try:
-            return max(1, int(spark.conf.get("spark.default.parallelism")))
-        except Exception:
-            return max(1, int(fallback))
+            value = spark.conf.get(key, None)
+        except Exception:  # a setting the server does not let clients read
+            value = None
+        if value is None:
+            continue
+        if key == "spark.default.parallelism" and value.isdigit():
+            return max(1, int(value))
+        match = _LOCAL_MASTER.match(value)
+        if match:
+            return (os.cpu_count() or 1) if match.group(1) == "*" else max(1, int(match.group(1)))
+    return max(1, int(fallback))

@@ -41,3 +41,39 @@ def digits_run(spark, tmp_path_factory):
     code, out, err = run_cli(["train", "--dataset", "digits", "--epochs", "2", "--validation-split", "0.2",
                               "--output", str(output), *FAST])
     return code, out, err, output
+
+
+@pytest.fixture(scope="session")
+def connect_url(tmp_path_factory):
+    """The ``sc://`` URL of a real local[2] Spark Connect server, in its own process for the whole
+    run (see ``tests/connect_server.py``), stopped by its PID at the end."""
+    from connect_server import start_server, stop_server
+
+    proc, url, _ = start_server(tmp_path_factory.mktemp("connect"))
+    try:
+        yield url
+    finally:
+        stop_server(proc)
+
+
+@pytest.fixture(scope="session")
+def connect_session(connect_url):
+    """The Spark Connect client session of the run (no SparkContext, no RDD, no py4j)."""
+    from connect_server import connect_mode
+    from pyspark.sql.connect.session import SparkSession as RemoteSparkSession
+
+    with connect_mode(connect_url):
+        session = RemoteSparkSession.builder.remote(connect_url).getOrCreate()
+    yield session
+    with connect_mode(connect_url):
+        session.stop()
+
+
+@pytest.fixture
+def connect(connect_session, connect_url):
+    """A test in Spark Connect mode, as a Databricks serverless notebook is: the Connect session,
+    pyspark's functions building Connect columns and ``SPARK_REMOTE`` set, for this test only."""
+    from connect_server import connect_mode
+
+    with connect_mode(connect_url):
+        yield connect_session

@@ -23,6 +23,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..errors import DataValidationError
+from ..session import input_partitions
 
 ROW_COL, X_COL, LABEL_COL = "_row", "_x", "_label"
 ENCODED_SCHEMA = T.StructType([
@@ -252,6 +253,7 @@ class TrainingData:
 
     frame: DataFrame  # (_row long, _x binary, _label int), persisted
     count: int
+    partitions: int  # of the cache (known when it is built: Spark Connect has no RDD to ask)
 
     def all_rows(self) -> DataFrame:
         return self.frame
@@ -278,7 +280,7 @@ class TrainingData:
 
     def num_partitions(self) -> int:
         """Partitions of the cache (no Spark job)."""
-        return self.frame.rdd.getNumPartitions()
+        return self.partitions
 
     def release(self) -> None:
         self.frame.unpersist()
@@ -297,18 +299,19 @@ def encode_training_data(df: DataFrame, *, features_col: str, label_col: str, nu
     classifier.
     """
     source = df.select(features_col, label_col)
+    partitions = num_partitions or input_partitions(source)
     if shuffle_seed is not None:
         # A hash of the row's content, not of its position: the layout (and so the row keys
         # numbered after it) is the same however the input was partitioned or cached. Rows that
         # tie are identical, so their order changes nothing.
         content = F.xxhash64(F.col(features_col), F.col(label_col), F.lit(shuffle_seed), F.lit("layout"))
-        source = source.repartition(num_partitions or source.rdd.getNumPartitions(), content)
+        source = source.repartition(partitions, content)
         source = source.sortWithinPartitions(content)
     elif num_partitions is not None:
         source = source.repartition(num_partitions)
     source = source.withColumn(ROW_COL, F.monotonically_increasing_id())
     frame = source.mapInArrow(_encode_batches(features_col, label_col, num_features, dtype), ENCODED_SCHEMA)
-    return TrainingData(frame, count_or_release(frame.persist(StorageLevel.MEMORY_AND_DISK)))
+    return TrainingData(frame, count_or_release(frame.persist(StorageLevel.MEMORY_AND_DISK)), partitions)
 
 
 def count_or_release(frame: DataFrame) -> int:

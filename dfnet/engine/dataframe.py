@@ -56,6 +56,7 @@ from pyspark.sql import types as T
 
 from ..nn.layers import DropoutNoise
 from ..nn.network import LossAndGrad, Sequential
+from ..session import ship_weights
 from .data import ImageRows, TrainingData, as_pixels, encode_training_data
 from .faults import inject_task_fault
 from .patches import PatchRows, explode_patches
@@ -360,9 +361,8 @@ class DataFrameEngine:
     def _summed_vector(self, params: np.ndarray, rows: DataFrame, make_fn) -> np.ndarray | None:
         """One job: the packed partial rows of ``make_fn(broadcast)`` summed (None: no rows)."""
         spark = rows.sparkSession
-        broadcast = spark.sparkContext.broadcast(params)
-        try:
-            partials = rows.mapInArrow(make_fn(broadcast), PARTIAL_SCHEMA)
+        with ship_weights(spark, params) as weights:
+            partials = rows.mapInArrow(make_fn(weights), PARTIAL_SCHEMA)
             # "auto" is resolved by the trainer, which knows the task count (resolve_aggregate); left
             # unresolved it aggregates, which bounds the driver's memory whatever the partitions.
             if self.aggregate == "collect":
@@ -370,7 +370,4 @@ class DataFrameEngine:
             else:
                 with adaptive_execution_off(spark):
                     total = sum_on_driver(partials.groupBy().agg(self.sum_vectors(PARTIAL_COL)).toArrow().column(0))
-        finally:
-            # Release the step's weights or executors accumulate one copy per step.
-            broadcast.destroy()
         return total

@@ -69,6 +69,7 @@ from ..config import PATCH_ROWS
 from ..errors import ConfigError
 from ..nn.conv import Conv2D, image_patches
 from ..nn.network import Sequential
+from ..session import input_partitions
 from .data import (LABEL_COL, ROW_COL, X_COL, TrainingData, as_pixels, count_or_release, flat_values,
                    pack_pixels, packed_binary, stored_arrow_images)
 
@@ -175,7 +176,7 @@ def patch_frame(df: DataFrame, layout: PatchRows, *, features_col: str, label_co
     ``num_partitions`` defaults to the partitions ``df`` has.
     """
     source = df.select(features_col, label_col).withColumn(ROW_COL, F.monotonically_increasing_id())
-    source = source.repartition(num_partitions or df.rdd.getNumPartitions(), ROW_COL)
+    source = source.repartition(num_partitions or input_partitions(df), ROW_COL)
     # Made per call, like the engine's aggregation UDF: a UDF binds to the first SparkContext that used it.
     cut = F.arrow_udf(_typed(layout.cut), T.ArrayType(T.BinaryType(), False))
     return (source.select(ROW_COL, F.posexplode(cut(features_col)).alias(POS_COL, X_COL),
@@ -186,10 +187,11 @@ def patch_frame(df: DataFrame, layout: PatchRows, *, features_col: str, label_co
 def explode_patches(df: DataFrame, layout: PatchRows, *, features_col: str, label_col: str,
                     num_partitions: int | None = None) -> PatchTrainingData:
     """Cache the patch rows of an already validated ``df`` (one Spark job fills the cache)."""
+    partitions = num_partitions or input_partitions(df)
     frame = patch_frame(df, layout, features_col=features_col, label_col=label_col,
-                        num_partitions=num_partitions).persist(StorageLevel.MEMORY_AND_DISK)
+                        num_partitions=partitions).persist(StorageLevel.MEMORY_AND_DISK)
     rows = count_or_release(frame)
-    return PatchTrainingData(frame, rows // layout.rows_per_image, rows_per_image=layout.rows_per_image)
+    return PatchTrainingData(frame, rows // layout.rows_per_image, partitions, rows_per_image=layout.rows_per_image)
 
 
 def _typed(cut):

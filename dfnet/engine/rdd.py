@@ -21,6 +21,7 @@ from pyspark.sql import DataFrame
 
 from ..nn.losses import one_hot
 from ..nn.network import LossAndGrad, Sequential
+from ..session import require_classic
 
 _MASK64 = (1 << 64) - 1
 #: Rows stacked at once by rdd-batched: bounds a partition's working memory.
@@ -63,6 +64,8 @@ class RDDTrainingData:
 def to_records(df: DataFrame, network: Sequential, *, features_col: str, label_col: str,
                num_partitions: int | None = None) -> RDDTrainingData:
     """A validated DataFrame as cached per-record numpy tuples (one Spark job fills the cache)."""
+    require_classic(df.sparkSession, "the RDD engines", "use the dataframe engine (engine='dataframe', "
+                    "--engine dataframe), which runs on both kinds of session")
     k, dtype, shape = network.num_classes, network.dtype, (1, *network.input_shape)
     source = df.select(features_col, label_col)
     if num_partitions is not None:
