@@ -1,7 +1,6 @@
-"""Training checkpoints: written atomically to any path Spark can write, verified when read.
+"""Training checkpoints: written by Spark to any path it can write, committed whole, verified when read.
 
-A checkpoint is ONE file, ``<dir>/checkpoint-<epoch, 6 digits>.dfnet``, holding
-everything needed to continue a run bit for bit: the flat weights, the
+A checkpoint holds everything needed to continue a run bit for bit: the flat weights, the
 optimizer's state (:meth:`~dfnet.optim.Optimizer.state_dict`), the epoch just
 finished, the history so far, the network's and the training run's
 configuration and the shape of the data (rows, partitions). Randomness needs
@@ -11,27 +10,28 @@ averaging schedule's per-partition permutations) and the initial weights from
 ``config.seed``, so the seed in the stored configuration and the epoch number
 are the random state.
 
-File layout::
+Layout: a checkpoint is a Parquet dataset of one row, ``<dir>/checkpoint-<epoch, 6 digits>.dfnet/``,
+whose one binary column holds these bytes::
 
-    DFNETCKPT 1\\n                                        magic and format version
+    DFNETCKPT 1\\n                                      magic and format version
     {"sha256": "<hex of payload>", "bytes": <payload length>}\\n
     <payload: an uncompressed .npz (params, optimizer arrays, meta = JSON as uint8)>
 
-Writing goes through the Hadoop FileSystem API of the session's JVM, so the
-directory may be local (``/tmp/ckpt``, ``file:/...``), ``hdfs://``, ``dbfs:/``,
-``s3a://`` ...: a path without a scheme means Spark's default file system. The
-bytes are written to a hidden temporary name in the same directory
-(``.checkpoint-000003.dfnet.<random>.tmp``) and renamed to the final name only
-once complete, so a final name never holds a half-written checkpoint (on object
-stores, where rename is copy + delete, the final object still appears whole).
-Reading checks the magic, the length and the SHA-256 of the payload: a corrupt
-or truncated checkpoint is skipped with a :class:`CheckpointWarning` naming the
-file, and the next newest good one is used.
+All I/O goes through Spark's DataFrame readers and writers, on a classic session and on Spark
+Connect alike (no Hadoop FileSystem through py4j), so the directory may be anything Spark writes:
+local (``/tmp/ckpt``, ``file:/...``), ``hdfs://``, ``dbfs:/``, ``s3a://``, a Unity Catalog
+volume ... A path without a scheme means Spark's default file system; a relative one is made
+absolute here when that file system is the local one. Spark's commit protocol writes the row's
+file under a hidden ``_temporary`` folder and moves it into place when the job commits, so no
+reader lists a half-written checkpoint; reading checks the magic, the length and the SHA-256 of
+the payload besides: a corrupt or truncated checkpoint is skipped with a
+:class:`CheckpointWarning` naming it, and the next newest good one is used.
 
-Retention: the newest ``keep`` checkpoints (default 3) are kept, older ones are
-deleted after each successful write; ``keep=None`` keeps all. Three survive a
-corrupt newest file and a truncated one before it. One run writes to a
-directory at a time.
+Retention: the newest ``keep`` checkpoints (default 3) are kept. An older one is removed by
+overwriting its folder with a marker (``pruned=true/``, a few hundred bytes), as Spark's writers
+cannot delete; ``keep=None`` keeps all. Three survive a corrupt newest checkpoint and a truncated
+one before it. One run writes to a directory at a time. Each checkpoint costs a few Spark jobs
+(the write, the listing, the pruning), so ``checkpoint_every`` spaces them out on small data.
 """
 
 from __future__ import annotations
@@ -39,22 +39,18 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
-import uuid
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import CheckpointError
+from .files import first_line, live_folders, prune_folder, spark_errors, spark_files, spark_path
 
 MAGIC = b"DFNETCKPT 1\n"
 FORMAT_VERSION = 1
 DEFAULT_KEEP = 3
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
-_NAME = re.compile(r"^checkpoint-(\d{6,})\.dfnet$")
-_TEMP = re.compile(r"^\.checkpoint-\d{6,}\.dfnet\.[0-9a-f]+\.tmp$")
 #: Configuration fields a resumed run may change: more (or fewer) epochs. With a cosine
 #: learning-rate schedule the epochs are part of every epoch's rate, so they must match too.
 RESUMABLE_CHANGES = frozenset({"epochs"})
@@ -153,104 +149,75 @@ def decode(blob: bytes, uri: str = "") -> Checkpoint:
 
 # --- the store -------------------------------------------------------------------------
 
+BLOB_COL = "checkpoint"
+_DIR = re.compile(r"^checkpoint-(\d{6,})\.dfnet$")
+
+
 class CheckpointStore:
-    """The checkpoints of one run in ``directory``, through Hadoop's FileSystem API.
+    """The checkpoints of one run in ``directory``, through Spark's DataFrame readers and writers.
 
     Parameters
     ----------
-    spark : the SparkSession whose JVM and Hadoop configuration reach the directory.
-    directory : any Hadoop path (local, ``file:``, ``hdfs:``, ``dbfs:``, ``s3a:`` ...).
+    spark : the SparkSession (classic or Connect) that reaches the directory.
+    directory : any path Spark writes (local, ``file:``, ``hdfs:``, ``dbfs:``, ``s3a:`` ...).
     keep : newest checkpoints kept after each write (None: all).
     """
 
     def __init__(self, spark, directory: str, keep: int | None = DEFAULT_KEEP):
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
             raise CheckpointError(f"keep={keep!r}: must be a positive number of checkpoints, or None for all")
+        self.spark = spark
         self.keep = keep
-        self.directory = str(directory)
-        jvm = spark._jvm
-        self._jvm = jvm
-        self._dir = jvm.org.apache.hadoop.fs.Path(self.directory)
-        fs = self._dir.getFileSystem(spark._jsc.hadoopConfiguration())
-        if fs.getScheme() == "file" and not _SCHEME.match(self.directory) and not os.path.isabs(self.directory):
-            # The JVM resolves a relative path against its own start-up folder; the user means ours.
-            self._dir = jvm.org.apache.hadoop.fs.Path(os.path.abspath(self.directory))
-        # The local file system is a ChecksumFileSystem that writes a .crc file beside every file;
-        # the checkpoint carries its own SHA-256, so write through the raw one (no side files).
-        self._fs = fs.getRawFileSystem() if fs.getScheme() == "file" else fs
-        self._dir = self._fs.makeQualified(self._dir)
+        self.directory = spark_path(spark, directory)
 
     def __repr__(self) -> str:
         return f"CheckpointStore({self.uri!r}, keep={self.keep})"
 
     @property
     def uri(self) -> str:
-        return self._dir.toString()
+        return self.directory
 
-    def _path(self, name: str):
-        return self._jvm.org.apache.hadoop.fs.Path(self._dir, name)
-
-    def _names(self) -> list[str]:
-        if not self._fs.exists(self._dir):
-            return []
-        return [status.getPath().getName() for status in self._fs.listStatus(self._dir)]
+    def _path(self, name: str) -> str:
+        return f"{self.directory}/{name}"
 
     def epochs(self) -> list[int]:
-        """Epochs of the checkpoints present (by file name, unverified), oldest first."""
-        return sorted(int(m.group(1)) for m in map(_NAME.match, self._names()) if m)
+        """Epochs of the checkpoints present (by folder, unverified, pruned ones left out), oldest
+        first; no Spark job."""
+        return sorted(int(m.group(1)) for m in map(_DIR.match, live_folders(spark_files(self.spark, self.directory)))
+                      if m)
 
     def uri_of(self, epoch: int) -> str:
-        return self._path(checkpoint_name(epoch)).toString()
+        return self._path(checkpoint_name(epoch))
 
     def save(self, checkpoint: Checkpoint) -> str:
-        """Write ``checkpoint`` atomically (temporary name, then rename); prune; return its URI."""
+        """Write ``checkpoint`` (one committed Spark write), prune older ones; return its URI."""
+        import pyarrow as pa
+
         blob = encode(checkpoint)
-        self._fs.mkdirs(self._dir)
-        final = self._path(checkpoint_name(checkpoint.epoch))
-        temp = self._path(f".{checkpoint_name(checkpoint.epoch)}.{uuid.uuid4().hex}.tmp")
-        out = self._fs.create(temp, False)
-        try:
-            chunk = 8 << 20  # py4j copies each bytes object into a Java byte[]
-            for start in range(0, len(blob), chunk):
-                out.write(bytearray(blob[start:start + chunk]))
-            out.hsync()  # on disk before the rename makes it visible
-        except BaseException:
-            out.close()
-            self._fs.delete(temp, False)
-            raise
-        out.close()
-        if not self._fs.rename(temp, final):
-            # HDFS and object stores refuse to rename onto an existing file (here: a corrupt
-            # checkpoint of this epoch that a resume skipped); replace it.
-            self._fs.delete(final, False)
-            if not self._fs.rename(temp, final):
-                self._fs.delete(temp, False)
-                raise CheckpointError(f"could not rename {temp.toString()} to {final.toString()}")
-        checkpoint.uri = final.toString()
+        uri = self.uri_of(checkpoint.epoch)
+        frame = self.spark.createDataFrame(pa.table({BLOB_COL: pa.array([blob], pa.binary())}))
+        # "overwrite": a folder of this epoch left by an earlier attempt (a corrupt checkpoint that
+        # a resume skipped, or one killed before its commit) is replaced.
+        frame.coalesce(1).write.mode("overwrite").option("compression", "none").parquet(uri)
+        checkpoint.uri = uri
         self._prune()
-        return checkpoint.uri
+        return uri
 
     def _prune(self) -> None:
-        names = self._names()
-        for name in names:
-            if _TEMP.match(name):  # left by a run killed while writing
-                self._fs.delete(self._path(name), False)
         if self.keep is not None:
             for epoch in self.epochs()[:-self.keep]:
-                self._fs.delete(self._path(checkpoint_name(epoch)), False)
+                prune_folder(self.spark, self.uri_of(epoch))
 
     def read(self, epoch: int) -> Checkpoint:
         """The verified checkpoint of ``epoch``; :class:`CheckpointError` if it is bad or unreadable."""
-        path = self._path(checkpoint_name(epoch))
-        uri = path.toString()
+        uri = self.uri_of(epoch)
         try:
-            stream = self._fs.open(path)
-            buffer = self._jvm.java.io.ByteArrayOutputStream()
-            self._jvm.org.apache.hadoop.io.IOUtils.copyBytes(stream, buffer, 1 << 16, True)
-            blob = bytes(buffer.toByteArray())
-        except Exception as e:  # py4j errors carry the Java exception
-            raise CheckpointError(f"{uri}: cannot read ({str(e).splitlines()[0][:300]})") from None
-        return decode(blob, uri)
+            table = self.spark.read.parquet(uri).select(BLOB_COL).toArrow()
+        except spark_errors() as e:
+            raise CheckpointError(f"{uri}: unreadable or truncated ({first_line(e)})") from None
+        if table.num_rows != 1:
+            raise CheckpointError(f"{uri}: truncated: holds {table.num_rows} checkpoint rows, not 1")
+        return decode(table.column(0)[0].as_py(), uri)
 
     def latest(self) -> Checkpoint | None:
         """The newest checkpoint that verifies; each bad newer one is skipped with a warning."""

@@ -22,21 +22,26 @@ Any of them set to ``""`` is left out. Features may be ``array<float>``,
 into arrays in the JVM with ``vector_to_array``); labels are class indices
 ``0..k-1``, integer or whole-number doubles.
 
-Persistence goes through Spark I/O only, so any path Spark can write works
-(local, ``hdfs://``, ``s3a://``, ``dbfs:/``)::
+Persistence goes through Spark's DataFrame readers and writers only, on classic and Spark Connect
+sessions alike, so any path Spark can write works (local, ``hdfs://``, ``s3a://``, ``dbfs:/``, a
+volume)::
 
-    path/metadata/   one JSON line: class, uid, Params (pyspark.ml's DefaultParamsWriter)
-    path/data/       Parquet, one row: format_version, network (JSON of
-                     Sequential.to_config()), weights array<double> (the flat
-                     vector; float32 weights are exact in double), config
-                     (TrainConfig JSON), history (JSON), class_names array<string>
+    path/metadata/          one JSON line: class, uid, Params (pyspark.ml's DefaultParamsWriter
+                            format), and ``dataPath``, the model's data folder
+    path/data-<ns>-<hex>/   Parquet, one row: format_version, network (JSON of
+                            Sequential.to_config()), weights array<double> (the flat
+                            vector; float32 weights are exact in double), config
+                            (TrainConfig JSON), history (JSON), class_names array<string>,
+                            run_id, and the metadata line again
 
+Models saved as ``path/data/`` (before the data folder had a fresh name per save) still load.
 ``DFNetModel.load`` also reads dfnet's own model folder (``model.json`` +
 ``weights.npy``, as ``dfnet train`` writes to ``RUN/model``), with Spark's
 ``text`` and ``binaryFile`` readers. Saving onto an existing path fails with
 :class:`~dfnet.errors.OutputExistsError` unless ``write().overwrite()``; an
-overwrite writes the new model beside the old one and swaps it in only once
-complete, so a failed save leaves the old model loadable.
+overwrite writes the new data folder beside the old one, then the metadata that names it, then
+prunes the old folder (:func:`dfnet.files.prune_folder`), so a failed save leaves the old model
+loadable and a save stopped after its data loads the new one.
 
 Example
 -------
@@ -57,6 +62,8 @@ Example
 from __future__ import annotations
 
 import json
+import re
+import time
 import uuid
 import warnings
 from typing import Any
@@ -79,6 +86,7 @@ from .config import CONSTRAINTS, TrainConfig
 from .engine.data import check_columns, validate_frame
 from .errors import ConfigError, DataValidationError, ModelFormatError, OutputExistsError
 from .evaluate import ClassScorer, predict
+from .files import first_line, live_folders, prune_folder, spark_errors, spark_files
 from .model import TrainedModel
 from .nn.layers import ACTIVATIONS, Dense, Dropout
 from .nn.network import Sequential
@@ -607,72 +615,62 @@ def _feature_arrays(df: DataFrame, column: str, dtype: str) -> Column | None:
     return None
 
 
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-
-
 def _child(path: str, name: str) -> str:
     return path.rstrip("/") + "/" + name
 
 
-def _hadoop_path(spark: SparkSession, path: str):
-    """``(FileSystem, Path)`` of ``path`` through Spark's Hadoop configuration (any scheme Spark reads)."""
-    sc = spark.sparkContext
-    jpath = sc._jvm.org.apache.hadoop.fs.Path(path)
-    return jpath.getFileSystem(sc._jsc.hadoopConfiguration()), jpath
+#: A model's data folder: ``data`` (saved before overwrites were staged) or ``data-<ns>-<hex>``,
+#: a fresh name per save, so a save never writes where the model being replaced lives.
+_DATA_DIR = re.compile(r"^data(?:-(\d+)-[0-9a-f]+)?$")
+
+
+def _write_metadata(spark: SparkSession, path: str, metadata_json: str) -> None:
+    """``path/metadata``: the one JSON line of pyspark.ml's DefaultParamsWriter, replacing any."""
+    spark.createDataFrame([(metadata_json,)], "value string").coalesce(1).write.mode("overwrite") \
+        .text(_child(path, "metadata"))
 
 
 class _DFNetWriter(MLWriter):
-    """Writes an estimator's or a model's files (see the module docstring); refuses an existing
-    path unless ``overwrite()``, and then stages the new files before replacing the old."""
+    """Writes an estimator's or a model's files (see the module docstring) with Spark's writers
+    only, on classic and Connect sessions; refuses an existing path unless ``overwrite()``.
+
+    A model's weights go to a data folder of a fresh name, then the metadata that names it
+    replaces the old one, then the old data folder is pruned: until the new model is whole the old
+    one loads, and from then on the new one (the data row carries the metadata too, so a save
+    stopped between the two writes still loads the new model).
+    """
 
     def __init__(self, instance: DFNetClassifier | DFNetModel):
         super().__init__()
         self.instance = instance
 
     def save(self, path: str) -> None:
-        fs, target = _hadoop_path(self.sparkSession, path)
-        if not fs.exists(target):
-            self.saveImpl(path)
-            return
-        if not self.shouldOverwrite:
+        spark = self.sparkSession
+        existing = spark_files(spark, path)
+        if existing and not self.shouldOverwrite:
             raise OutputExistsError(f"{path} already exists; use write().overwrite().save(path) to replace it")
-        parent = target.getParent()
-        if parent is None:  # a file system root: nowhere to stage, replace as MLlib does
-            self._handleOverwrite(path)
-            self.saveImpl(path)
-            return
-        staging = self.sc._jvm.org.apache.hadoop.fs.Path(parent, f".{target.getName()}.dfnet-{uuid.uuid4().hex}")
-        try:
-            self.saveImpl(staging.toString())
-        except BaseException:
-            fs.delete(staging, True)
-            raise
-        # The old model is moved aside, not deleted, until the new one is in place.
-        aside = self.sc._jvm.org.apache.hadoop.fs.Path(parent, f".{target.getName()}.old-{uuid.uuid4().hex}")
-        if not fs.rename(target, aside):
-            fs.delete(staging, True)
-            raise OSError(f"could not move the existing model at {path} aside to replace it")
-        if not fs.rename(staging, target):
-            fs.rename(aside, target)
-            fs.delete(staging, True)
-            raise OSError(f"could not move the saved model from {staging.toString()} to {path}")
-        fs.delete(aside, True)
+        self.saveImpl(path)
+        if isinstance(self.instance, DFNetModel):
+            for folder in live_folders(existing):
+                if _DATA_DIR.match(folder):
+                    prune_folder(spark, _child(path, folder))
 
     def saveImpl(self, path: str) -> None:
         spark = self.sparkSession
+        extra = None
         if isinstance(self.instance, DFNetModel):
-            trained = self.instance.trained_model
+            data = f"data-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
             extra = {"numFeatures": self.instance.numFeatures, "numClasses": self.instance.numClasses,
-                     "dataFormatVersion": DATA_FORMAT_VERSION}
-            DefaultParamsWriter.saveMetadata(self.instance, path, spark, extraMetadata=extra)
-            _model_data(spark, trained).coalesce(1).write.parquet(_child(path, "data"))
-        else:
-            DefaultParamsWriter.saveMetadata(self.instance, path, spark)
+                     "dataFormatVersion": DATA_FORMAT_VERSION, "dataPath": data}
+        metadata = DefaultParamsWriter._get_metadata_to_save(self.instance, spark, extra)
+        if extra is not None:
+            _model_data(spark, self.instance.trained_model, metadata).coalesce(1).write.parquet(_child(path, data))
+        _write_metadata(spark, path, metadata)
 
 
-def _model_data(spark: SparkSession, trained: TrainedModel) -> DataFrame:
-    """The one-row DataFrame of ``path/data`` (built from Arrow: no Python object per weight)."""
+def _model_data(spark: SparkSession, trained: TrainedModel, metadata_json: str | None = None) -> DataFrame:
+    """The one-row DataFrame of a model's data folder (built from Arrow: no Python object per
+    weight), with the metadata JSON that names it."""
     import pyarrow as pa
 
     table = pa.table({
@@ -683,6 +681,7 @@ def _model_data(spark: SparkSession, trained: TrainedModel) -> DataFrame:
         "history": pa.array([json.dumps(trained.history)], pa.string()),
         "class_names": pa.array([list(trained.class_names) if trained.class_names else None], pa.list_(pa.string())),
         "run_id": pa.array([trained.run_id], pa.string()),
+        "metadata": pa.array([metadata_json], pa.string()),
     })
     return spark.createDataFrame(table)
 
@@ -697,35 +696,53 @@ class _DFNetReader(MLReader):
 
     def load(self, path: str):
         spark = self.sparkSession
-        fs, root = _hadoop_path(spark, path)
-        exists = lambda name: fs.exists(spark.sparkContext._jvm.org.apache.hadoop.fs.Path(root, name))  # noqa: E731
-        if exists("metadata"):
-            return self._load_spark_ml(path)
-        if exists("model.json") and issubclass(self.cls, DFNetModel):
-            return self.cls.from_trained(_read_dfnet_folder(spark, path))
-        hint = f"; the model of a dfnet run folder is in {_child(path, 'model')}" if exists("model/model.json") else ""
+        files = spark_files(spark, path)
+        folders = live_folders(files)
+        if "metadata" in folders:
+            return self._load_spark_ml(path, DefaultParamsReader.loadMetadata(path, spark))
+        if issubclass(self.cls, DFNetModel):
+            if "model.json" in files:
+                return self.cls.from_trained(_read_dfnet_folder(spark, path))
+            data = sorted((f for f in folders if _DATA_DIR.match(f)), key=_data_order)
+            if data:  # a save stopped between its data and its metadata: the data row has both
+                return self._load_spark_ml(path, None, data[-1])
+        hint = f"; the model of a dfnet run folder is in {_child(path, 'model')}" if "model/model.json" in files else ""
         raise ModelFormatError(f"{path}: not a saved {self.cls.__name__} (no metadata/"
                                f"{' and no model.json' if issubclass(self.cls, DFNetModel) else ''}){hint}")
 
-    def _load_spark_ml(self, path: str):
+    def _load_spark_ml(self, path: str, metadata: dict | None, data: str | None = None):
         spark = self.sparkSession
-        metadata = DefaultParamsReader.loadMetadata(path, spark)
-        expected = f"{self.cls.__module__}.{self.cls.__name__}"
-        if metadata.get("class") != expected:
-            raise ModelFormatError(f"{path} holds a {metadata.get('class')}, not a {expected}")
-        instance = self.cls(_read_model_data(spark, path)) if issubclass(self.cls, DFNetModel) else self.cls()
+        trained = None
+        if issubclass(self.cls, DFNetModel) and (metadata is None or metadata.get("class") == _class_name(self.cls)):
+            data = data or (metadata or {}).get("dataPath", "data")
+            trained, saved_metadata = _read_model_data(spark, path, data)
+            metadata = metadata or saved_metadata
+        if metadata is None or metadata.get("class") != _class_name(self.cls):
+            found = None if metadata is None else metadata.get("class")
+            raise ModelFormatError(f"{path} holds a {found}, not a {_class_name(self.cls)}")
+        instance = self.cls(trained) if trained is not None else self.cls()
         instance._resetUid(metadata["uid"])
         DefaultParamsReader.getAndSetParams(instance, metadata)
         return instance
 
 
-def _read_model_data(spark: SparkSession, path: str) -> TrainedModel:
-    """The TrainedModel in ``path/data`` (Parquet, one row)."""
-    source = _child(path, "data")
+def _class_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__name__}"
+
+
+def _data_order(folder: str) -> int:
+    match = _DATA_DIR.match(folder)
+    return int(match.group(1) or 0)
+
+
+def _read_model_data(spark: SparkSession, path: str, data: str = "data") -> tuple[TrainedModel, dict | None]:
+    """The TrainedModel in ``path/<data>`` (Parquet, one row), and the metadata saved with it
+    (None for a model saved before the row carried it)."""
+    source = _child(path, data)
     try:
         table = spark.read.parquet(source).toArrow()
-    except AnalysisException as e:
-        raise ModelFormatError(f"{path}: cannot read the model data in {source} ({_first_line(e)})") from e
+    except spark_errors() as e:
+        raise ModelFormatError(f"{path}: cannot read the model data in {source} ({first_line(e)})") from e
     if table.num_rows != 1:
         raise ModelFormatError(f"{source}: expected one row, found {table.num_rows}")
     row = {name: table.column(name)[0] for name in table.column_names}
@@ -741,13 +758,15 @@ def _read_model_data(spark: SparkSession, path: str) -> TrainedModel:
         history = json.loads(row["history"].as_py())
         class_names = row["class_names"].as_py()
         run_id = row["run_id"].as_py() if "run_id" in row else None  # saved before run ids existed
+        metadata_text = row["metadata"].as_py() if "metadata" in row else None
+        metadata = json.loads(metadata_text) if metadata_text else None
     except ModelFormatError:
         raise
     except (KeyError, ValueError, TypeError, AttributeError) as e:
         raise ModelFormatError(f"{source}: corrupt model data ({type(e).__name__}: {e})") from e
     if weights.shape != (network.num_params,):
         raise ModelFormatError(f"{source}: holds {weights.size} weights, the architecture needs {network.num_params}")
-    return TrainedModel(network, weights.astype(network.dtype), config, history, class_names, run_id)
+    return TrainedModel(network, weights.astype(network.dtype), config, history, class_names, run_id), metadata
 
 
 def _read_dfnet_folder(spark: SparkSession, path: str) -> TrainedModel:
@@ -757,7 +776,7 @@ def _read_dfnet_folder(spark: SparkSession, path: str) -> TrainedModel:
         text = spark.read.text(_child(path, "model.json"), wholetext=True).first()
         weights = spark.read.format("binaryFile").load(_child(path, "weights.npy")).select("content").first()
     except AnalysisException as e:
-        raise ModelFormatError(f"{path}: not a dfnet model folder ({_first_line(e)})") from e
+        raise ModelFormatError(f"{path}: not a dfnet model folder ({first_line(e)})") from e
     if text is None or weights is None:
         raise ModelFormatError(f"{path}: not a dfnet model folder (model.json or weights.npy is missing)")
     return TrainedModel.from_saved(text[0], bytes(weights[0]), source=path)

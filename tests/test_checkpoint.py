@@ -57,7 +57,23 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 
 def checkpoint_files(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir())
+    """The checkpoint folders in ``folder`` that retention has not pruned."""
+    return sorted(p.name for p in folder.iterdir() if not (p / "pruned=true").exists())
+
+
+def data_file(folder: Path, epoch: int) -> Path:
+    """The one Parquet file that holds epoch ``epoch``'s checkpoint row."""
+    (part,) = (folder / checkpoint_name(epoch)).glob("part-*.parquet")
+    return part
+
+
+def read_blob(folder: Path, epoch: int) -> bytes:
+    """The checkpoint bytes of ``epoch``, read without Spark."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(data_file(folder, epoch))
+    assert table.num_rows == 1
+    return table.column(0)[0].as_py()
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +104,7 @@ def copy_with(folder: Path, tmp_path: Path, epochs) -> Path:
     target = tmp_path / "ckpt"
     target.mkdir()
     for epoch in epochs:
-        shutil.copy(folder / checkpoint_name(epoch), target / checkpoint_name(epoch))
+        shutil.copytree(folder / checkpoint_name(epoch), target / checkpoint_name(epoch))
     return target
 
 
@@ -96,7 +112,10 @@ def test_checkpointing_does_not_change_the_run(spark, reference, checkpointed):
     model, folder, recorder = checkpointed
     assert np.array_equal(model.params, reference.params)
     assert recorder.messages == [f"No checkpoint in file:{folder}: starting from scratch"]
-    assert checkpoint_files(folder) == [checkpoint_name(e) for e in (1, 2, 3, 4)]  # no temp or .crc files
+    assert sorted(p.name for p in folder.iterdir()) == [checkpoint_name(e) for e in (1, 2, 3, 4)]
+    for epoch in (1, 2, 3, 4):  # one committed row each, nothing left under _temporary
+        assert decode(read_blob(folder, epoch)).epoch == epoch
+        assert not (folder / checkpoint_name(epoch) / "_temporary").exists()
     last = CheckpointStore(spark, str(folder)).latest()
     assert last.epoch == 4 and np.array_equal(last.params, reference.params)
     assert last.optimizer == "adam" and last.optimizer_state["steps"] == 16
@@ -126,20 +145,22 @@ def test_a_corrupt_and_a_truncated_newest_checkpoint_are_skipped_with_a_warning(
         spark, digits, reference, checkpointed, tmp_path):
     _, folder, _ = checkpointed
     target = copy_with(folder, tmp_path, (1, 2, 3, 4))
-    newest = target / checkpoint_name(4)
-    data = bytearray(newest.read_bytes())
-    for i in (len(data) // 2, len(data) - 5):
-        data[i] ^= 0xFF  # flipped bits in the payload
-    newest.write_bytes(bytes(data))
-    truncated = target / checkpoint_name(3)
-    truncated.write_bytes(truncated.read_bytes()[:-1000])
+    newest, truncated = target / checkpoint_name(4), target / checkpoint_name(3)
+    part = data_file(target, 4)
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # flipped bits in the payload (uncompressed: the checkpoint's own bytes)
+    part.write_bytes(bytes(data))
+    # ... on a store without the local file system's .crc side files, so the SHA-256 is what catches it
+    (part.parent / f".{part.name}.crc").unlink()
+    part = data_file(target, 3)
+    part.write_bytes(part.read_bytes()[:-1000])
     recorder = Recorder()
     with pytest.warns(CheckpointWarning) as caught:
         model = fit(digits, CONFIG, checkpoint_dir=str(target), resume=True, callbacks=[recorder], verbose=False)
     messages = [str(w.message) for w in caught]
     assert len(messages) == 2
     assert f"skipping checkpoint file:{newest}" in messages[0] and "corrupt" in messages[0] and "SHA-256" in messages[0]
-    assert f"skipping checkpoint file:{truncated}" in messages[1] and "truncated" in messages[1]
+    assert f"skipping checkpoint file:{truncated}" in messages[1] and "truncated" in messages[1], messages[1]
     assert recorder.messages == [f"Resuming from file:{target}/{checkpoint_name(2)} (epoch 2 of 4 done)"]
     assert np.array_equal(model.params, reference.params)
     # the bad files were replaced by good ones of the resumed run
@@ -209,7 +230,7 @@ def test_averaging_schedule_resumes_bit_for_bit_and_retention_keeps_the_newest(d
     assert np.array_equal(first.params, reference.params)
     # every 2 epochs and after the last: 2, 4, 5; the newest two are kept
     assert checkpoint_files(folder) == [checkpoint_name(4), checkpoint_name(5)]
-    (folder / checkpoint_name(5)).unlink()
+    shutil.rmtree(folder / checkpoint_name(5))
     resumed = fit(digits, config, checkpoint_dir=str(folder), resume=True, verbose=False)
     assert np.array_equal(resumed.params, reference.params)
 
@@ -276,7 +297,7 @@ def test_a_run_killed_with_sigkill_resumes_to_bit_identical_weights(cli_referenc
                               stderr=subprocess.STDOUT, env=child_env(), start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        while not (checkpoints / checkpoint_name(3)).exists():
+        while not list((checkpoints / checkpoint_name(3)).glob("part-*.parquet")):
             assert killed.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "no third checkpoint within 300 s"
             time.sleep(0.05)
@@ -287,10 +308,12 @@ def test_a_run_killed_with_sigkill_resumes_to_bit_identical_weights(cli_referenc
     assert killed.returncode == -signal.SIGKILL
     assert not output.exists()  # the run folder appears only whole, at the end
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "killed.log"]
-    done = [int(m.group(1)) for m in map(re.compile(r"checkpoint-(\d+)\.dfnet$").match, os.listdir(checkpoints)) if m]
-    assert 3 <= max(done) < 6
-    for epoch in done:  # whatever the kill interrupted, every final name holds a whole checkpoint
-        decode((checkpoints / checkpoint_name(epoch)).read_bytes())
+    names = [m for m in map(re.compile(r"checkpoint-(\d+)\.dfnet$").match, checkpoint_files(checkpoints)) if m]
+    committed = [int(m.group(1)) for m in names if list((checkpoints / m.group(0)).glob("part-*.parquet"))]
+    assert 3 <= max(committed) < 6
+    for epoch in committed:  # whatever the kill interrupted, every committed folder holds a whole checkpoint
+        decode(read_blob(checkpoints, epoch))
+    done = committed
 
     resumed = subprocess.run(cli("--checkpoint-dir", str(checkpoints), "--output", str(output), "--resume"),
                              capture_output=True, text=True, env=child_env(), timeout=600)
@@ -303,7 +326,7 @@ def test_a_run_killed_with_sigkill_resumes_to_bit_identical_weights(cli_referenc
     assert np.array_equal(weights, cli_reference.params)
     history = json.loads((output / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6] and all(h["rows"] == 1437 for h in history)
-    assert sorted(os.listdir(checkpoints)) == [checkpoint_name(e) for e in (4, 5, 6)]
+    assert checkpoint_files(checkpoints) == [checkpoint_name(e) for e in (4, 5, 6)]
 
 
 def test_two_processes_train_bit_identical_weights(cli_reference, tmp_path):

@@ -75,3 +75,109 @@ def test_a_model_trained_on_connect_scores_far_above_chance(connect):
 def test_the_rdd_engines_refuse_a_connect_session_and_say_what_to_use(connect, engine):
     with pytest.raises(ConfigError, match=r"Spark Connect session.*engine='dataframe'"):
         fit(digits(connect), TrainConfig(engine=engine, schedule="minibatch", epochs=1), verbose=False)
+
+
+# --- checkpoints and resume -------------------------------------------------------------
+
+CKPT_CONFIG = TrainConfig(hidden=(16,), schedule="minibatch", lr_schedule="constant", epochs=4, batch_size=360,
+                          partitions=2, seed=1)
+
+
+def test_checkpoints_and_resume_on_connect_are_bit_identical(connect, tmp_path):
+    import shutil
+
+    from dfnet.checkpoint import CheckpointStore, checkpoint_name
+
+    df = digits(connect)
+    reference = fit(df, CKPT_CONFIG, verbose=False)
+    folder = tmp_path / "ckpt"
+    first = fit(df, CKPT_CONFIG, checkpoint_dir=str(folder), verbose=False)
+    assert np.array_equal(first.params, reference.params)
+    store = CheckpointStore(connect, str(folder))
+    assert store.epochs() == [2, 3, 4]  # the default keeps three
+    assert np.array_equal(store.read(4).params, reference.params)
+    shutil.rmtree(folder / checkpoint_name(4))  # the run died before its last checkpoint
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        fit(df, CKPT_CONFIG, checkpoint_dir=str(folder), verbose=False)
+    resumed = fit(df, CKPT_CONFIG, checkpoint_dir=str(folder), resume=True, verbose=False)
+    assert np.array_equal(resumed.params, reference.params)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in reference.history]
+
+
+# --- Spark ML ---------------------------------------------------------------------------
+
+def test_a_pipeline_fits_saves_and_loads_on_connect(connect, tmp_path):
+    from pyspark.ml import Pipeline, PipelineModel
+    from pyspark.ml.feature import SQLTransformer
+
+    from dfnet.ml import DFNetClassifier, DFNetModel
+
+    train, test = digits(connect), digits(connect, "test")
+    pipeline = Pipeline(stages=[
+        SQLTransformer(statement="SELECT id, image AS features, CAST(label AS DOUBLE) AS label FROM __THIS__"),
+        DFNetClassifier(layers=[64, 32, 10], maxIter=12, dtype="float64", seed=3),
+    ])
+    model = pipeline.fit(train)
+    scored = model.transform(test).orderBy("id").select("prediction").toPandas()["prediction"].to_numpy()
+    trained = model.stages[-1].trained_model
+    images, labels = load_arrays("digits", "test")
+    expected = trained.network.forward(trained.params, (images.reshape(len(images), -1) / 16.0)).argmax(axis=1)
+    assert np.array_equal(scored, expected)
+    assert np.mean(scored == labels) > 0.85  # chance: 0.1
+
+    path = str(tmp_path / "pipeline")
+    model.write().save(path)
+    loaded = PipelineModel.load(path)
+    np.testing.assert_array_equal(loaded.stages[-1].trained_model.params, trained.params)
+    again = loaded.transform(test).orderBy("id").select("prediction").toPandas()["prediction"].to_numpy()
+    assert np.array_equal(again, scored)
+
+    alone = str(tmp_path / "model")  # an overwrite keeps the old model until the new one is whole
+    model.stages[-1].write().save(alone)
+    halved = DFNetModel.from_trained(type(trained)(trained.network, trained.params * 0.5, trained.config))
+    halved.write().overwrite().save(alone)
+    np.testing.assert_array_equal(DFNetModel.load(alone).trained_model.params, trained.params * 0.5)
+
+
+# --- the command line, tables and SQL ------------------------------------------------------
+
+def test_the_cli_trains_writes_tables_and_predicts_on_connect(connect, connect_url, tmp_path):
+    import json
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pyspark.sql import functions as F
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("SPARK_REMOTE", None)  # --remote says where
+    env.pop("SPARK_CONNECT_MODE_ENABLED", None)
+    run = tmp_path / "run"
+    for table in ("c_hist", "c_cm", "c_preds", "c_predict"):
+        connect.sql(f"DROP TABLE IF EXISTS {table}")
+    train = subprocess.run([sys.executable, "-m", "dfnet.cli", "train", "--remote", connect_url, "--epochs", "3",
+                            "--hidden", "32", "--no-progress", "--output", str(run), "--history-table", "c_hist",
+                            "--metrics-table", "c_cm", "--predictions-table", "c_preds"],
+                           capture_output=True, text=True, env=env, timeout=600)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert "Epoch 3/3" in train.stdout and "WARN" not in train.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    history = json.loads((run / "history.json").read_text())
+    run_id = re.search(r"Tables \(run_id (\S+)\)", train.stdout).group(1)
+
+    # The tables, queried with SQL on the Connect session, against the run folder's figures.
+    accuracy = connect.sql("SELECT avg(CAST(label = prediction AS DOUBLE)) AS a, count(*) AS n FROM c_preds "
+                           f"WHERE run_id = '{run_id}'").first()
+    assert accuracy["a"] == pytest.approx(metrics["test_accuracy"], abs=1e-12) and accuracy["n"] == metrics["count"]
+    losses = [r["loss"] for r in connect.sql("SELECT epoch, loss FROM c_hist ORDER BY epoch").collect()]
+    assert losses == [h["loss"] for h in history]
+    f1 = {r["class"]: r["f1"] for r in connect.table("c_cm").collect()}
+    assert f1 == {c["class"]: c["f1"] for c in metrics["per_class"]}
+
+    predict = subprocess.run([sys.executable, "-m", "dfnet.cli", "predict", "--remote", connect_url, "--model",
+                              str(run), "--table", "c_predict"], capture_output=True, text=True, env=env, timeout=600)
+    assert predict.returncode == 0, predict.stderr[-3000:]
+    again = connect.table("c_predict").select(F.avg((F.col("label") == F.col("prediction")).cast("double"))).first()[0]
+    assert again == pytest.approx(metrics["test_accuracy"], abs=1e-12)

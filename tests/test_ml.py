@@ -8,7 +8,9 @@ epoch) on 1,000 digits, so the file stays fast.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -132,11 +134,14 @@ def test_saved_model_is_plain_spark_data(pipeline_model, spark, tmp_path):
     model = stage_of(pipeline_model)
     path = tmp_path / "model"
     model.write().save(str(path))
-    assert sorted(p for p in os.listdir(path) if not p.startswith(".")) == ["data", "metadata"]
+    data, metadata = sorted(p for p in os.listdir(path) if not p.startswith("."))
+    assert metadata == "metadata" and re.fullmatch(r"data-\d+-[0-9a-f]{8}", data)
     [meta] = spark.read.json(str(path / "metadata")).collect()
     assert meta["class"] == "dfnet.ml.DFNetModel" and meta["numFeatures"] == 784 and meta["numClasses"] == 10
-    [row] = spark.read.parquet(str(path / "data")).collect()
-    assert dict(spark.read.parquet(str(path / "data")).dtypes)["weights"] == "array<double>"
+    assert meta["dataPath"] == data
+    [row] = spark.read.parquet(str(path / data)).collect()
+    assert dict(spark.read.parquet(str(path / data)).dtypes)["weights"] == "array<double>"
+    assert json.loads(row["metadata"])["uid"] == meta["uid"]  # the row can stand for the metadata
     np.testing.assert_array_equal(np.array(row["weights"]), model.trained_model.params)
 
 

@@ -41,6 +41,8 @@ import numpy as np
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 
+from dfnet.session import is_connect
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 DATABRICKS_NOTEBOOK = EXAMPLES / "databricks_dfnet.py"
 ZEPPELIN_NOTE = EXAMPLES / "zeppelin_dfnet.zpln"
@@ -268,7 +270,10 @@ def databricks_builtins(spark: SparkSession) -> Callable[[NotebookRun], dict]:
                 raise TypeError(f"displayHTML takes a str, got {type(html).__name__}")
             run.show("html", html)
 
-        return {"spark": spark, "sc": spark.sparkContext, "display": display, "displayHTML": displayHTML}
+        provided = {"spark": spark, "display": display, "displayHTML": displayHTML}
+        if not is_connect(spark):  # serverless and standard access mode notebooks have no `sc`
+            provided["sc"] = spark.sparkContext
+        return provided
     return make
 
 
@@ -425,10 +430,13 @@ def write_earlier_run(spark: SparkSession) -> None:
 
 
 @pytest.fixture
-def user_session(spark, tmp_path):
+def user_session(request, tmp_path):
     """The test session as a user's notebook would have it: USER_CONF set, a fresh ``dfnet_examples``
     database (in ``tmp_path``) holding only an earlier run's history and per-class metrics
-    (:func:`write_earlier_run`). All undone afterwards. Each test runs its notebook once in it."""
+    (:func:`write_earlier_run`). All undone afterwards. Each test runs its notebook once in it.
+    Parametrized indirectly with "connect", the session is the Spark Connect one (a serverless
+    notebook); otherwise the classic one."""
+    spark = request.getfixturevalue("connect" if getattr(request, "param", "classic") == "connect" else "spark")
     previous = {key: spark.conf.get(key, None) for key in USER_CONF}
     for key, value in USER_CONF.items():
         spark.conf.set(key, value)
@@ -537,13 +545,14 @@ def check_notebook_run(run: NotebookRun, spark: SparkSession, conf_before: dict[
 
     # The session is the user's still: running, active, configured as before.
     assert ns["spark"] is spark
-    assert not spark.sparkContext._jsc.sc().isStopped()
+    assert is_connect(spark) or not spark.sparkContext._jsc.sc().isStopped()
     assert SparkSession.getActiveSession() is spark
     assert spark.range(3).count() == 3
     assert {key: spark.conf.get(key) for key in USER_CONF} == USER_CONF
     assert spark.conf.getAll == conf_before
 
 
+@pytest.mark.parametrize("user_session", ["classic", "connect"], indirect=True)
 def test_databricks_notebook_runs_end_to_end(user_session):
     spark = user_session
     conf_before = spark.conf.getAll

@@ -1,11 +1,16 @@
-"""A real local Spark Connect server for the Connect journeys, started and stopped by its PID.
+"""A local Spark Connect server in a process of its own, started and stopped by its PID: what
+the tests' Connect journeys and ``benchmarks/connect.py`` run against, and a way to try dfnet's
+Connect path on a laptop::
+
+    python -m dfnet.local_connect            # prints the sc:// URL; Ctrl-C stops the server
+    dfnet train --remote sc://127.0.0.1:PORT
 
 The server is pip's pyspark's own ``SparkConnectServer`` (what ``sbin/start-connect-server.sh``
-runs) on ``local[2]``, in a process of its own. It cannot live in the test process: a Python
-process holds one kind of session at a time (``SparkSession.builder.remote("local[2]")`` refuses
-to start beside the classic test session, and pyspark switches ``pyspark.sql.functions`` to
-Connect for the whole process once a Connect session exists). Its Python workers run this
-interpreter, so they import dfnet from this checkout.
+runs). It does not live in the calling process, as ``SparkSession.builder.remote("local[2]")``
+would put it: a Python process holds one kind of session at a time (``remote("local[2]")``
+refuses to start beside a classic session, and pyspark switches ``pyspark.sql.functions`` to
+Connect for the whole process once a Connect session exists; :func:`connect_mode` switches a
+process that holds both). Its Python workers run this interpreter, so they import this dfnet.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ def start_server(workdir: Path, master: str = "local[2]") -> tuple[subprocess.Po
     conf = {"spark.connect.grpc.binding.port": str(port), "spark.connect.grpc.binding.address": "127.0.0.1",
             "spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "8",
             "spark.sql.execution.arrow.pyspark.enabled": "true",
-            "spark.sql.warehouse.dir": str(workdir / "warehouse"), "spark.driver.memory": "2g"}
+            "spark.sql.warehouse.dir": str(workdir / "warehouse"), "spark.driver.memory": "4g"}
     argv = [str(submit), "--class", SERVER_CLASS, "--master", master, "--name", "dfnet-tests-connect"]
     for key, value in conf.items():
         argv += ["--conf", f"{key}={value}"]
@@ -101,3 +106,28 @@ def connect_mode(url: str):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def main() -> int:
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(prog="python -m dfnet.local_connect", description=__doc__.split("\n")[0])
+    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--workdir", default=None, help="warehouse and log folder (default: a temporary one)")
+    args = parser.parse_args()
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="dfnet-connect-"))
+    proc, url, log = start_server(workdir, args.master)
+    print(f"Spark Connect server on {args.master} at {url} (pid {proc.pid}, log {log}); Ctrl-C stops it",
+          flush=True)
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_server(proc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
