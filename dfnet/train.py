@@ -401,6 +401,8 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
     engine = engine_for(config, network)
     shuffle = config.schedule == "auto" and config.engine == "dataframe"
     prepare_args = dict(shuffle_seed=config.seed) if shuffle else {}
+    if "partitions" in summary:  # Connect: counted by the validation job, so no job of its own
+        prepare_args["input_partitions_hint"] = summary["partitions"]
     data = engine.prepare(df, features_col=features_col, label_col=label_col, num_partitions=config.partitions,
                           **prepare_args)
     validation = None

@@ -165,6 +165,7 @@ def test_the_cli_trains_writes_tables_and_predicts_on_connect(connect, connect_u
     assert "Epoch 3/3" in train.stdout and "WARN" not in train.stderr
     metrics = json.loads((run / "metrics.json").read_text())
     history = json.loads((run / "history.json").read_text())
+    assert "Plotly.newPlot" in (run / "report.html").read_text()  # the figures, made from Connect frames
     run_id = re.search(r"Tables \(run_id (\S+)\)", train.stdout).group(1)
 
     # The tables, queried with SQL on the Connect session, against the run folder's figures.
@@ -176,8 +177,10 @@ def test_the_cli_trains_writes_tables_and_predicts_on_connect(connect, connect_u
     f1 = {r["class"]: r["f1"] for r in connect.table("c_cm").collect()}
     assert f1 == {c["class"]: c["f1"] for c in metrics["per_class"]}
 
-    predict = subprocess.run([sys.executable, "-m", "dfnet.cli", "predict", "--remote", connect_url, "--model",
-                              str(run), "--table", "c_predict"], capture_output=True, text=True, env=env, timeout=600)
+    # No --remote: SPARK_REMOTE names the server, as pyspark reads it.
+    predict = subprocess.run([sys.executable, "-m", "dfnet.cli", "predict", "--model", str(run), "--table",
+                              "c_predict"], capture_output=True, text=True, env={**env, "SPARK_REMOTE": connect_url},
+                             timeout=600)
     assert predict.returncode == 0, predict.stderr[-3000:]
     again = connect.table("c_predict").select(F.avg((F.col("label") == F.col("prediction")).cast("double"))).first()[0]
     assert again == pytest.approx(metrics["test_accuracy"], abs=1e-12)

@@ -92,7 +92,7 @@ def test_resume_with_early_stopping_is_bit_identical(digits, tmp_path):
     for cut in (whole.early_stopping["best_epoch"], stopped - 1):  # mid-patience, and with the best behind
         folder = tmp_path / f"from{cut}"
         folder.mkdir()
-        shutil.copy(tmp_path / "all" / checkpoint_name(cut), folder / checkpoint_name(cut))
+        shutil.copytree(tmp_path / "all" / checkpoint_name(cut), folder / checkpoint_name(cut))
         resumed = fit(digits, config, checkpoint_dir=str(folder), resume=True, verbose=False)
         assert np.array_equal(resumed.params, whole.params)
         assert resumed.early_stopping == whole.early_stopping

@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..errors import DataValidationError
-from ..session import input_partitions
+from ..session import input_partitions, is_connect
 
 ROW_COL, X_COL, LABEL_COL = "_row", "_x", "_label"
 ENCODED_SCHEMA = T.StructType([
@@ -54,8 +54,12 @@ def check_columns(df: DataFrame, features_col: str, label_col: str | None) -> No
                 f"column {label_col!r} must hold integer class indices, got {ltype.simpleString()}")
 
 
+PARTITION_COL = "_dfnet_partition"
+
+
 def summarize(df: DataFrame, features_col: str, label_col: str | None) -> dict:
-    """One Spark aggregation over the data: row count, nulls, image lengths, bad values, label range."""
+    """One Spark aggregation over the data: row count, nulls, image lengths, bad values, label range;
+    on a Spark Connect session also ``partitions`` (there no RDD tells it without a job)."""
     image = F.col(features_col)
     bad_value = F.exists(image, lambda v: v.isNull() | F.isnan(v) | (F.abs(v) == float("inf")))
     aggs = [
@@ -76,6 +80,9 @@ def summarize(df: DataFrame, features_col: str, label_col: str | None) -> dict:
             # `floor` overflows on +-inf under ANSI mode; `% 1` gives NaN instead.
             not_whole = F.isnan(label) | (F.abs(label) == float("inf")) | ((label % 1) != 0)
             aggs.append(F.sum(not_whole.cast("long")).alias("fractional_labels"))
+    if is_connect(df.sparkSession):
+        df = df.withColumn(PARTITION_COL, F.spark_partition_id())
+        aggs.append((F.max(PARTITION_COL) + 1).alias("partitions"))
     return df.agg(*aggs).first().asDict()
 
 
@@ -287,8 +294,8 @@ class TrainingData:
 
 
 def encode_training_data(df: DataFrame, *, features_col: str, label_col: str, num_features: int,
-                         dtype: str, num_partitions: int | None = None,
-                         shuffle_seed: int | None = None) -> TrainingData:
+                         dtype: str, num_partitions: int | None = None, shuffle_seed: int | None = None,
+                         input_partitions_hint: int | None = None) -> TrainingData:
     """Cache the packed encoding of an already validated ``df`` (one Spark job fills the cache).
 
     ``shuffle_seed``: spread the rows over the partitions by a seeded hash of
@@ -296,10 +303,11 @@ def encode_training_data(df: DataFrame, *, features_col: str, label_col: str, nu
     sample of the data even when ``df`` is sorted (by label, say) and the
     layout does not depend on which task finished first. Model averaging needs
     it: models trained on partitions of one class each do not average into a
-    classifier.
+    classifier. ``input_partitions_hint``: the partitions of ``df`` when already known (from
+    :func:`summarize` on Connect), saving the job that would count them.
     """
     source = df.select(features_col, label_col)
-    partitions = num_partitions or input_partitions(source)
+    partitions = num_partitions or input_partitions_hint or input_partitions(source)
     if shuffle_seed is not None:
         # A hash of the row's content, not of its position: the layout (and so the row keys
         # numbered after it) is the same however the input was partitioned or cached. Rows that

@@ -318,15 +318,17 @@ class DataFrameEngine:
         self.rows: Rows = _image_rows(network) if patches == "inline" else PatchRows.of(network, patch_rows)
 
     def prepare(self, df: DataFrame, *, features_col: str, label_col: str,
-                num_partitions: int | None = None, shuffle_seed: int | None = None) -> TrainingData:
+                num_partitions: int | None = None, shuffle_seed: int | None = None,
+                input_partitions_hint: int | None = None) -> TrainingData:
         """Cache the packed encoding (images, or patch rows) of a validated ``df``; ``shuffle_seed``
         spreads the rows over the partitions at random (patch rows always are, by image key)."""
         if isinstance(self.rows, PatchRows):
             return explode_patches(df, self.rows, features_col=features_col, label_col=label_col,
-                                   num_partitions=num_partitions)
+                                   num_partitions=num_partitions or input_partitions_hint)
         return encode_training_data(df, features_col=features_col, label_col=label_col,
                                     num_features=self.network.num_features, dtype=self.network.dtype.name,
-                                    num_partitions=num_partitions, shuffle_seed=shuffle_seed)
+                                    num_partitions=num_partitions, shuffle_seed=shuffle_seed,
+                                    input_partitions_hint=input_partitions_hint)
 
     def gradient(self, params: np.ndarray, rows: DataFrame,
                  noise_key: tuple[int, int, int] | None = None) -> LossAndGrad:
