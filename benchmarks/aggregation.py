@@ -12,9 +12,13 @@ engine does: one job per step) and are checked to give the same sum.
 
   empty         the same job with an empty vector per partition, collected: the job floor
   collect       collect the partition rows (pickled rows) and sum on the driver
-  collect-arrow the same through DataFrame.toArrow() (Arrow, no pickling)
+  collect-arrow the same through DataFrame.toArrow() (Arrow, no pickling), added in partition
+                order   <- dfnet's engine, aggregate="collect" (the default below 2^25 values)
+  collect-arrow-unordered  the same, added in arrival order (dfnet before the partition order)
   pandas-udf    groupBy().agg(grouped-aggregate pandas UDF), result by first()
-  pandas-arrow  the same aggregation, result through toArrow()   <- dfnet's engine
+  pandas-arrow  the same aggregation, result through toArrow(), the UDF adding in partition
+                order   <- dfnet's engine, aggregate="agg"
+  pandas-arrow-unordered   the same, added in arrival order (dfnet before the partition order)
   arrow-udf     groupBy().agg(grouped-aggregate Arrow UDF, pyspark >= 4.1: no pandas), result through toArrow()
   chunks        rows of 8,192-value chunks, groupBy("chunk").agg(aggregate(collect_list, zip_with))
   posexplode    posexplode into one row per value, groupBy("pos").sum()  (sizes <= 250,000 only)
@@ -32,13 +36,14 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 from common import environment, save_results
 from pyspark import TaskContext
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from dfnet.engine.dataframe import (PARTIAL_COL, PARTIAL_SCHEMA, adaptive_execution_off, make_sum_vectors,
+from dfnet.engine.dataframe import (PARTIAL_COL, PARTIAL_SCHEMA, PARTITION_COL, adaptive_execution_off, make_sum_vectors, partial_batch,
                                     sum_on_driver)
 from dfnet.session import get_or_create_spark
 
@@ -56,9 +61,7 @@ def emit_vector(size: int):
     def per_partition(batches):
         for _ in batches:
             pass
-        yield pa.RecordBatch.from_arrays(
-            [pa.array([vector(TaskContext.get().partitionId(), size)], type=pa.list_(pa.float64()))],
-            names=[PARTIAL_COL])
+        yield partial_batch(vector(TaskContext.get().partitionId(), size))
     return per_partition
 
 
@@ -74,10 +77,26 @@ def emit_chunks(size: int):
     return per_partition
 
 
+def _unordered_sum_vectors(partials: pd.Series) -> np.ndarray:
+    """The aggregation UDF before the partition order: the rows stacked as they arrived."""
+    return np.sum(np.stack(partials.to_numpy()), axis=0)
+
+
+def _unordered_on_driver(column: pa.ChunkedArray) -> np.ndarray | None:
+    """The driver's sum before the partition order: chunk by chunk, as the batches arrived."""
+    total = None
+    for chunk in column.chunks:
+        chunk = chunk.drop_null()
+        if len(chunk):
+            part = chunk.flatten().to_numpy(zero_copy_only=False).reshape(len(chunk), -1).sum(axis=0)
+            total = part if total is None else total + part
+    return total
+
+
 def sum_arrow(partials: pa.Array) -> pa.Scalar:
     """The grouped-aggregate Arrow UDF: element-wise sum of the group's vectors (the engine's own
     ``sum_on_driver``), as one list scalar."""
-    total = sum_on_driver(pa.chunked_array([partials]))
+    total = sum_on_driver(pa.table({PARTIAL_COL: partials}))
     return pa.ListArray.from_arrays(pa.array([0, len(total)], pa.int32()), pa.array(total))[0]
 
 
@@ -86,13 +105,17 @@ def variants(spark, partitions: int, size: int) -> dict:
     query would reuse its shuffle output and skip the map stage."""
     source = spark.range(0, partitions, numPartitions=partitions)
     sum_vectors = make_sum_vectors()
+    unordered_sum = F.pandas_udf(_unordered_sum_vectors, T.ArrayType(T.DoubleType(), True))
     arrow_sum = F.arrow_udf(sum_arrow, T.ArrayType(T.DoubleType(), True))
 
     def partials():
         return source.mapInArrow(emit_vector(size), PARTIAL_SCHEMA)
 
     def aggregated():
-        return partials().groupBy().agg(sum_vectors(PARTIAL_COL).alias("total"))
+        return partials().groupBy().agg(sum_vectors(PARTITION_COL, PARTIAL_COL).alias(PARTIAL_COL))
+
+    def aggregated_unordered():
+        return partials().groupBy().agg(unordered_sum(PARTIAL_COL).alias(PARTIAL_COL))
 
     def chunks():
         lst = F.collect_list("part")
@@ -111,12 +134,16 @@ def variants(spark, partitions: int, size: int) -> dict:
 
     out = {
         "empty": lambda: source.mapInArrow(emit_vector(0), PARTIAL_SCHEMA).collect(),
-        "collect": lambda: np.sum([np.asarray(r[0]) for r in partials().collect()], axis=0),
-        # The two Arrow forms sum exactly as the engine does (sum_on_driver).
-        "collect-arrow": lambda: sum_on_driver(partials().toArrow().column(0)),
+        "collect": lambda: np.sum([np.asarray(r[PARTIAL_COL]) for r in partials().collect()], axis=0),
+        # The Arrow forms sum exactly as the engine does (sum_on_driver: in partition order).
+        "collect-arrow": lambda: sum_on_driver(partials().toArrow()),
+        # ... and as it did before the partition order (rows added as they arrived).
+        "collect-arrow-unordered": lambda: _unordered_on_driver(partials().toArrow().column(PARTIAL_COL)),
         "pandas-udf": lambda: np.asarray(aggregated().first()[0]),
-        "pandas-arrow": lambda: sum_on_driver(aggregated().toArrow().column(0)),
-        "arrow-udf": lambda: sum_on_driver(partials().groupBy().agg(arrow_sum(PARTIAL_COL)).toArrow().column(0)),
+        "pandas-arrow": lambda: sum_on_driver(aggregated().toArrow()),
+        "pandas-arrow-unordered": lambda: _unordered_on_driver(aggregated_unordered().toArrow().column(0)),
+        "arrow-udf": lambda: sum_on_driver(
+            partials().groupBy().agg(arrow_sum(PARTIAL_COL).alias(PARTIAL_COL)).toArrow()),
         "chunks": chunks,
     }
     if size <= POSEXPLODE_MAX:

@@ -54,7 +54,7 @@ from common import default_data_dir, environment, save_results
 
 from dfnet.config import TrainConfig
 from dfnet.datasets import get_dataset, load_arrays, to_dataframe
-from dfnet.engine.dataframe import PARTIAL_COL, PARTIAL_SCHEMA
+from dfnet.engine.dataframe import PARTIAL_SCHEMA, partial_batch
 from dfnet.session import get_or_create_spark
 from dfnet.train import fit
 
@@ -207,7 +207,7 @@ def empty_job(partitions: int):
     def per_partition(batches):
         for _ in batches:
             pass
-        yield pa.RecordBatch.from_arrays([pa.array([[0.0]], type=pa.list_(pa.float64()))], names=[PARTIAL_COL])
+        yield partial_batch(np.zeros(1))
 
     return per_partition
 

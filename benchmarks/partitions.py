@@ -31,7 +31,7 @@ from common import default_data_dir, environment, save_results
 
 from dfnet.datasets import load_dataframe
 from dfnet.engine.data import X_COL, decode_arrow_images, encode_training_data
-from dfnet.engine.dataframe import PARTIAL_COL, PARTIAL_SCHEMA, DataFrameEngine, partial_gradient_sums
+from dfnet.engine.dataframe import PARTIAL_SCHEMA, DataFrameEngine, partial_batch, partial_gradient_sums
 from dfnet.nn import build_mlp
 from dfnet.session import get_or_create_spark
 
@@ -44,8 +44,7 @@ def reader(num_features: int):
         for batch in batches:
             if batch.num_rows and X_COL in batch.schema.names:
                 count += len(decode_arrow_images(batch.column(X_COL), num_features, "float32"))
-        yield pa.RecordBatch.from_arrays([pa.array([[float(count)]], type=pa.list_(pa.float64()))],
-                                         names=[PARTIAL_COL])
+        yield partial_batch(np.array([float(count)]))
 
     return per_partition
 

@@ -32,7 +32,7 @@ from pyspark.sql import types as T
 from dfnet.config import TrainConfig
 from dfnet.datasets import load_dataframe
 from dfnet.engine.data import LABEL_COL, ROW_COL, X_COL, as_pixels
-from dfnet.engine.dataframe import PARTIAL_COL, PARTIAL_SCHEMA, DataFrameEngine, LocalPlan
+from dfnet.engine.dataframe import PARTIAL_SCHEMA, DataFrameEngine, LocalPlan, partial_batch
 from dfnet.engine.patches import POS_COL, PatchRows, patch_frame
 from dfnet.nn.conv import image_patches
 from dfnet.session import get_or_create_spark
@@ -51,8 +51,7 @@ def reader(rows):
 
     def per_partition(batches):
         count = sum(len(as_pixels(x, rows.dtype)) for x, _, _ in rows.decode(batches))  # as the step's inputs
-        yield pa.RecordBatch.from_arrays([pa.array([[float(count)]], type=pa.list_(pa.float64()))],
-                                         names=[PARTIAL_COL])
+        yield partial_batch(np.array([float(count)]))
 
     return per_partition
 

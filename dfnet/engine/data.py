@@ -283,7 +283,7 @@ class TrainingData:
         of the ``models`` tasks that ``coalesce(models)`` makes of them."""
         frame = self.frame if models is None else self.frame.coalesce(models)
         counts = frame.groupBy(F.spark_partition_id().alias("p")).count().collect()
-        return [row["count"] for row in counts] or [0]
+        return [row["count"] for row in sorted(counts, key=lambda row: row["p"])] or [0]
 
     def num_partitions(self) -> int:
         """Partitions of the cache (no Spark job)."""

@@ -22,6 +22,12 @@ model-averaging pass.
 The partial sums travel as one ``array<double>`` per row, packed as
 ``[gradient..., loss_sum, correct, count]``: a grouped-aggregate pandas UDF
 cannot share an ``agg()`` with built-in aggregates, so the scalars ride along.
+Each row also carries its partition id, and every sum adds the rows in
+partition order (:func:`ordered_sum`), on the driver and in the aggregation
+alike: float addition is not associative, and on a cluster the reduce side
+receives the rows in whatever order the tasks finished and were fetched, so
+without the order two runs of the same seed differed from the first epoch
+(by ~1e-9) and a retried or recomputed task changed the weights.
 
 How the rows are added (``benchmarks/aggregation.py``: one ready-made vector
 per partition, 51k-1M values, 2-32 partitions, ``local[2]``): the fastest
@@ -68,7 +74,9 @@ from .patches import PatchRows, explode_patches
 #: 784-64-10 MLP in calls of 256); one numpy thread, minimum of 3.
 STEP_ROWS = 256
 PARTIAL_COL = "partial"
-PARTIAL_SCHEMA = T.StructType([T.StructField(PARTIAL_COL, T.ArrayType(T.DoubleType(), False), False)])
+PARTITION_COL = "partition"
+PARTIAL_SCHEMA = T.StructType([T.StructField(PARTITION_COL, T.IntegerType(), False),
+                               T.StructField(PARTIAL_COL, T.ArrayType(T.DoubleType(), False), False)])
 _SCALARS = 3  # loss_sum, correct, count after the gradient
 
 
@@ -77,12 +85,29 @@ def unpack(vector: np.ndarray) -> LossAndGrad:
     return LossAndGrad(float(vector[-3]), vector[:-_SCALARS], int(round(vector[-2])), int(round(vector[-1])))
 
 
-def _sum_vectors(partials: pd.Series) -> np.ndarray:
-    return np.sum(np.stack(partials.to_numpy()), axis=0)
+def ordered_sum(partitions, vectors) -> np.ndarray | None:
+    """The element-wise float64 sum of ``vectors`` (a sequence of equal-length vectors, None
+    entries skipped), added one by one in increasing order of their ``partitions`` ids: the same
+    bits whatever order the rows arrived in. None when there is no vector."""
+    total = None
+    for i in np.argsort(np.asarray(partitions), kind="stable"):
+        vector = vectors[i]
+        if vector is None:
+            continue
+        if total is None:
+            total = np.array(vector, dtype=np.float64, copy=True)
+        else:
+            total += vector
+    return total
+
+
+def _sum_vectors(partitions: pd.Series, partials: pd.Series) -> np.ndarray:
+    return ordered_sum(partitions.to_numpy(), partials.to_numpy())
 
 
 def make_sum_vectors():
-    """A new grouped-aggregate pandas UDF: element-wise sum of equal-length vectors.
+    """A new grouped-aggregate pandas UDF ``(partition, partial)``: the :func:`ordered_sum` of
+    equal-length vectors.
 
     Made per engine, not once per module: pyspark binds a UDF's JVM side to
     the SparkContext that first used it, so a module-level UDF breaks (one
@@ -98,8 +123,15 @@ def make_sum_vectors():
     return F.pandas_udf(_sum_vectors, T.ArrayType(T.DoubleType(), True))
 
 
-def _partial_row(vector: np.ndarray) -> pa.RecordBatch:
-    return pa.RecordBatch.from_arrays([pa.array([vector], type=pa.list_(pa.float64()))], names=[PARTIAL_COL])
+def partial_batch(vector: np.ndarray, partition: int | None = None) -> pa.RecordBatch:
+    """The one-row batch of :data:`PARTIAL_SCHEMA` a task emits: its partition id (by default the
+    running task's) and its packed partial vector."""
+    if partition is None:
+        from pyspark import TaskContext
+        partition = TaskContext.get().partitionId()
+    return pa.RecordBatch.from_arrays([pa.array([partition], type=pa.int32()),
+                                       pa.array([vector], type=pa.list_(pa.float64()))],
+                                      names=[PARTITION_COL, PARTIAL_COL])
 
 
 Rows = ImageRows | PatchRows  # how a cached row is read back: a whole image, or patch rows of one
@@ -145,7 +177,7 @@ def partial_gradient_sums(network: Sequential, broadcast, rows: Rows | None = No
                 lambda X, y, k: rows.loss_and_grad(network, params, X, y, step_noise(noise_key, k)),
                 inputs, labels, total=total, keys=keys)
         if total is not None:
-            yield _partial_row(total)
+            yield partial_batch(total)
 
     return per_partition
 
@@ -221,7 +253,7 @@ def locally_trained_sums(network: Sequential, broadcast, plan: "LocalPlan", rows
             used = len(order)
             stats += [loss_sum, correct, used]
         packed = np.concatenate([params.astype(np.float64) * used, stats])
-        yield _partial_row(packed)
+        yield partial_batch(packed, partition)
 
     return per_partition
 
@@ -274,17 +306,23 @@ def adaptive_execution_off(spark):
             conf.set(AQE_CONF, before)
 
 
-def sum_on_driver(column: pa.ChunkedArray) -> np.ndarray | None:
-    """The element-wise sum of the non-null vectors in an Arrow list column (None if there are none)."""
-    total = None
-    for chunk in column.chunks:  # chunk by chunk: no second copy of all P vectors
-        chunk = chunk.drop_null()
-        if len(chunk):
-            # A NaN the aggregation UDF returned arrives as a null element: read back as NaN,
-            # so the divergence check sees it.
-            part = chunk.flatten().to_numpy(zero_copy_only=False).reshape(len(chunk), -1).sum(axis=0)
-            total = part if total is None else total + part
-    return total
+def sum_on_driver(table: pa.Table) -> np.ndarray | None:
+    """The :func:`ordered_sum` of the non-null vectors of a ``(partition, partial)`` Arrow table
+    (None if there are none), read batch by batch as views of the Arrow buffers (no second copy
+    of the P vectors). A null element (a NaN the aggregation UDF returned arrives as one) is
+    read back as NaN, so the divergence check sees it."""
+    ids, vectors = [], []
+    for batch in table.to_batches():
+        partials = batch.column(batch.schema.get_field_index(PARTIAL_COL))
+        valid = partials.is_valid().to_numpy(zero_copy_only=False)
+        if not valid.any():
+            continue
+        index = batch.schema.get_field_index(PARTITION_COL)
+        partitions = batch.column(index).to_numpy() if index >= 0 else np.zeros(len(batch), dtype=np.int32)
+        values = partials.flatten().to_numpy(zero_copy_only=False)  # null lists contribute no values
+        ids.extend(partitions[valid])
+        vectors.extend(values.reshape(int(valid.sum()), -1))
+    return ordered_sum(ids, vectors) if vectors else None
 
 
 #: ``aggregate="auto"`` collects the partial vectors to the driver while tasks x parameters stays at
@@ -368,8 +406,9 @@ class DataFrameEngine:
             # "auto" is resolved by the trainer, which knows the task count (resolve_aggregate); left
             # unresolved it aggregates, which bounds the driver's memory whatever the partitions.
             if self.aggregate == "collect":
-                total = sum_on_driver(partials.toArrow().column(0))
+                total = sum_on_driver(partials.toArrow())
             else:
                 with adaptive_execution_off(spark):
-                    total = sum_on_driver(partials.groupBy().agg(self.sum_vectors(PARTIAL_COL)).toArrow().column(0))
+                    summed = partials.groupBy().agg(self.sum_vectors(PARTITION_COL, PARTIAL_COL).alias(PARTIAL_COL))
+                    total = sum_on_driver(summed.toArrow())
         return total
