@@ -35,170 +35,31 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 from common import default_data_dir, environment, save_results
 
 from dfnet.config import TrainConfig
 from dfnet.datasets import get_dataset, load_arrays, to_dataframe
 from dfnet.engine.dataframe import PARTIAL_SCHEMA, partial_batch
+from dfnet.local_spark import LOOPBACK, StandaloneCluster
 from dfnet.session import get_or_create_spark
 from dfnet.train import fit
 
-LOOPBACK = "127.0.0.1"
 CONFIGS = {
     "local1": {"master": "local[1]", "workers": 0, "cores": 1},
     "local2": {"master": "local[2]", "workers": 0, "cores": 2},
     "standalone1": {"master": None, "workers": 1, "cores": 1},
     "standalone2": {"master": None, "workers": 2, "cores": 2},
 }
-
-
-def free_port() -> int:
-    """A TCP port free on loopback right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
-def spark_home() -> Path:
-    import pyspark
-
-    return Path(os.path.dirname(pyspark.__file__))
-
-
-class StandaloneCluster:
-    """A Spark standalone master and 1-core workers on 127.0.0.1, started and stopped by this process.
-
-    Every daemon runs in its own session (process group), so stopping a worker
-    by its group also stops the executors and Python workers it launched.
-    ``setpriv --pdeathsig`` (where present) makes the kernel send SIGTERM to a
-    daemon if this process dies without running its ``finally``.
-    """
-
-    def __init__(self, root: Path, worker_memory: str = "4g"):
-        self.root = root
-        self.worker_memory = worker_memory
-        self.master_port = free_port()
-        self.master_webui_port = free_port()
-        self.url = f"spark://{LOOPBACK}:{self.master_port}"
-        self.master: subprocess.Popen | None = None
-        self.workers: list[subprocess.Popen] = []
-        self.logs: dict[int, Path] = {}
-        conf_dir = root / "conf"  # empty: no stray spark-env.sh / spark-defaults.conf
-        conf_dir.mkdir(parents=True, exist_ok=True)
-        self.env = {**os.environ, "SPARK_HOME": str(spark_home()), "SPARK_CONF_DIR": str(conf_dir),
-                    "SPARK_LOCAL_IP": LOOPBACK, "SPARK_LOCAL_DIRS": str(root / "local"),
-                    "SPARK_WORKER_DIR": str(root / "work"), "PYSPARK_PYTHON": sys.executable,
-                    # The REST submission server would take the fixed port 6066; nothing here needs it.
-                    "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false"}
-        self._pdeathsig = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
-
-    def _spawn(self, name: str, main_class: str, *args: str) -> subprocess.Popen:
-        log = self.root / f"{name}.log"
-        cmd = [*self._pdeathsig, str(spark_home() / "bin" / "spark-class"), main_class, *args]
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(cmd, env=self.env, cwd=self.root, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-        self.logs[proc.pid] = log
-        return proc
-
-    def start_master(self, timeout: float = 120.0) -> None:
-        self.master = self._spawn("master", "org.apache.spark.deploy.master.Master", "--host", LOOPBACK,
-                                  "--port", str(self.master_port), "--webui-port", str(self.master_webui_port))
-        self._wait(lambda state: state is not None, "the master's web UI to answer", timeout)
-
-    def set_workers(self, count: int, timeout: float = 120.0) -> None:
-        """Start or stop workers until exactly ``count`` are alive, and wait for the master to see them."""
-        while len(self.workers) > count:
-            stop_process_group(self.workers.pop())
-        while len(self.workers) < count:
-            work_dir = self.root / "work" / f"worker-{len(self.workers) + 1}"
-            work_dir.mkdir(parents=True, exist_ok=True)
-            self.workers.append(self._spawn(
-                f"worker-{len(self.workers) + 1}", "org.apache.spark.deploy.worker.Worker",
-                "--host", LOOPBACK, "--cores", "1", "--memory", self.worker_memory,
-                "--webui-port", str(free_port()), "--work-dir", str(work_dir), self.url))
-        self._wait(lambda state: state is not None and alive_workers(state) == count,
-                   f"{count} alive worker(s) at the master", timeout)
-
-    def state(self) -> dict | None:
-        """The master's JSON status (loopback, no proxy), or None while it does not answer."""
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        try:
-            with opener.open(f"http://{LOOPBACK}:{self.master_webui_port}/json/", timeout=2) as response:
-                return json.load(response)
-        except (OSError, ValueError):
-            return None
-
-    def _wait(self, ready, what: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for proc in [self.master, *self.workers]:
-                if proc is not None and proc.poll() is not None:
-                    raise RuntimeError(f"a Spark daemon exited with code {proc.returncode} while waiting for "
-                                       f"{what}; its log ({self.logs[proc.pid]}) ends:\n{self.log_tail(proc)}")
-            if ready(self.state()):
-                return
-            time.sleep(0.5)
-        raise TimeoutError(f"waited {timeout:.0f} s for {what}; the master's log ends:\n{self.log_tail(self.master)}")
-
-    def log_tail(self, proc: subprocess.Popen | None, lines: int = 15) -> str:
-        if proc is None or proc.pid not in self.logs:
-            return ""
-        return "\n".join(self.logs[proc.pid].read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        """Workers first (and the executors in their groups), then the master."""
-        while self.workers:
-            stop_process_group(self.workers.pop())
-        if self.master is not None:
-            stop_process_group(self.master)
-            self.master = None
-
-
-def alive_workers(state: dict) -> int:
-    return sum(1 for w in state.get("workers", []) if w.get("state") == "ALIVE")
-
-
-def stop_process_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
-    """SIGTERM the process group led by ``proc``, SIGKILL whatever is left after ``grace`` seconds."""
-    pgid = proc.pid  # start_new_session: the leader's pid is the group id
-
-    def signal_group(sig) -> bool:
-        try:
-            os.killpg(pgid, sig)
-            return True
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # only zombies left, or the id was reused: nothing of ours to signal
-            return False
-
-    signal_group(signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        signal_group(signal.SIGKILL)
-        proc.wait(timeout=10)
-    # Executors and Python workers of a worker share its group and may outlive the leader briefly.
-    deadline = time.monotonic() + grace
-    while signal_group(0) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if signal_group(0):
-        signal_group(signal.SIGKILL)
 
 
 def empty_job(partitions: int):

@@ -12,7 +12,7 @@ interleaved rounds, each a `fit` of --epochs epochs whose median epoch after the
   classic-closure    the same session, the weights pickled into the task's function, as Connect
                      must (pyspark broadcasts a function over 1 MB itself)
   connect            a Spark Connect session to a local[2] server of pip's pyspark in its own
-                     process (dfnet.local_connect), the weights in the function
+                     process (dfnet.local_spark), the weights in the function
 
 Both sessions run on this machine's 2 cores (the two JVMs take turns, never run at once).
 Saves benchmarks/results/<--name>.json.
@@ -32,7 +32,7 @@ from common import default_data_dir, environment, save_results
 import dfnet.engine.dataframe as dataframe_engine
 from dfnet.config import TrainConfig
 from dfnet.datasets import load_dataframe
-from dfnet.local_connect import connect_mode, start_server, stop_server
+from dfnet.local_spark import connect_mode, start_server, stop_server
 from dfnet.session import InClosure, get_or_create_spark
 from dfnet.train import fit
 

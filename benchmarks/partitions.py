@@ -26,7 +26,6 @@ import sys
 import time
 
 import numpy as np
-import pyarrow as pa
 from common import default_data_dir, environment, save_results
 
 from dfnet.datasets import load_dataframe

@@ -24,7 +24,6 @@ import time
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 from common import default_data_dir, environment, save_results
 from pyspark.sql import functions as F
 from pyspark.sql import types as T

@@ -46,8 +46,8 @@ def digits_run(spark, tmp_path_factory):
 @pytest.fixture(scope="session")
 def connect_url(tmp_path_factory):
     """The ``sc://`` URL of a real local[2] Spark Connect server, in its own process for the whole
-    run (see :mod:`dfnet.local_connect`), stopped by its PID at the end."""
-    from dfnet.local_connect import start_server, stop_server
+    run (see :mod:`dfnet.local_spark`), stopped by its PID at the end."""
+    from dfnet.local_spark import start_server, stop_server
 
     proc, url, _ = start_server(tmp_path_factory.mktemp("connect"))
     try:
@@ -59,7 +59,7 @@ def connect_url(tmp_path_factory):
 @pytest.fixture(scope="session")
 def connect_session(connect_url):
     """The Spark Connect client session of the run (no SparkContext, no RDD, no py4j)."""
-    from dfnet.local_connect import connect_mode
+    from dfnet.local_spark import connect_mode
     from pyspark.sql.connect.session import SparkSession as RemoteSparkSession
 
     with connect_mode(connect_url):
@@ -73,7 +73,7 @@ def connect_session(connect_url):
 def connect(connect_session, connect_url):
     """A test in Spark Connect mode, as a Databricks serverless notebook is: the Connect session,
     pyspark's functions building Connect columns and ``SPARK_REMOTE`` set, for this test only."""
-    from dfnet.local_connect import connect_mode
+    from dfnet.local_spark import connect_mode
 
     with connect_mode(connect_url):
         yield connect_session

@@ -1,20 +1,14 @@
 """Checkpoints and resume: atomic writes, integrity checks, refusals, and bit-identical resumed runs.
 
 In-process tests use the session's local[2] Spark and the digits training split (1,437 rows, no
-files); the kill test runs `python -m dfnet.cli train` in subprocesses and SIGKILLs one mid-run.
+files). The run whose driver is SIGKILLed and resumed with `dfnet train --resume` is in
+tests/test_cluster.py, on a standalone cluster.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import re
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +21,6 @@ from dfnet.datasets import load_dataframe
 from dfnet.errors import CheckpointError, ConfigError
 from dfnet.train import fit
 
-ROOT = Path(__file__).resolve().parents[1]
 # Adam (optimizer state), 4 steps per epoch, 2 partitions.
 CONFIG = TrainConfig(hidden=(16,), schedule="minibatch", lr_schedule="constant", epochs=4, batch_size=360,
                      partitions=2, seed=1)
@@ -269,73 +262,10 @@ def test_any_flipped_byte_or_truncation_is_detected():
             decode(blob[:length], "f")
 
 
-# --- the command line, killed with SIGKILL and resumed ------------------------------------
+# --- the command line -----------------------------------------------------------------
 
-CLI_ARGS = ["--dataset", "digits", "--lr-schedule", "constant", "--epochs", "6", "--hidden", "16", "--batch-size", "720", "--partitions", "2",
-            "--seed", "1", "--master", "local[2]", "--no-progress"]
-CLI_CONFIG = TrainConfig(hidden=(16,), lr_schedule="constant", epochs=6, batch_size=720, partitions=2, seed=1)
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dfnet.cli", "train", *CLI_ARGS, *args]
-
-
-def child_env() -> dict:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-
-
-@pytest.fixture(scope="module")
-def cli_reference(digits):
-    """The uninterrupted 6-epoch run, computed in this process (the CLI's runs are other processes)."""
-    return fit(digits, CLI_CONFIG, num_classes=10, verbose=False)
-
-
-def test_a_run_killed_with_sigkill_resumes_to_bit_identical_weights(cli_reference, tmp_path):
-    checkpoints, output = tmp_path / "ckpt", tmp_path / "run"
-    log = open(tmp_path / "killed.log", "w")
-    killed = subprocess.Popen(cli("--checkpoint-dir", str(checkpoints), "--output", str(output)), stdout=log,
-                              stderr=subprocess.STDOUT, env=child_env(), start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not list((checkpoints / checkpoint_name(3)).glob("part-*.parquet")):
-            assert killed.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no third checkpoint within 300 s"
-            time.sleep(0.05)
-    finally:
-        os.killpg(killed.pid, signal.SIGKILL)  # the driver and its JVM, as a machine failure would
-        killed.wait()
-        log.close()
-    assert killed.returncode == -signal.SIGKILL
-    assert not output.exists()  # the run folder appears only whole, at the end
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "killed.log"]
-    names = [m for m in map(re.compile(r"checkpoint-(\d+)\.dfnet$").match, checkpoint_files(checkpoints)) if m]
-    committed = [int(m.group(1)) for m in names if list((checkpoints / m.group(0)).glob("part-*.parquet"))]
-    assert 3 <= max(committed) < 6
-    for epoch in committed:  # whatever the kill interrupted, every committed folder holds a whole checkpoint
-        decode(read_blob(checkpoints, epoch))
-    done = committed
-
-    resumed = subprocess.run(cli("--checkpoint-dir", str(checkpoints), "--output", str(output), "--resume"),
-                             capture_output=True, text=True, env=child_env(), timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    match = re.search(r"^Resuming from file:(\S+) \(epoch (\d) of 6 done\)$", resumed.stdout, flags=re.M)
-    assert match and int(match.group(2)) == max(done), resumed.stdout
-    epochs_printed = re.findall(r"^Epoch (\d)/6 ", resumed.stdout, flags=re.M)
-    assert epochs_printed == [str(e) for e in range(max(done) + 1, 7)]
-    weights = np.load(output / "model" / "weights.npy")
-    assert np.array_equal(weights, cli_reference.params)
-    history = json.loads((output / "history.json").read_text())
-    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6] and all(h["rows"] == 1437 for h in history)
-    assert checkpoint_files(checkpoints) == [checkpoint_name(e) for e in (4, 5, 6)]
-
-
-def test_two_processes_train_bit_identical_weights(cli_reference, tmp_path):
-    """Determinism across processes: the CLI's uninterrupted run equals this process's fit."""
-    output = tmp_path / "run"
-    proc = subprocess.run(cli("--output", str(output)), capture_output=True, text=True, env=child_env(),
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert np.array_equal(np.load(output / "model" / "weights.npy"), cli_reference.params)
+# The run killed with SIGKILL and resumed by `dfnet train --resume`, and the CLI's runs in other
+# processes equal to this process's `fit`: tests/test_cluster.py, on a standalone cluster.
 
 
 @pytest.mark.parametrize("argv, words", [

@@ -316,10 +316,20 @@ def encode_training_data(df: DataFrame, *, features_col: str, label_col: str, nu
         source = source.repartition(partitions, content)
         source = source.sortWithinPartitions(content)
     elif num_partitions is not None:
-        source = source.repartition(num_partitions)
+        source = arrival_independent(source.repartition(num_partitions), features_col, label_col)
     source = source.withColumn(ROW_COL, F.monotonically_increasing_id())
     frame = source.mapInArrow(_encode_batches(features_col, label_col, num_features, dtype), ENCODED_SCHEMA)
     return TrainingData(frame, count_or_release(frame.persist(StorageLevel.MEMORY_AND_DISK)), partitions)
+
+
+def arrival_independent(repartitioned: DataFrame, features_col: str, label_col: str) -> DataFrame:
+    """``repartitioned`` (just round-robin repartitioned) with each partition sorted by a hash of
+    the row's content. A round-robin shuffle fixes which rows each partition gets but not their
+    order: the reduce side reads the map outputs in fetch order, local blocks first, so on a
+    cluster the order (and so the row keys numbered after it, the mini-batches and dropout masks
+    keyed on them) depended on where the tasks ran; local masters happened to keep it. Rows that
+    tie are identical, so their order changes nothing."""
+    return repartitioned.sortWithinPartitions(F.xxhash64(F.col(features_col), F.col(label_col), F.lit("arrival")))
 
 
 def count_or_release(frame: DataFrame) -> int:

@@ -22,6 +22,7 @@ from pyspark.sql import DataFrame
 from ..nn.losses import one_hot
 from ..nn.network import LossAndGrad, Sequential
 from ..session import require_classic
+from .data import arrival_independent
 
 _MASK64 = (1 << 64) - 1
 #: Rows stacked at once by rdd-batched: bounds a partition's working memory.
@@ -69,7 +70,7 @@ def to_records(df: DataFrame, network: Sequential, *, features_col: str, label_c
     k, dtype, shape = network.num_classes, network.dtype, (1, *network.input_shape)
     source = df.select(features_col, label_col)
     if num_partitions is not None:
-        source = source.repartition(num_partitions)
+        source = arrival_independent(source.repartition(num_partitions), features_col, label_col)
 
     def records(index: int, rows: Iterator) -> Iterator[tuple]:
         for i, (image, label) in enumerate(rows):
