@@ -34,8 +34,11 @@ Assumptions (each one a limit of what the model can say):
   Arrow batches and its Python worker already keep two cores busy). Such
   points are listed as "outside", neither fitted nor counted in the errors.
 - Cores of a projected cluster are as fast as these and the rows stay cached
-  in memory; the network between machines, stragglers, skew and garbage
-  collection are not modelled. The network is fixed (784-64-10, 50,890
+  in memory; stragglers, skew and garbage collection are not modelled. The
+  network between machines is a separate term, added when
+  results/network.json exists (``benchmarks/network.py``, run as root: the
+  broadcast of the weights and the partial sums converging on one link, at
+  ``--network-rate``, fitted there and checked on points it was not fitted on). The network is fixed (784-64-10, 50,890
   parameters): the partial-sum rows and the compute per row would change with it.
 - The coefficients are fitted by least squares on relative error (each point
   weighted 1/measured), constrained to be >= 0.
@@ -69,6 +72,7 @@ import numpy as np
 from common import RESULTS, save_results
 
 LAYERS = [784, 64, 10]
+WEIGHTS = sum(a * b + b for a, b in zip(LAYERS, LAYERS[1:]))  # 50,890
 BYTE_PACKING_SINCE = "2026-11-23 19:39:26"
 FLOAT32_BYTES, BYTE_PIXELS = 4 * 784, 784
 TERMS = ("job_overhead", "per_task", "per_row", "per_byte")
@@ -209,6 +213,16 @@ def fit_nonnegative(X: np.ndarray, y: np.ndarray, usable: list[int]) -> np.ndarr
     return best
 
 
+def network_seconds(model: dict | None, weights: int, partitions: int, rate_bits: float) -> float | None:
+    """The bytes-over-network term fitted by ``benchmarks/network.py`` (None without its results):
+    the float32 weights broadcast (every executor receives 4W bytes over its own link) and the
+    float64 partial sums of P partitions converging on one link (8W x P bytes), at ``rate_bits``."""
+    if not model:
+        return None
+    rate = rate_bits / 8
+    return model["broadcast_factor"] * 4 * weights / rate + model["partials_factor"] * 8 * (weights + 3) * partitions / rate
+
+
 def predict(coef: dict, rows: float, partitions: int, cores: int, bytes_per_row: float) -> dict:
     """Seconds per epoch and its three parts."""
     per_core = rows_per_core(rows, partitions, cores)
@@ -258,6 +272,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", default="600000,6000000,60000000", help="projected training rows")
     parser.add_argument("--project-bytes", type=float, default=BYTE_PIXELS,
                         help="bytes per row in the projection (784: 8-bit pixels; 3136: float32)")
+    parser.add_argument("--network-rate", type=float, default=10e9,
+                        help="link rate in bit/s for the network term (from results/network.json)")
     parser.add_argument("--max-partition-rows", type=int, default=1_000_000,
                         help="projected partitions: a multiple of the cores, each at most this many rows")
     parser.add_argument("--name", default="projection")
@@ -341,6 +357,7 @@ def main(argv=None) -> int:
                              "max_abs_relative_error": float(max(errors))}
             print(f"{role}: {len(errors)} points, |error| median {np.median(errors):.0%}, max {max(errors):.0%}")
 
+    network = (load("network") or {}).get("model")
     cache_per_row = next((r.get("cache_bytes_per_row") for r in (load(args.datasize) or {}).get("results", [])
                           if r.get("cache_bytes_per_row")), None)
     projections = []
@@ -349,17 +366,30 @@ def main(argv=None) -> int:
             partitions = cores * max(1, math.ceil(rows / (cores * args.max_partition_rows)))
             parts = predict(coef, rows, partitions, cores, args.project_bytes)
             serial_extra = coef["per_task"] * (partitions - tasks_per_core(partitions, cores))
+            net = network_seconds(network, WEIGHTS, partitions, args.network_rate)
             projections.append({"cores": cores, "rows": rows, "partitions": partitions, **parts,
                                 "if_task_costs_serial": parts["seconds"] + serial_extra,
+                                "network_seconds": net,
+                                "with_network": parts["seconds"] + net if net is not None else None,
                                 "cache_gb": rows * cache_per_row / 1e9 if cache_per_row else None})
     print(f"\nprojected seconds per epoch ({args.project_bytes:.0f} bytes/row, partitions: a multiple of the cores, "
           f"<= {args.max_partition_rows:,} rows each):\n")
-    print("| cores | rows | partitions | s/epoch | job | tasks | rows | if task costs were serial | cache GB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| cores | rows | partitions | s/epoch | job | tasks | rows | if task costs were serial | network | "
+          "with network | cache GB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for p in projections:
         cache = f"{p['cache_gb']:.1f}" if p["cache_gb"] is not None else "-"
+        net = "-" if p["network_seconds"] is None else f"{p['network_seconds']:.3f}"
+        total = "-" if p["with_network"] is None else f"{p['with_network']:.2f}"
         print(f"| {p['cores']} | {p['rows']:,} | {p['partitions']} | {p['seconds']:.2f} | {p['job_seconds']:.2f} | "
-              f"{p['task_seconds']:.2f} | {p['row_seconds']:.2f} | {p['if_task_costs_serial']:.2f} | {cache} |")
+              f"{p['task_seconds']:.2f} | {p['row_seconds']:.2f} | {p['if_task_costs_serial']:.2f} | {net} | {total} | "
+              f"{cache} |")
+    if network is None:
+        print("(no results/network.json: run benchmarks/network.py as root for the network term)")
+    else:
+        print(f"network term (benchmarks/network.py's fit, {args.network_rate / 1e9:g} Gbit/s links): "
+              f"{network['broadcast_factor']:.2f} x 4W / rate (the broadcast) + {network['partials_factor']:.2f} x "
+              f"8W x P / rate (the partial sums, on one link), W = {WEIGHTS:,}")
     print("\nassumptions: cores as fast as these 2, rows cached in memory, no network between machines, no skew,\n"
           "784-64-10 only; 'if task costs were serial' charges per_task for every partition instead of every\n"
           "wave (an upper bound for driver-side scheduling and the single-task sum of the partial rows).")
