@@ -390,7 +390,7 @@ def main(argv=None) -> int:
         print(f"network term (benchmarks/network.py's fit, {args.network_rate / 1e9:g} Gbit/s links): "
               f"{network['broadcast_factor']:.2f} x 4W / rate (the broadcast) + {network['partials_factor']:.2f} x "
               f"8W x P / rate (the partial sums, on one link), W = {WEIGHTS:,}")
-    print("\nassumptions: cores as fast as these 2, rows cached in memory, no network between machines, no skew,\n"
+    print("\nassumptions: cores as fast as these 2, rows cached in memory, the network only as the term above, no skew,\n"
           "784-64-10 only; 'if task costs were serial' charges per_task for every partition instead of every\n"
           "wave (an upper bound for driver-side scheduling and the single-task sum of the partial rows).")
 
