@@ -177,9 +177,6 @@ class CheckpointStore:
     def uri(self) -> str:
         return self.directory
 
-    def _path(self, name: str) -> str:
-        return f"{self.directory}/{name}"
-
     def epochs(self) -> list[int]:
         """Epochs of the checkpoints present (by folder, unverified, pruned ones left out), oldest
         first; no Spark job."""
@@ -187,7 +184,7 @@ class CheckpointStore:
                       if m)
 
     def uri_of(self, epoch: int) -> str:
-        return self._path(checkpoint_name(epoch))
+        return f"{self.directory}/{checkpoint_name(epoch)}"
 
     def save(self, checkpoint: Checkpoint) -> str:
         """Write ``checkpoint`` (one committed Spark write), prune older ones; return its URI."""

@@ -27,7 +27,7 @@ from .errors import ConfigError, TrainingDivergedError
 from .model import TrainedModel
 from .nn.network import LossAndGrad, Sequential, build_cnn, build_mlp
 from .optim import make_optimizer
-from .session import require_classic, task_slots
+from .session import task_slots
 
 
 @dataclass
@@ -345,9 +345,9 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
     if config.early_stopping is not None and not config.validation_split and validation_df is None:
         raise ConfigError(f"early_stopping={config.early_stopping} watches the validation loss: give "
                           f"validation_split (--validation-split F) or validation_df")
-    if config.engine != "dataframe":
-        require_classic(df.sparkSession, f"engine={config.engine!r} (an RDD baseline)",
-                        "use engine='dataframe' (--engine dataframe), which runs on both kinds of session")
+    if config.engine != "dataframe":  # before the validation job, not when the engine first needs an RDD
+        from .engine.rdd import refuse_connect
+        refuse_connect(df.sparkSession, config.engine)
     key_cols = list(key_cols) if key_cols else [features_col, label_col]
     missing_keys = [c for c in key_cols if c not in df.columns]
     if config.validation_split and missing_keys:

@@ -62,11 +62,15 @@ class RDDTrainingData:
         self.records.unpersist()
 
 
+def refuse_connect(spark, engine: str) -> None:
+    """The RDD engines' refusal of a Spark Connect session (no RDD there), naming the way that works."""
+    require_classic(spark, f"engine={engine!r} (an RDD baseline)",
+                    "use engine='dataframe' (--engine dataframe), which runs on both kinds of session")
+
+
 def to_records(df: DataFrame, network: Sequential, *, features_col: str, label_col: str,
                num_partitions: int | None = None) -> RDDTrainingData:
     """A validated DataFrame as cached per-record numpy tuples (one Spark job fills the cache)."""
-    require_classic(df.sparkSession, "the RDD engines", "use the dataframe engine (engine='dataframe', "
-                    "--engine dataframe), which runs on both kinds of session")
     k, dtype, shape = network.num_classes, network.dtype, (1, *network.input_shape)
     source = df.select(features_col, label_col)
     if num_partitions is not None:
@@ -87,6 +91,7 @@ class _RDDEngine:
 
     def prepare(self, df: DataFrame, *, features_col: str, label_col: str,
                 num_partitions: int | None = None) -> RDDTrainingData:
+        refuse_connect(df.sparkSession, self.name)
         return to_records(df, self.network, features_col=features_col, label_col=label_col,
                           num_partitions=num_partitions)
 
