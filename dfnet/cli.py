@@ -161,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true",
                      help="show Spark's own start-up notes and warnings on the console")
     run.add_argument("--no-report", action="store_true", help="do not write report.html into the run folder")
+    run.add_argument("--mlflow", action="store_true",
+                     help="log the run to MLflow: params, per-epoch metrics, test metrics, report.html, "
+                          "history.json, metrics.json and the model (pip install 'dfnet[mlflow]'; where to: "
+                          "$MLFLOW_TRACKING_URI, else MLflow's default ./mlflow.db)")
+    run.add_argument("--mlflow-experiment", default=None, metavar="NAME",
+                     help="MLflow experiment (created if missing; default: MLflow's active or Default one)")
     ckpt = t.add_argument_group("checkpoints")
     ckpt.add_argument("--checkpoint-dir", default=None,
                       help="write a checkpoint here (any path Spark can write: local, hdfs://, dbfs:/, s3a://); "
@@ -326,6 +332,7 @@ def train_command(args: argparse.Namespace) -> int:
           f"{config.optimizer} lr {config.learning_rate} {config.lr_schedule} | {config.schedule} x {config.epochs} "
           f"epochs" + "".join(f" | {e}" for e in extras), flush=True)
 
+    tracker = _mlflow_logger(args, target)
     spark = get_or_create_spark(args.master, app_name="dfnet-train", warehouse=args.warehouse,
                                 verbose=args.verbose, remote=args.remote)
     tables = _check_tables(spark, args)
@@ -333,11 +340,10 @@ def train_command(args: argparse.Namespace) -> int:
     test_df = load_dataframe(spark, data["dataset"], "test", data_dir=args.data_dir, classes=classes)
     printer = ProgressPrinter(bar=False if args.no_progress else None)
     start = time.perf_counter()
-    model = fit(train_df, config, num_classes=len(class_names), callbacks=[printer], verbose=False,
+    model = fit(train_df, config, num_classes=len(class_names), callbacks=[printer, *tracker], verbose=False,
                 key_cols=["id"], checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
-                resume=args.resume)
+                resume=args.resume, class_names=class_names)
     train_seconds = time.perf_counter() - start
-    model.class_names = class_names
     evaluation = model.evaluate(test_df)
     print(evaluation.report(), flush=True)
 
@@ -346,7 +352,9 @@ def train_command(args: argparse.Namespace) -> int:
                "final_train_accuracy": model.history[-1]["accuracy"], "config": config.to_dict(),
                "schedule_plan": model.schedule_plan,
                **({"early_stopping": model.early_stopping, "best_epoch": model.early_stopping["best_epoch"],
-                   "stopped_epoch": model.early_stopping["stopped_epoch"]} if model.early_stopping else {})}
+                   "stopped_epoch": model.early_stopping["stopped_epoch"]} if model.early_stopping else {}),
+               **({"mlflow": {"run_id": tracker[0].run_id, "model_uri": tracker[0].model_uri,
+                              "tracking_uri": tracker[0].tracking_uri}} if tracker else {})}
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; a run folder is meant to be shared
@@ -364,8 +372,30 @@ def train_command(args: argparse.Namespace) -> int:
     saved = "model, history.json and metrics.json" if args.no_report else \
         "model, history.json, metrics.json and report.html"
     print(f"Saved {saved} to {target}")
+    if tracker:
+        logger = tracker[0]
+        logger.log_evaluation(evaluation)
+        logger.log_artifacts(*(target / name for name in ("history.json", "metrics.json", "report.html")
+                               if (target / name).is_file()))
+        print(f"MLflow: run {logger.run_id} ({logger.tracking_uri}), model {logger.model_uri}", flush=True)
     _write_tables(spark, tables, args, model, evaluation, test_df)
     return 0
+
+
+def _mlflow_logger(args: argparse.Namespace, target: Path) -> list:
+    """``[MLflowLogger]`` for ``--mlflow`` (MLflow's own INFO lines kept off the console unless
+    ``--verbose``), else ``[]``; fails before training when MLflow is not installed."""
+    if not args.mlflow:
+        if args.mlflow_experiment:
+            raise DFNetError("--mlflow-experiment names where --mlflow logs; pass --mlflow too")
+        return []
+    import logging
+
+    from .tracking import MLflowLogger
+
+    if not args.verbose:
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+    return [MLflowLogger(experiment=args.mlflow_experiment, run_name=target.name)]
 
 
 def _check_tables(spark, args: argparse.Namespace) -> dict[str, str]:

@@ -181,13 +181,20 @@ class _DFNetParams(_ProbabilisticClassifierParams, HasMaxIter, HasStepSize, HasS
     minDelta: Param[float] = Param(Params._dummy(), "minDelta",
                                    "early stopping: the least decrease of the validation loss that counts",
                                    typeConverter=TypeConverters.toFloat)
+    mlflow: Param[bool] = Param(
+        Params._dummy(), "mlflow",
+        "log every fit as an MLflow run of its own (nested under an active run): params, per-epoch metrics, "
+        "the model (dfnet.tracking.MLflowLogger; pip install 'dfnet[mlflow]')", typeConverter=TypeConverters.toBoolean)
+    mlflowExperiment: Param[str] = Param(Params._dummy(), "mlflowExperiment",
+                                         "the MLflow experiment of those runs (unset: MLflow's active one)",
+                                         typeConverter=TypeConverters.toString)
 
     def __init__(self, *args: Any):
         super().__init__(*args)
         defaults = {param: getattr(_DEFAULTS, field) for param, field in PARAM_FIELDS.items()
                     if getattr(_DEFAULTS, field) is not None}
         # HasSeed's own default is hash(class name), which differs between Python processes.
-        self._setDefault(**defaults, verbose=False)
+        self._setDefault(**defaults, verbose=False, mlflow=False)
 
     def _optional(self, param: Param) -> Any:
         return self.getOrDefault(param) if self.isDefined(param) else None
@@ -256,6 +263,12 @@ class _DFNetParams(_ProbabilisticClassifierParams, HasMaxIter, HasStepSize, HasS
     def getVerbose(self) -> bool:
         return self.getOrDefault(self.verbose)
 
+    def getMlflow(self) -> bool:
+        return self.getOrDefault(self.mlflow)
+
+    def getMlflowExperiment(self) -> str | None:
+        return self._optional(self.mlflowExperiment)
+
     def _set_or_clear(self, **kwargs: Any):
         """Set each given Param; None clears it (back to its default, or unset)."""
         for name, value in kwargs.items():
@@ -299,7 +312,8 @@ class DFNetClassifier(ProbabilisticClassifier, _DFNetParams, MLReadable["DFNetCl
                  thresholds: list[float] | None = None, verbose: bool = False,
                  weightDecay: float = _DEFAULTS.weight_decay, dropout: float = _DEFAULTS.dropout,
                  validationIndicatorCol: str | None = None, validationSplit: float = _DEFAULTS.validation_split,
-                 patience: int | None = None, minDelta: float = _DEFAULTS.min_delta):
+                 patience: int | None = None, minDelta: float = _DEFAULTS.min_delta, mlflow: bool = False,
+                 mlflowExperiment: str | None = None):
         super().__init__()
         self.setParams(**self._input_kwargs)
 
@@ -317,7 +331,8 @@ class DFNetClassifier(ProbabilisticClassifier, _DFNetParams, MLReadable["DFNetCl
                   verbose: bool = False, weightDecay: float = _DEFAULTS.weight_decay,
                   dropout: float = _DEFAULTS.dropout, validationIndicatorCol: str | None = None,
                   validationSplit: float = _DEFAULTS.validation_split, patience: int | None = None,
-                  minDelta: float = _DEFAULTS.min_delta) -> "DFNetClassifier":
+                  minDelta: float = _DEFAULTS.min_delta, mlflow: bool = False,
+                  mlflowExperiment: str | None = None) -> "DFNetClassifier":
         """Set the given Params (keyword only); None unsets one."""
         return self._set_or_clear(**self._input_kwargs)
 
@@ -390,6 +405,12 @@ class DFNetClassifier(ProbabilisticClassifier, _DFNetParams, MLReadable["DFNetCl
     def setMinDelta(self, value: float) -> "DFNetClassifier":
         return self._set(minDelta=value)
 
+    def setMlflow(self, value: bool) -> "DFNetClassifier":
+        return self._set(mlflow=value)
+
+    def setMlflowExperiment(self, value: str) -> "DFNetClassifier":
+        return self._set(mlflowExperiment=value)
+
     # --- training --------------------------------------------------------------------
     def train_config(self) -> TrainConfig:
         """The validated TrainConfig these Params describe (errors name the Param)."""
@@ -447,8 +468,15 @@ class DFNetClassifier(ProbabilisticClassifier, _DFNetParams, MLReadable["DFNetCl
                                           f"the DataFrame, which has {list(fields)}")
             validation = frame.filter(F.col(indicator))
             frame = frame.filter(~F.col(indicator))
+        callbacks = []
+        if self.getMlflow():
+            from .tracking import MLflowLogger
+            callbacks.append(MLflowLogger(experiment=self.getMlflowExperiment(), nested=True))
+        elif self.getMlflowExperiment() is not None:
+            raise ConfigError(f"mlflowExperiment={self.getMlflowExperiment()!r} names where mlflow=True logs; "
+                              f"set mlflow=True too")
         trained = fit(frame, config, features_col=features, label_col=self.getLabelCol(),
-                      network=network, verbose=self.getVerbose(), validation_df=validation)
+                      network=network, verbose=self.getVerbose(), validation_df=validation, callbacks=callbacks)
         model = DFNetModel(trained)
         self._copyValues(model)
         model._describe_network()

@@ -294,7 +294,8 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
         initial_params: np.ndarray | None = None, validation_df: DataFrame | None = None,
         callbacks: Sequence[Callback] = (), verbose: bool = True, checkpoint_dir: str | None = None,
         checkpoint_every: int = 1, checkpoint_keep: int | None = DEFAULT_KEEP,
-        resume: bool = False, run_id: str | None = None, key_cols: Sequence[str] | None = None) -> TrainedModel:
+        resume: bool = False, run_id: str | None = None, key_cols: Sequence[str] | None = None,
+        class_names: Sequence[str] | None = None) -> TrainedModel:
     """Train a network on a DataFrame of images and integer labels.
 
     Parameters
@@ -321,6 +322,11 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
         (None: all). See :mod:`dfnet.checkpoint`.
     run_id : names the run in the tables of :mod:`dfnet.tables`; by default a new
         one from the UTC time and a random suffix (``TrainedModel.run_id``).
+    class_names : the name of each class index, kept in the model (its reports,
+        tables and MLflow model); by default none (classes shown as numbers).
+    callbacks : objects with ``on_step`` and ``on_epoch_end`` (see :class:`Callback`),
+        optionally ``on_message``, ``on_train_begin``, ``on_train_end`` and
+        ``on_train_failed``, e.g. :class:`dfnet.tracking.MLflowLogger`.
     resume : continue from the newest good checkpoint in ``checkpoint_dir``
         (bit-identical to an uninterrupted run, early stopping included); with
         none there, start from scratch. Without ``resume``, a ``checkpoint_dir``
@@ -447,6 +453,10 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
                                                  network.num_params)
         _tell(callbacks, _describe_plan(config.schedule, plan, data.count, total_steps,
                                         None if validation is None else validation.count))
+        _hook(callbacks, "on_train_begin", config,
+              {"run_id": run_id, "rows": data.count, "partitions": partitions,
+               "validation_rows": None if validation is None else validation.count,
+               "plan": {**asdict(plan), "jobs_per_epoch": total_steps}, "history": [r.as_dict() for r in history]})
         stopped = stopper is not None and stopper.should_stop
         for epoch in range(len(history) + 1, config.epochs + 1):
             if stopped:
@@ -479,6 +489,9 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
                                       early_stopping=None if stopper is None else stopper.state_dict()))
             for cb in callbacks:
                 cb.on_epoch_end(record, config.epochs)
+    except BaseException as error:
+        _hook(callbacks, "on_train_failed", error)
+        raise
     finally:
         data.release()
         if validation is not None:
@@ -493,9 +506,11 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
                           f"after epoch {history[-1].epoch}" if stopped else
                           f"Early stopping did not trigger in {config.epochs} epochs") +
               f"; restored the weights of epoch {stopper.best_epoch} (val loss {stopper.best_loss:.4f})")
-    return TrainedModel(network, params, config=config, history=[r.as_dict() for r in history],
-                        run_id=run_id, early_stopping=early,
-                        schedule_plan={**asdict(plan), "jobs_per_epoch": total_steps})
+    model = TrainedModel(network, params, config=config, history=[r.as_dict() for r in history],
+                         class_names=list(class_names) if class_names else None, run_id=run_id,
+                         early_stopping=early, schedule_plan={**asdict(plan), "jobs_per_epoch": total_steps})
+    _hook(callbacks, "on_train_end", model)
+    return model
 
 
 def _driver_optimizer(config: TrainConfig, network: Sequential):
@@ -525,10 +540,16 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
-def _tell(callbacks: Sequence[Callback], text: str) -> None:
+def _hook(callbacks: Sequence[Callback], name: str, *args) -> None:
+    """Call the optional hook ``name`` of every callback that has it."""
     for cb in callbacks:
-        if hasattr(cb, "on_message"):
-            cb.on_message(text)
+        method = getattr(cb, name, None)
+        if method is not None:
+            method(*args)
+
+
+def _tell(callbacks: Sequence[Callback], text: str) -> None:
+    _hook(callbacks, "on_message", text)
 
 
 def _gradient_epoch(engine, data: TrainingData, params: np.ndarray, optimizer, config: TrainConfig,
