@@ -288,12 +288,15 @@ def samples_figure(images: np.ndarray, labels: Sequence[int], predictions: Seque
     ``probability`` (of the predicted class). ``images``: ``(n, H*W*C)`` pixels (or any shape with
     n first); ``probabilities``: ``(n, k)`` class probabilities, or ``(n,)`` the
     probability of the predicted class; ``image_shape``: ``(H, W)`` or
-    ``(H, W, C)``, multi-channel images are shown as their channel mean.
+    ``(H, W, C)``: three-channel images are drawn in colour (RGB, pixels in
+    [0, 1]), one-channel images as heatmaps, other channel counts as their
+    channel mean.
     """
     labels, predictions = np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)
     n = labels.shape[0]
     pixels = np.asarray(images, dtype=np.float64).reshape(n, *image_shape)
-    if pixels.ndim == 4:
+    colour = pixels.ndim == 4 and pixels.shape[3] == 3
+    if pixels.ndim == 4 and not colour:
         pixels = pixels.mean(axis=3)
     probs = np.asarray(probabilities, dtype=np.float64)
     p_pred = probs[np.arange(n), predictions] if probs.ndim == 2 else probs.reshape(n)
@@ -306,12 +309,16 @@ def samples_figure(images: np.ndarray, labels: Sequence[int], predictions: Seque
                         **_spacing(rows, cols))
     low, high = (float(pixels.min()), float(pixels.max())) if n else (0.0, 1.0)
     for k, i in enumerate(order):
-        fig.add_trace(go.Heatmap(z=pixels[i], colorscale=PIXEL_SCALE, zmin=low, zmax=high, showscale=False,
-                                 name=f"sample {i}", hovertemplate=f"{titles[k]}<br>(%{{y}}, %{{x}}): "
-                                                                   "%{z:.3f}<extra></extra>",
-                                 meta={"row": int(i), "label": int(labels[i]), "prediction": int(predictions[i]),
-                                       "probability": float(p_pred[i])}),
-                      row=k // cols + 1, col=k % cols + 1)
+        meta = {"row": int(i), "label": int(labels[i]), "prediction": int(predictions[i]),
+                "probability": float(p_pred[i])}
+        if colour:
+            trace = go.Image(z=np.clip(np.rint(pixels[i] * 255.0), 0, 255).astype(np.uint8), name=f"sample {i}",
+                             hovertemplate=f"{titles[k]}<br>(%{{y}}, %{{x}}): %{{z}}<extra></extra>", meta=meta)
+        else:
+            trace = go.Heatmap(z=pixels[i], colorscale=PIXEL_SCALE, zmin=low, zmax=high, showscale=False,
+                               name=f"sample {i}", hovertemplate=f"{titles[k]}<br>(%{{y}}, %{{x}}): "
+                                                                 "%{z:.3f}<extra></extra>", meta=meta)
+        fig.add_trace(trace, row=k // cols + 1, col=k % cols + 1)
     for annotation, i in zip(fig.layout.annotations, order):
         annotation.font = {"size": 11, "color": "crimson" if wrong[i] else "black"}
     fig.update_layout(title=f"Samples: {int(wrong[order].sum())} mistakes of {len(order)} shown "

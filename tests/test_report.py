@@ -220,6 +220,21 @@ def test_samples_figure_puts_mistakes_first():
     assert named.layout.annotations[0].text == "pred a (p=0.93) / true c"
 
 
+def test_three_channel_samples_are_drawn_in_colour():
+    rng = np.random.default_rng(5)
+    images = rng.random((3, 4 * 5 * 3))  # (H, W, C) = (4, 5, 3), channels last as dfnet.images gives them
+    labels, predictions = np.array([0, 1, 1]), np.array([0, 1, 0])
+    fig = samples_figure(images, labels, predictions, np.array([0.9, 0.8, 0.7]), (4, 5, 3))
+    pictures = [t for t in fig.data if t.type == "image"]
+    assert [t.name for t in pictures] == ["sample 2", "sample 0", "sample 1"]
+    expected = np.rint(images[2].reshape(4, 5, 3) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(pictures[0].z), expected)
+    assert pictures[0].meta["prediction"] == 0 and pictures[0].meta["label"] == 1
+    # four channels are no RGB picture: their mean is drawn as a heatmap
+    four = samples_figure(rng.random((2, 2 * 2 * 4)), [0, 1], [0, 1], np.array([0.9, 0.8]), (2, 2, 4))
+    assert {t.type for t in four.data} == {"heatmap"}
+
+
 # --- the report --------------------------------------------------------------------
 
 def test_write_report_embeds_plotly_once_and_one_div_per_figure(tmp_path):
