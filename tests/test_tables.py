@@ -1,4 +1,4 @@
-"""Tables for Spark SQL: what the writers store, the README's queries on real runs, write modes that never
+"""Tables for Spark SQL: what the writers store, the queries of docs/tables.md on real runs, write modes that never
 leave a half-written table, and tables found by name from another process."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dfnet.evaluate import ClassScorer
 from dfnet.tables import (CLASS_METRICS_SCHEMA, HISTORY_SCHEMA, PREDICTIONS_SCHEMA, save_table, table_format,
                           write_class_metrics, write_history, write_predictions)
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+TABLES_DOC = Path(__file__).resolve().parents[1] / "docs" / "tables.md"
 TABLES = {"predictions": "dfnet_predictions", "history": "dfnet_history", "metrics": "dfnet_class_metrics"}
 FAST = ["--dataset", "digits", "--epochs", "2", *cli_helpers.FAST]
 
@@ -267,20 +267,21 @@ def test_the_test_session_writes_parquet(spark):
         == "parquet"
 
 
-# --- the README's queries, on real runs of the command line ---------------------------
+# --- the queries of docs/tables.md, on real runs of the command line --------------------
 
-def readme_queries() -> dict[str, str]:
-    """The SQL blocks of the README's tables section, by their first comment line."""
-    text = README.read_text()
-    section = text[text.index("### Tables for Spark SQL"):]
-    section = section[:section.index("\n## ")]
+def documented_queries() -> dict[str, str]:
+    """The SQL blocks of the "Queries" section of docs/tables.md, by their first comment line."""
+    text = TABLES_DOC.read_text()
+    section = text[text.index("\n## Queries\n"):]
+    end = section.find("\n## ", 1)
+    section = section if end < 0 else section[:end]
     blocks = re.findall(r"```sql\n(.*?)```", section, flags=re.S)
     return {block.splitlines()[0].removeprefix("-- ").strip(): block for block in blocks}
 
 
 @pytest.fixture(scope="module")
 def cli_runs(spark, tmp_path_factory):
-    """Two `dfnet train` runs writing the README's three tables (the second appending its predictions)."""
+    """Two `dfnet train` runs writing the three tables of docs/tables.md (the second appending its predictions)."""
     drop(spark, *TABLES.values())
     folder = tmp_path_factory.mktemp("runs")
     tables = ["--history-table", TABLES["history"], "--metrics-table", TABLES["metrics"],
@@ -303,8 +304,8 @@ CHECKED = {"confusion matrix of the newest run: rows of true class `label` predi
            "test accuracy per run, from the predictions"}
 
 
-def test_every_readme_query_is_checked():
-    assert set(readme_queries()) == CHECKED
+def test_every_documented_query_is_checked():
+    assert set(documented_queries()) == CHECKED
 
 
 def newest_predictions(spark, runs):
@@ -313,8 +314,8 @@ def newest_predictions(spark, runs):
     return newest, rows
 
 
-def test_readme_confusion_matrix_query(spark, cli_runs):
-    result = spark.sql(readme_queries()[
+def test_documented_confusion_matrix_query(spark, cli_runs):
+    result = spark.sql(documented_queries()[
         "confusion matrix of the newest run: rows of true class `label` predicted as `prediction`"]).collect()
     newest, rows = newest_predictions(spark, cli_runs)
     expected = confusion_matrix([r["label"] for r in rows], [r["prediction"] for r in rows], labels=range(10))
@@ -328,8 +329,8 @@ def test_readme_confusion_matrix_query(spark, cli_runs):
     np.testing.assert_array_equal(got, cli_runs[1]["metrics"]["confusion_matrix"])
 
 
-def test_readme_per_class_f1_query(spark, cli_runs):
-    result = spark.sql(readme_queries()["per-class F1 of the newest run, worst class first"]).collect()
+def test_documented_per_class_f1_query(spark, cli_runs):
+    result = spark.sql(documented_queries()["per-class F1 of the newest run, worst class first"]).collect()
     _, rows = newest_predictions(spark, cli_runs)
     precision, recall, f1, support = precision_recall_fscore_support(
         [r["label"] for r in rows], [r["prediction"] for r in rows], labels=range(10), zero_division=0)
@@ -341,8 +342,8 @@ def test_readme_per_class_f1_query(spark, cli_runs):
     assert [r["f1"] for r in result] == sorted(r["f1"] for r in result)
 
 
-def test_readme_most_confident_mistakes_query(spark, cli_runs):
-    result = spark.sql(readme_queries()["the most confident mistakes of the newest run"]).collect()
+def test_documented_most_confident_mistakes_query(spark, cli_runs):
+    result = spark.sql(documented_queries()["the most confident mistakes of the newest run"]).collect()
     _, rows = newest_predictions(spark, cli_runs)
     mistakes = [(-max(r["probability"]), r["id"], r["label"], r["prediction"]) for r in rows
                 if r["label"] != r["prediction"]]
@@ -352,8 +353,8 @@ def test_readme_most_confident_mistakes_query(spark, cli_runs):
     np.testing.assert_allclose([r["confidence"] for r in result], [-e[0] for e in expected], rtol=1e-15)
 
 
-def test_readme_accuracy_per_epoch_query(spark, cli_runs):
-    result = spark.sql(readme_queries()["accuracy per epoch across runs (train, and on the validation rows)"]).collect()
+def test_documented_accuracy_per_epoch_query(spark, cli_runs):
+    result = spark.sql(documented_queries()["accuracy per epoch across runs (train, and on the validation rows)"]).collect()
     expected = sorted((h["epoch"], run["run_id"], h["accuracy"], h.get("val_accuracy"))
                       for run in cli_runs for h in run["history"])
     assert len(expected) == 5
@@ -361,8 +362,8 @@ def test_readme_accuracy_per_epoch_query(spark, cli_runs):
     assert [(r["accuracy"], r["val_accuracy"]) for r in result] == [e[2:] for e in expected]
 
 
-def test_readme_accuracy_per_run_query(spark, cli_runs):
-    result = spark.sql(readme_queries()["test accuracy per run, from the predictions"]).collect()
+def test_documented_accuracy_per_run_query(spark, cli_runs):
+    result = spark.sql(documented_queries()["test accuracy per run, from the predictions"]).collect()
     assert [r["run_id"] for r in result] == sorted(run["run_id"] for run in cli_runs)
     for r, run in zip(result, sorted(cli_runs, key=lambda run: run["run_id"])):
         assert r["accuracy"] == pytest.approx(run["metrics"]["test_accuracy"], abs=1e-12)
