@@ -23,6 +23,15 @@ every ``pip install`` in the notebooks names a wheel file or a git URL).
 The end-to-end tests then check the SQL results against values the test
 computes itself from the tables and the model, and that the notebook left the
 session running with the configuration the user gave it.
+
+The Jupyter notebook (``dfnet.ipynb``) is not run by that runner but by Jupyter's own machinery:
+``nbclient`` executes it top to bottom on a real ``python3`` ipykernel (this venv's Python), in a
+temporary folder, with the settings its first cell reads from the environment pointing it at the
+real MNIST files and a temporary warehouse. Its kernel starts its own Spark (a second JVM, or a
+Spark Connect client of the test run's server). The test reads the notebook's answers from the
+outputs (the per-epoch lines, the Table Schema JSON of each SQL cell's DataFrame, the plotly JSON of
+each figure) and checks them against numpy on the IDX files, the saved model and the tables the
+notebook wrote. The committed file carries no outputs.
 """
 
 from __future__ import annotations
@@ -30,7 +39,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import platform
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -568,3 +580,353 @@ def test_zeppelin_note_runs_end_to_end(user_session):
     run = run_zeppelin(ZEPPELIN_NOTE, spark)
     print(run.timings())
     check_notebook_run(run, spark, conf_before)
+
+
+# --- the Jupyter notebook, on a real kernel ----------------------------------------
+
+JUPYTER_NOTEBOOK = EXAMPLES / "dfnet.ipynb"
+#: The settings the first code cell reads from the environment, all of them.
+JUPYTER_SETTINGS = ("DFNET_DATASET", "DFNET_DATA_DIR", "DFNET_CLASSES", "DFNET_EPOCHS", "DFNET_HIDDEN", "DFNET_MASTER",
+                    "DFNET_WAREHOUSE", "DFNET_DATABASE", "DFNET_MODEL_DIR")
+#: The end-to-end run: real MNIST digits (three classes, relabelled in this order), small and quick.
+JUPYTER_CLASSES = (3, 5, 8)
+JUPYTER_EPOCHS = 2
+#: The cells whose answers the test checks, by their nbformat cell id.
+JUPYTER_SQL_CELLS = ("sql-test-accuracy", "sql-accuracy-per-class", "sql-confusions", "sql-per-class-f1",
+                     "sql-confident-mistakes", "sql-history")
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+TABLE_MIME = "application/vnd.dataresource+json"  # pandas' display.html.table_schema
+#: Seconds any one cell may take (the whole run takes about a minute).
+JUPYTER_CELL_TIMEOUT = 300
+
+
+def _descendants(pid: int) -> set[int]:
+    import psutil  # ipykernel's own dependency
+
+    try:
+        return {p.pid for p in psutil.Process(pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+def _wait_gone(pids: set[int], seconds: float = 30.0) -> set[int]:
+    """The processes of ``pids`` still running after ``seconds`` (zombies count as gone)."""
+    import psutil
+
+    deadline = time.monotonic() + seconds
+    while True:
+        alive = set()
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.add(pid)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
+
+
+@dataclass
+class KernelRun:
+    nb: Any  # the executed nbformat notebook
+    kernel_pid: int
+    processes: set[int]  # the kernel and every process it started (its Spark JVM)
+    seconds: float
+
+
+def execute_notebook(nb, workdir: Path, env: dict[str, str], *, timeout: int = JUPYTER_CELL_TIMEOUT) -> KernelRun:
+    """Run every cell of ``nb`` in order on a new ``python3`` ipykernel started in ``workdir`` with ``env``,
+    as Jupyter's *Run All* does; raises ``CellExecutionError`` at the first failing cell.
+
+    ``NotebookClient.execute`` shuts the kernel down whether the cells pass or not; this checks it did,
+    and that the kernel's children (the Spark JVM a notebook starts) ended with it, else kills what is
+    left and fails."""
+    from nbclient import NotebookClient
+    from nbclient.util import run_sync
+
+    client = NotebookClient(nb, kernel_name="python3", timeout=timeout, resources={"metadata": {"path": str(workdir)}})
+    kernel: dict[str, Any] = {"pid": None, "processes": set()}
+
+    def started(**_: Any) -> None:
+        kernel["pid"] = client.km.provisioner.pid
+        kernel["processes"].add(kernel["pid"])
+
+    def executed(**_: Any) -> None:
+        kernel["processes"] |= _descendants(kernel["pid"])
+
+    client.on_notebook_start = started
+    client.on_cell_executed = executed
+    start = time.perf_counter()
+    try:
+        client.execute(env=env)
+    finally:
+        seconds = time.perf_counter() - start
+        km = client.km
+        if km is not None and run_sync(km.is_alive)():  # not expected: execute() shuts it down
+            run_sync(km.shutdown_kernel)(now=True)
+            pytest.fail("NotebookClient.execute left the kernel running")
+        left = _wait_gone(kernel["processes"])
+        if left:
+            import psutil
+
+            for pid in left:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    psutil.Process(pid).kill()
+            pytest.fail(f"processes of the notebook's kernel outlived it: {sorted(left)}")
+    return KernelRun(nb, kernel["pid"], kernel["processes"], seconds)
+
+
+def kernel_env(**settings: str) -> dict[str, str]:
+    """This process's environment for a kernel, without a Spark Connect server or notebook settings of its own."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE", *JUPYTER_SETTINGS}}
+    return {**env, **settings}
+
+
+def cell_stdout(cell) -> str:
+    return "".join(o.text for o in cell.outputs if o.output_type == "stream" and o.name == "stdout")
+
+
+def plotly_array(value) -> np.ndarray:
+    """An array of a figure's JSON: a list, or plotly's typed array ``{"dtype", "bdata" (base64), "shape"}``."""
+    if isinstance(value, dict):
+        import base64
+
+        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]).newbyteorder("<"))
+        return flat.reshape([int(d) for d in str(value.get("shape", len(flat))).split(",")])
+    return np.asarray(value)
+
+
+def cell_seconds(cell) -> float:
+    """A cell's run time, from the timings nbclient records in its metadata."""
+    from datetime import datetime
+
+    timing = cell.metadata["execution"]
+    start, end = (datetime.fromisoformat(timing[k].replace("Z", "+00:00"))
+                  for k in ("iopub.execute_input", "shell.execute_reply"))
+    return (end - start).total_seconds()
+
+
+def shown_table(cell) -> list[dict]:
+    """The rows of the pandas DataFrame a cell ends with, from its Table Schema JSON output."""
+    [bundle] = [o.data for o in cell.outputs if o.output_type == "execute_result"]
+    resource = bundle[TABLE_MIME]
+    fields = [f["name"] for f in resource["schema"]["fields"]]
+    assert fields[0] == "index" and resource["schema"]["primaryKey"] == ["index"]
+    assert [row["index"] for row in resource["data"]] == list(range(len(resource["data"])))
+    return [{name: row[name] for name in fields[1:]} for row in resource["data"]]
+
+
+def test_jupyter_notebook_is_stored_without_outputs():
+    import nbformat
+
+    raw = json.loads(JUPYTER_NOTEBOOK.read_text())
+    nb = nbformat.reads(JUPYTER_NOTEBOOK.read_text(), as_version=4)
+    nbformat.validate(nb)
+    assert (raw["nbformat"], raw["nbformat_minor"]) >= (4, 5)  # cells have ids
+    assert nb.metadata.kernelspec.name == "python3" and nb.metadata.kernelspec.language == "python"
+    code = [c for c in raw["cells"] if c["cell_type"] == "code"]
+    for cell in code:
+        assert cell["outputs"] == [] and cell["execution_count"] is None, cell["id"]
+        assert "execution" not in cell["metadata"], cell["id"]  # no timings of a run either
+    ids = [c["id"] for c in raw["cells"]]
+    assert len(set(ids)) == len(ids)
+    assert {"settings", "session", "data", "train", "evaluate", "tables", "figures", "stop",
+            *JUPYTER_SQL_CELLS} <= set(ids)
+    # Plain Python, no magics, so it also runs as a script; the settings come first and read the environment.
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            compile(cell.source, cell.id, "exec")
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    assert first.id == "settings"
+    for name in JUPYTER_SETTINGS:
+        assert f'os.environ.get("{name}"' in first.source, name
+    assert 'pio.renderers.default = "plotly_mimetype"' in next(c for c in nb.cells if c.id == "figures").source
+
+
+def test_a_failing_cell_fails_the_run_and_the_kernel_and_its_spark_still_shut_down(tmp_path):
+    import nbformat
+    import psutil
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("import os\nprint(os.getpid(), os.getcwd())"),
+        nbformat.v4.new_code_cell("from dfnet.session import get_or_create_spark\n"
+                                  "spark = get_or_create_spark(master='local[1]')\n"
+                                  "print(spark.range(3).count(), spark.sparkContext._gateway.proc.pid)"),
+        nbformat.v4.new_code_cell("raise ValueError('a cell that fails')"),
+        nbformat.v4.new_code_cell("print('never runs')")])
+    with pytest.raises(CellExecutionError, match="a cell that fails"):
+        execute_notebook(nb, tmp_path, kernel_env(), timeout=120)  # checks that the kernel's processes ended
+    pid, cwd = cell_stdout(nb.cells[0]).split()
+    assert cwd == str(tmp_path)  # the kernel ran in the folder it was given
+    count, jvm = cell_stdout(nb.cells[1]).split()
+    assert count == "3"  # the kernel had started its Spark JVM
+    assert nb.cells[3].outputs == [] and nb.cells[3].execution_count is None
+    for what, process in (("the kernel", pid), ("its Spark JVM", jvm)):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            assert psutil.Process(int(process)).status() == psutil.STATUS_ZOMBIE, f"{what} still runs"
+
+
+def _read_tables(database: str, warehouse: Path | None, connect_session) -> dict[str, Any]:
+    """The notebook's three tables: from their Parquet files in the warehouse folder (classic), or
+    through the test's own Connect session to the same server."""
+    import pandas as pd
+
+    tables = {}
+    for name in ("predictions", "history", "class_metrics"):
+        if connect_session is None:
+            tables[name] = pd.read_parquet(warehouse / "tables" / f"{database}.db" / name)
+        else:
+            tables[name] = connect_session.table(f"{database}.{name}").toPandas()
+    return tables
+
+
+@pytest.mark.parametrize("session_kind", ["classic", "connect"])
+def test_jupyter_notebook_runs_end_to_end_on_a_real_kernel(session_kind, shared_data, tmp_path, request):
+    import nbformat
+
+    import dfnet
+    from dfnet.datasets import load_arrays
+    from dfnet.model import TrainedModel
+
+    workdir, warehouse, model_dir = tmp_path / "notebook", tmp_path / "warehouse", tmp_path / "model"
+    workdir.mkdir()
+    database = f"dfnet_jupyter_{session_kind}"
+    settings = {"DFNET_DATASET": "mnist", "DFNET_DATA_DIR": str(shared_data),
+                "DFNET_CLASSES": ",".join(map(str, JUPYTER_CLASSES)), "DFNET_EPOCHS": str(JUPYTER_EPOCHS),
+                "DFNET_HIDDEN": "32", "DFNET_MASTER": "local[2]", "DFNET_WAREHOUSE": str(warehouse),
+                "DFNET_DATABASE": database, "DFNET_MODEL_DIR": str(model_dir)}
+    connect_session = None
+    if session_kind == "connect":
+        url = request.getfixturevalue("connect_url")
+        connect_session = request.getfixturevalue("connect")
+        connect_session.sql(f"DROP DATABASE IF EXISTS {database} CASCADE")
+        request.addfinalizer(lambda: connect_session.sql(f"DROP DATABASE IF EXISTS {database} CASCADE"))
+        settings["SPARK_REMOTE"] = url  # as a user would point the notebook at a Connect server
+
+    nb = nbformat.read(JUPYTER_NOTEBOOK, as_version=4)
+    run = execute_notebook(nb, workdir, kernel_env(**settings))
+    cells = {c.id: c for c in run.nb.cells}
+    print(f"notebook: {run.seconds:.1f} s on kernel pid {run.kernel_pid}; "
+          + ", ".join(f"{c.id} {cell_seconds(c):.1f} s" for c in run.nb.cells if c.cell_type == "code"))
+
+    # Every code cell ran, once, in order, with no error.
+    code = [c for c in run.nb.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1))
+    assert not [c.id for c in code for o in c.outputs if o.output_type == "error"]
+
+    # The kernel: this venv's Python and the dfnet under test; the session the settings asked for.
+    assert sys.prefix != sys.base_prefix  # the tests run in a virtual environment ...
+    assert Path(sys.executable).parent == Path(sys.prefix) / "bin"  # ... and this is its python
+    session_text = cell_stdout(cells["session"])
+    assert f"Python {platform.python_version()} at {sys.executable}\n" in session_text, session_text
+    assert f"dfnet {dfnet.__version__} from {Path(dfnet.__file__).parent}\n" in session_text, session_text
+    if connect_session is None:
+        assert f", master local[2], warehouse file:{warehouse / 'tables'}\n" in session_text, session_text
+        assert (warehouse / "metastore_db").is_dir()  # the catalog is in the folder given, too
+        assert len(run.processes) >= 2  # the kernel and its Spark JVM, both ended with the kernel
+    else:
+        assert f"over Spark Connect: {settings['SPARK_REMOTE']}\n" in session_text, session_text
+        assert not warehouse.exists()  # the server's warehouse, not one of the client's
+    assert cell_stdout(cells["stop"]) == "Spark session stopped\n"
+
+    # The truth, from the IDX files: the test split's rows of the three classes, relabelled 0, 1, 2 in order.
+    images, raw_labels = load_arrays("mnist", "test", shared_data)
+    ids = np.flatnonzero(np.isin(raw_labels, JUPYTER_CLASSES))
+    truth = np.array([JUPYTER_CLASSES.index(v) for v in raw_labels[ids]])
+    _, raw_train = load_arrays("mnist", "train", shared_data)
+    n_train, n, k = int(np.isin(raw_train, JUPYTER_CLASSES).sum()), len(ids), len(JUPYTER_CLASSES)
+    names = [str(c) for c in JUPYTER_CLASSES]
+    assert cell_stdout(cells["data"]) == f"mnist: {n_train} training rows, {n} test rows, classes {names}\n"
+
+    # The training: one line per epoch, as fit recorded them; the model it saved.
+    model = TrainedModel.load(model_dir)
+    assert model.num_classes == k and list(model.class_names) == names and len(model.history) == JUPYTER_EPOCHS
+    train_text = cell_stdout(cells["train"])
+    assert train_text.startswith("Schedule ") and train_text.endswith(f"run {model.run_id}\n")
+    epoch_lines = re.findall(r"^Epoch (\d+)/(\d+) \| Loss (\S+) \| Acc (\S+) \| Batchsize \d+ \| \S+ s "
+                             r"\| Val loss (\S+) \| Val acc (\S+)$", train_text, re.MULTILINE)
+    assert [tuple(line) for line in epoch_lines] == [
+        (str(h["epoch"]), str(JUPYTER_EPOCHS), f"{h['loss']:.4f}", f"{h['accuracy']:.4f}", f"{h['val_loss']:.4f}",
+         f"{h['val_accuracy']:.4f}") for h in model.history]
+    assert [h["epoch"] for h in model.history] == list(range(1, JUPYTER_EPOCHS + 1))
+
+    # The tables the notebook wrote, against the truth and the saved model's numpy forward pass.
+    tables = _read_tables(database, warehouse, connect_session)
+    predictions = tables["predictions"].sort_values("id").reset_index(drop=True)
+    assert set(predictions.run_id) == {model.run_id}
+    assert np.array_equal(predictions.id, ids) and np.array_equal(predictions.label, truth)
+    pixels = np.stack(predictions.image.to_numpy()).astype(np.float32)
+    assert np.array_equal(pixels, np.divide(images[ids].reshape(n, -1), 255.0, dtype=np.float32))
+    probability = np.stack(predictions.probability.to_numpy())
+    np.testing.assert_allclose(probability, _numpy_probabilities(model, pixels), atol=1e-5)
+    predicted = probability.argmax(axis=1)
+    assert np.array_equal(predictions.prediction, predicted)
+
+    correct = predicted == truth
+    accuracy = float(correct.mean())
+    assert accuracy > 0.85  # the notebook's settings still train a useful model
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (truth, predicted), 1)
+    tp = np.diag(confusion).astype(np.float64)
+    support, predicted_as = confusion.sum(axis=1), confusion.sum(axis=0)
+    precision = np.divide(tp, predicted_as, out=np.zeros(k), where=predicted_as > 0)
+    recall = tp / support
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=precision + recall > 0)
+
+    metrics = tables["class_metrics"].sort_values("class").reset_index(drop=True)
+    assert set(metrics.run_id) == {model.run_id} and list(metrics["class"]) == list(range(k))
+    assert list(metrics.class_name) == names
+    assert np.array_equal(metrics[["tp", "fp", "fn", "tn", "support"]].to_numpy(),
+                          np.stack([tp, predicted_as - tp, support - tp, n - support - predicted_as + tp, support],
+                                   axis=1))
+    np.testing.assert_allclose(metrics[["precision", "recall", "f1"]].to_numpy(), np.stack([precision, recall, f1], 1),
+                               rtol=0, atol=1e-12)
+    history = tables["history"].sort_values("epoch").reset_index(drop=True)
+    assert set(history.run_id) == {model.run_id}
+    for column in ("epoch", "loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(history[column], [h[column] for h in model.history], rtol=1e-12, err_msg=column)
+
+    # The notebook's SQL answers (the JSON of the DataFrames it shows: 10 decimals), against numpy.
+    approx = lambda x: pytest.approx(x, abs=1e-9)  # noqa: E731
+    assert shown_table(cells["sql-test-accuracy"]) == [{"run_id": model.run_id, "accuracy": approx(accuracy), "n": n}]
+    per_class_acc = [tp[c] / support[c] for c in range(k)]
+    assert shown_table(cells["sql-accuracy-per-class"]) == [
+        {"label": c, "n": int(support[c]), "correct": int(tp[c]), "accuracy": approx(per_class_acc[c])}
+        for c in sorted(range(k), key=lambda c: (per_class_acc[c], c))]
+    confusions = [(int(i), int(j), int(confusion[i, j])) for i, j in zip(*np.nonzero(confusion)) if i != j]
+    assert confusions  # there are mistakes to list
+    assert shown_table(cells["sql-confusions"]) == [
+        {"label": i, "prediction": j, "n": m} for i, j, m in sorted(confusions, key=lambda p: (-p[2], p[0], p[1]))]
+    assert shown_table(cells["sql-per-class-f1"]) == [
+        {"class": c, "class_name": names[c], "precision": approx(precision[c]), "recall": approx(recall[c]),
+         "f1": approx(f1[c]), "support": int(support[c])} for c in sorted(range(k), key=lambda c: (f1[c], c))]
+    confidence = probability[np.arange(n), predicted]
+    mistakes = np.flatnonzero(~correct)
+    worst = sorted(mistakes, key=lambda i: (-confidence[i], ids[i]))[:10]
+    assert shown_table(cells["sql-confident-mistakes"]) == [
+        {"id": int(ids[i]), "label": int(truth[i]), "prediction": int(predicted[i]),
+         "confidence": approx(confidence[i])} for i in worst]
+    assert shown_table(cells["sql-history"]) == [
+        {"epoch": h["epoch"], "run_id": model.run_id, "loss": approx(h["loss"]), "accuracy": approx(h["accuracy"]),
+         "val_loss": approx(h["val_loss"]), "val_accuracy": approx(h["val_accuracy"])} for h in model.history]
+
+    # The figures: one plotly bundle per figure shown, in model.report's order, drawing these numbers.
+    figures = [o.data[PLOTLY_MIME] for o in cells["figures"].outputs if PLOTLY_MIME in o.get("data", {})]
+    assert len(figures) == len(FIGURE_HEADINGS)
+    assert [o.output_type for o in cells["figures"].outputs] == ["display_data"] * len(FIGURE_HEADINGS)
+    titles = [fig["layout"]["title"]["text"] for fig in figures]
+    assert [t.split(":")[0] for t in titles] == FIGURE_HEADINGS, titles
+    by_heading = dict(zip(FIGURE_HEADINGS, figures))
+    [heatmap] = by_heading["Confusion matrix"]["data"]
+    assert np.array_equal(plotly_array(heatmap["z"]), confusion)
+    np.testing.assert_allclose([plotly_array(bar["y"]) for bar in by_heading["Per-class metrics"]["data"]],
+                               [precision, recall, f1], rtol=0, atol=1e-12)
+    assert f"({len(mistakes)} of {n} test rows)" in titles[-1]
+    curves = {(trace["name"], trace["yaxis"]): list(plotly_array(trace["y"]))
+              for trace in by_heading["Training history"]["data"]}
+    assert curves == {(name, axis): approx([h[prefix + key] for h in model.history])
+                      for name, prefix in (("train", ""), ("validation", "val_"))
+                      for axis, key in (("y", "loss"), ("y2", "accuracy"))}
