@@ -41,3 +41,8 @@ class CheckpointError(DFNetError, ValueError):
 
 class OutputExistsError(DFNetError, FileExistsError):
     """A save would replace something that already exists, and overwriting was not asked for."""
+
+
+class ImageFolderError(DFNetError, ValueError):
+    """Image files cannot become training rows: a folder without class folders, an empty class
+    folder, a file that is not a readable image, or images of different sizes with no size asked for."""
