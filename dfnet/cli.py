@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="folder with the IDX files (else $DFNET_DATA_DIR, else ./data with download)")
     data.add_argument("--classes", type=_int_list, default=None, help="keep these classes, relabelled 0..k-1, e.g. 0,1")
     data.add_argument("--partitions", type=int, default=None, help="partitions of the cached training data")
+    _image_options(data, train=True)
     model = t.add_argument_group("model")
     model.add_argument("--preset", choices=sorted(PRESETS), default=None,
                        help="named configuration (classic: 784-64-2 sigmoid/MSE on MNIST 0/1; digits-cnn: "
@@ -192,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--features-col", default="image")
     source.add_argument("--label-col", default="label", help="'' for unlabelled rows")
     source.add_argument("--id-col", default="id", help="'' to number the rows")
+    _image_options(source, train=False)
     p.add_argument("--run-id", default=None, help="run_id column (default: the model's training run)")
     p.add_argument("--no-image", action="store_true", help="leave the image column null (a smaller table)")
     p.add_argument("--master", default=None, help="Spark master, e.g. local[2] (default local[*])")
@@ -205,6 +207,26 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("name", nargs="?", help="benchmark name; omit to list them")
     b.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
     return parser
+
+
+def _image_options(group, *, train: bool) -> None:
+    group.add_argument("--image-folder", default=None, metavar="PATH",
+                       help="train on image files instead of a data set: PATH/<class>/*.png|jpg|bmp|gif, or "
+                            "PATH/train/<class>/ and PATH/test/<class>/ (any path Spark reads)" if train else
+                            "score the image files under PATH (PATH/<class>/... gives labels when the classes "
+                            "are the model's; images straight under PATH are scored unlabelled)")
+    if train:
+        group.add_argument("--image-size", type=_int_list, default=None, metavar="H,W",
+                           help="resize every image to H,W (bilinear; default: the images' common size, "
+                                "and images of different sizes are refused)")
+        group.add_argument("--channels", type=int, choices=[1, 3], default=None,
+                           help="1 (grayscale) or 3 (RGB) (default: 3 if any image is in colour, else 1)")
+        group.add_argument("--test-fraction", type=float, default=0.2,
+                           help="fraction of an image folder without train/ and test/ held out for the test, "
+                                "by a seeded hash of each file's path")
+    group.add_argument("--skip-bad-images", action="store_true",
+                       help="skip files that are no image or are truncated (reported, and counted in "
+                            "metrics.json) instead of refusing the folder")
 
 
 def _table_options(parser: argparse.ArgumentParser, *, predictions: str, history: bool) -> None:
@@ -303,12 +325,54 @@ def _check_checkpoint_options(args: argparse.Namespace, target: Path) -> None:
                              f"written whole at the end of the run; choose a folder beside it")
 
 
-def _describe_model(config: TrainConfig, image_shape: tuple[int, ...]) -> str:
+def _check_image_options(args: argparse.Namespace) -> str | None:
+    """The image folder to train on, with its options checked; None for a data set."""
+    folder = args.image_folder
+    if folder is None:
+        given = [flag for flag, value in (("--image-size", args.image_size), ("--channels", args.channels),
+                                          ("--skip-bad-images", args.skip_bad_images)) if value]
+        if args.test_fraction != 0.2:
+            given.append("--test-fraction")
+        if given:
+            raise DFNetError(f"{', '.join(given)} apply to --image-folder, which was not given")
+        return None
+    if args.dataset is not None or args.data_dir is not None or args.classes is not None:
+        raise DFNetError("--image-folder trains on its own images; --dataset, --data-dir and --classes choose a "
+                         "data set instead: give one or the other")
+    if args.image_size is not None and (len(args.image_size) != 2 or min(args.image_size) < 1):
+        raise DFNetError(f"--image-size {','.join(map(str, args.image_size))}: expected H,W, two positive integers")
+    if not 0 < args.test_fraction < 1:
+        raise DFNetError(f"--test-fraction {args.test_fraction}: expected a fraction between 0 and 1")
+    return folder
+
+
+def _describe_images(images) -> str:
+    h, w, c = images.image_shape
+    names = ", ".join(images.class_names[:10]) + (", ..." if len(images.class_names) > 10 else "")
+    text = (f"Images: {images.train_rows} train, {images.test_rows} test "
+            f"({'train/ and test/ folders' if images.split_folders else 'seeded split'}), "
+            f"{len(images.class_names)} classes ({names}), {h}x{w} {'RGB' if c == 3 else 'grayscale'}")
+    if images.skipped_count:
+        first = "; ".join(f"{path}: {error}" for path, error in images.skipped[:3])
+        text += f"\nSkipped {images.skipped_count} unreadable file(s) (--skip-bad-images): {first}" + \
+            (" ..." if images.skipped_count > 3 else "")
+    return text
+
+
+def _image_metrics(images, folder: str) -> dict:
+    return {"image_folder": folder, "image_shape": list(images.image_shape),
+            "images": {"train": images.train_rows, "test": images.test_rows, "ignored_files": images.ignored_count},
+            "skipped_images": {"count": images.skipped_count,
+                               "first": [{"path": p, "error": e} for p, e in images.skipped]}}
+
+
+def _describe_model(config: TrainConfig, image_shape: tuple[int, ...] | None) -> str:
     dense = f"hidden {list(config.hidden)} {config.activation}/{config.loss}"
     if config.model != "cnn":
         return f"{config.model} {dense}"
-    kernels = config.resolve_kernels(config.image_shape or image_shape)
-    return (f"cnn kernels {list(kernels)} {config.kernel_size}x{config.kernel_size} "
+    shape = config.image_shape or image_shape
+    kernels = config.resolve_kernels(shape) if shape else "auto"
+    return (f"cnn kernels {kernels if isinstance(kernels, str) else list(kernels)} {config.kernel_size}x{config.kernel_size} "
             f"{config.conv_activation_name} pool {config.pool} patches {config.patches}, {dense}")
 
 
@@ -318,17 +382,22 @@ def train_command(args: argparse.Namespace) -> int:
     from .train import ProgressPrinter, fit
 
     config, data = config_from_args(args)
-    target = _prepare_output(args.output, data["dataset"], args.overwrite)
+    folder = _check_image_options(args)
+    target = _prepare_output(args.output, Path(folder).name if folder else data["dataset"], args.overwrite)
     _check_checkpoint_options(args, target)
-    spec = get_dataset(data["dataset"])
-    classes = check_classes(data["dataset"], data["classes"]) if data["classes"] else None
-    class_names = [spec.class_names[c] for c in classes] if classes else list(spec.class_names)
     extras = [f"{name} {value}" for name, value in (("validation split", config.validation_split),
                                                      ("early stopping", config.early_stopping),
                                                      ("weight decay", config.weight_decay),
                                                      ("dropout", config.dropout)) if value]
-    print(f"dfnet: {data['dataset']} classes {list(classes) if classes else 'all'} | "
-          f"{_describe_model(config, spec.image_shape)} | "
+    if folder:
+        source = f"image folder {folder}"
+        shape = None if args.image_size is None else (*args.image_size, args.channels or 1)
+    else:
+        spec = get_dataset(data["dataset"])
+        classes = check_classes(data["dataset"], data["classes"]) if data["classes"] else None
+        class_names = [spec.class_names[c] for c in classes] if classes else list(spec.class_names)
+        source, shape = f"{data['dataset']} classes {list(classes) if classes else 'all'}", spec.image_shape
+    print(f"dfnet: {source} | {_describe_model(config, shape)} | "
           f"{config.optimizer} lr {config.learning_rate} {config.lr_schedule} | {config.schedule} x {config.epochs} "
           f"epochs" + "".join(f" | {e}" for e in extras), flush=True)
 
@@ -336,8 +405,19 @@ def train_command(args: argparse.Namespace) -> int:
     spark = get_or_create_spark(args.master, app_name="dfnet-train", warehouse=args.warehouse,
                                 verbose=args.verbose, remote=args.remote)
     tables = _check_tables(spark, args)
-    train_df = load_dataframe(spark, data["dataset"], "train", data_dir=args.data_dir, classes=classes)
-    test_df = load_dataframe(spark, data["dataset"], "test", data_dir=args.data_dir, classes=classes)
+    images = None
+    if folder:
+        from .images import read_image_folder
+
+        images = read_image_folder(spark, folder, image_size=args.image_size, channels=args.channels,
+                                   test_fraction=args.test_fraction, seed=config.seed,
+                                   skip_bad_images=args.skip_bad_images)
+        train_df, test_df, class_names, classes = images.train, images.test, images.class_names, None
+        config = config.replace(image_shape=tuple(images.image_shape))
+        print(_describe_images(images), flush=True)
+    else:
+        train_df = load_dataframe(spark, data["dataset"], "train", data_dir=args.data_dir, classes=classes)
+        test_df = load_dataframe(spark, data["dataset"], "test", data_dir=args.data_dir, classes=classes)
     printer = ProgressPrinter(bar=False if args.no_progress else None)
     start = time.perf_counter()
     model = fit(train_df, config, num_classes=len(class_names), callbacks=[printer, *tracker], verbose=False,
@@ -347,7 +427,8 @@ def train_command(args: argparse.Namespace) -> int:
     evaluation = model.evaluate(test_df)
     print(evaluation.report(), flush=True)
 
-    metrics = {**evaluation.as_dict(), "dataset": data["dataset"], "classes": list(classes) if classes else None,
+    metrics = {**evaluation.as_dict(), "dataset": "image-folder" if folder else data["dataset"],
+               **(_image_metrics(images, folder) if images else {}), "classes": list(classes) if classes else None,
                "class_names": class_names, "train_seconds": train_seconds,
                "final_train_accuracy": model.history[-1]["accuracy"], "config": config.to_dict(),
                "schedule_plan": model.schedule_plan,
@@ -364,7 +445,7 @@ def train_command(args: argparse.Namespace) -> int:
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if not args.no_report:
             model.report(test_df, staging / "report.html", evaluation=evaluation,
-                         title=f"dfnet {config.model}: {data['dataset']} ({target.name})")
+                         title=f"dfnet {config.model}: {folder or data['dataset']} ({target.name})")
         _publish(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -444,8 +525,13 @@ def predict_command(args: argparse.Namespace) -> int:
     model = TrainedModel.load(folder)
     if args.input_table and (args.dataset or args.classes):
         raise DFNetError("--input-table scores a table; --dataset and --classes choose a data set instead")
-    dataset = args.dataset or run.get("dataset")
-    if not args.input_table and not dataset:
+    if args.image_folder and (args.input_table or args.dataset or args.classes or args.data_dir):
+        raise DFNetError("--image-folder scores image files; --input-table, --dataset, --data-dir and --classes "
+                         "choose other rows instead")
+    if args.skip_bad_images and not args.image_folder:
+        raise DFNetError("--skip-bad-images applies to --image-folder, which was not given")
+    dataset = args.dataset or (None if args.image_folder else run.get("dataset"))
+    if not args.input_table and not args.image_folder and not dataset:
         raise DFNetError(f"{args.model} is a model folder without the run's metrics.json: name the rows to score "
                          f"with --dataset or --input-table")
     run_id = args.run_id or model.run_id
@@ -460,6 +546,18 @@ def predict_command(args: argparse.Namespace) -> int:
             raise DFNetError(f"--input-table {args.input_table}: no such table")
         df = spark.table(input_table)
         source = f"table {args.input_table}"
+    elif args.image_folder:
+        from .images import read_images
+
+        found = read_images(spark, args.image_folder, image_shape=model.image_shape(),
+                            class_names=model.class_names, skip_bad_images=args.skip_bad_images)
+        df = found.frame
+        source = f"{found.rows} images in {args.image_folder}" + \
+            (f" ({found.labelled_rows} labelled by their class folder)" if found.labelled_rows else
+             " (unlabelled: no folder is named as one of the model's classes)")
+        if found.skipped_count:
+            source += f"; skipped {found.skipped_count} unreadable file(s): " + \
+                "; ".join(f"{p}: {e}" for p, e in found.skipped[:3])
     else:
         classes = args.classes if args.classes is not None else run.get("classes")
         if classes:

@@ -57,8 +57,9 @@ from dfnet.files import first_line, spark_errors, spark_path
 from dfnet.session import is_connect, task_slots
 
 __all__ = [
-    "DECODED_COLUMNS", "IMAGE_EXTENSIONS", "ImageCheck", "ImageFolder", "as_training_frame",
-    "check_decoded", "decode_binary", "from_image_source", "read_image_folder", "to_features",
+    "DECODED_COLUMNS", "IMAGE_EXTENSIONS", "ImageCheck", "ImageFiles", "ImageFolder", "as_training_frame",
+    "check_decoded", "decode_binary", "from_image_source", "is_image_column", "read_image_folder", "read_images",
+    "to_features",
 ]
 
 PILLOW_MISSING = "decoding images needs Pillow, an optional dependency of dfnet: pip install 'dfnet[images]'"
@@ -817,6 +818,91 @@ def read_image_folder(spark: SparkSession, path: str | os.PathLike, *, image_siz
                        test_rows=summary.good_by.get("test", 0), skipped=check.skipped,
                        skipped_count=check.skipped_count, ignored_count=layout.ignored,
                        split_folders=layout.split_folders, check=check, decoded=decoded)
+
+
+@dataclass
+class ImageFiles:
+    """Image files to score (see :func:`read_images`): ``frame`` is ``id long, image array<float>,
+    label int (null when the file's folder is no known class), path string``, lazy over the
+    persisted decoded images."""
+
+    frame: DataFrame
+    image_shape: tuple[int, int, int]
+    rows: int
+    labelled_rows: int
+    skipped: list[tuple[str, str]]
+    skipped_count: int
+    check: ImageCheck = field(repr=False)
+
+    def unpersist(self) -> None:
+        """Release the decoded images."""
+        self.check.unpersist()
+
+
+def read_images(spark: SparkSession, path: str | os.PathLike, *, image_shape: tuple[int, int, int],
+                class_names: Sequence[str] | None = None, skip_bad_images: bool = False,
+                extensions: Sequence[str] = IMAGE_EXTENSIONS) -> ImageFiles:
+    """Every image file under ``path`` (any depth), decoded once, at ``image_shape`` (H, W, C), to score.
+
+    A file is labelled with the index in ``class_names`` of the folder it sits in
+    (``path/<class>/x.png``, ``path/test/<class>/x.png``), and unlabelled (null) when that
+    folder is no class name, e.g. images straight under ``path``. Images of any size are
+    resized to ``image_shape`` (bilinear, as :func:`to_features`). Jobs: one aggregate job
+    decodes and checks every file (:func:`check_decoded`). Nothing under ``path`` is changed.
+
+    Raises
+    ------
+    ImageFolderError
+        No such folder, no image files under it, a file that is no image or is truncated
+        (unless ``skip_bad_images``: left out and listed in ``skipped``).
+    """
+    size, chans = _split_shape(image_shape)
+    if chans is None:
+        raise ConfigError(f"image_shape must be (height, width, channels), got {image_shape!r}")
+    exts = _check_extensions(extensions)
+    shown = os.fspath(path).rstrip("/") or "/"
+    uri, root_path = _root_path(spark, shown)
+    if not is_connect(spark) and uri.startswith("file:") and not os.path.isdir(root_path):
+        raise ImageFolderError(f"{shown}: no such folder")
+    _require_pillow_here(spark)
+    reader = spark.read.format("binaryFile").option("recursiveFileLookup", "true") \
+        .option("pathGlobFilter", _glob(exts))
+    rel = F.col("rel")
+    parts = F.split(rel, "/")
+    parent = F.when(F.size(parts) >= 2, F.element_at(parts, -2))
+    names = F.array(*[F.lit(str(c)) for c in (class_names or ["\0"])])
+    label = F.array_position(names, parent).cast("int") - 1
+    rows = (reader.load(uri).select("path", "content", _relative(root_path).alias("rel"))
+            .where(rel.isNotNull())
+            .select(F.xxhash64(F.lit("dfnet.images"), rel).bitwiseAND(F.lit(_ID_MASK)).alias("id"),
+                    F.when(label >= 0, label).alias("label"), "path", "content"))
+    rows = rows.coalesce(2 * task_slots(spark, 2))
+    decoded = decode_binary(rows, "content", "path").drop("content") \
+        .withColumn("labelled", F.col("label").isNotNull()).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        try:
+            summary = _summarize(decoded, by="labelled")
+        except spark_errors() as exc:
+            raise ImageFolderError(f"{shown}: cannot read its images: {first_line(exc)}") from exc
+        if summary.rows == 0:
+            raise ImageFolderError(f"{shown}: no image files ({', '.join(exts)}) in it or below it")
+        check = _resolve(decoded, summary, size, chans, skip_bad_images, shown)
+    except BaseException:
+        decoded.unpersist()
+        raise
+    frame = to_features(check.frame, check.image_shape).select("id", "image", "label", "path")
+    return ImageFiles(frame=frame, image_shape=check.image_shape, rows=check.good_rows,
+                      labelled_rows=summary.good_by.get(True, 0), skipped=check.skipped,
+                      skipped_count=check.skipped_count, check=check)
+
+
+def is_image_column(df: DataFrame, col: str) -> bool:
+    """Whether ``df[col]`` holds images to decode: the struct of ``spark.read.format("image")`` or
+    file bytes (``binaryFile``'s ``content``), as :func:`as_training_frame` takes them."""
+    if col not in df.columns:
+        return False
+    kind = df.schema[col].dataType
+    return _is_image_struct(kind) or isinstance(kind, T.BinaryType)
 
 
 # --- user frames -----------------------------------------------------------------------

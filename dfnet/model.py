@@ -47,9 +47,27 @@ class TrainedModel:
 
     def predict(self, df: DataFrame, *, features_col: str = "image", prediction_col: str = "prediction",
                 probability_col: str = "probability") -> DataFrame:
-        """``df`` plus ``prediction`` and ``probability`` columns (lazy; validates ``df`` first)."""
+        """``df`` plus ``prediction`` and ``probability`` columns (lazy; validates ``df`` first).
+
+        ``features_col`` may also hold the struct of ``spark.read.format("image")`` or file bytes
+        (``binaryFile``): they are decoded and resized to the model's image shape."""
+        df = self._image_features(df, features_col)
         return predict(df, self.network, self.params, features_col=features_col,
                        prediction_col=prediction_col, probability_col=probability_col)
+
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of the images this model takes (a square single-channel image unless configured)."""
+        if len(self.network.input_shape) == 3:
+            return tuple(self.network.input_shape)
+        return (self.config or TrainConfig()).resolve_image_shape(self.network.num_features)
+
+    def _image_features(self, df: DataFrame, features_col: str) -> DataFrame:
+        from .images import as_training_frame, is_image_column
+
+        if not is_image_column(df, features_col):
+            return df
+
+        return as_training_frame(df, features_col, image_shape=self.image_shape())[0]
 
     def evaluate(self, df: DataFrame, *, features_col: str = "image", label_col: str = "label") -> Evaluation:
         """Confusion matrix and per-class metrics of this model on a labelled DataFrame."""

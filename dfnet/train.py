@@ -295,13 +295,18 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
         callbacks: Sequence[Callback] = (), verbose: bool = True, checkpoint_dir: str | None = None,
         checkpoint_every: int = 1, checkpoint_keep: int | None = DEFAULT_KEEP,
         resume: bool = False, run_id: str | None = None, key_cols: Sequence[str] | None = None,
-        class_names: Sequence[str] | None = None) -> TrainedModel:
+        class_names: Sequence[str] | None = None, skip_bad_images: bool = False) -> TrainedModel:
     """Train a network on a DataFrame of images and integer labels.
 
     Parameters
     ----------
     df : DataFrame with an array column of pixels (``features_col``) and a
-        column of class indices ``0..k-1`` (``label_col``).
+        column of class indices ``0..k-1`` (``label_col``). ``features_col`` may
+        also hold the struct of ``spark.read.format("image")`` or file bytes
+        (``binaryFile``'s ``content``): they are decoded once, checked (a file
+        that is no image is named; with ``skip_bad_images`` such rows are left
+        out) and resized to ``config.image_shape`` (H, W, C) or, by default,
+        kept at their common size (see :func:`dfnet.images.as_training_frame`).
     config : hyperparameters; dfnet's defaults when None. With
         ``config.validation_split`` F > 0 a fraction F of ``df``'s rows is held
         out (a seeded hash of ``key_cols``) and scored after every epoch;
@@ -354,6 +359,9 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
     if config.engine != "dataframe":  # before the validation job, not when the engine first needs an RDD
         from .engine.rdd import refuse_connect
         refuse_connect(df.sparkSession, config.engine)
+    df, config, decoded = _image_features(df, features_col, config, skip_bad_images)
+    if validation_df is not None and decoded is not None:
+        validation_df, _, _ = _image_features(validation_df, features_col, config, skip_bad_images)
     key_cols = list(key_cols) if key_cols else [features_col, label_col]
     missing_keys = [c for c in key_cols if c not in df.columns]
     if config.validation_split and missing_keys:
@@ -511,6 +519,19 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
                          early_stopping=early, schedule_plan={**asdict(plan), "jobs_per_epoch": total_steps})
     _hook(callbacks, "on_train_end", model)
     return model
+
+
+def _image_features(df: DataFrame, features_col: str, config: TrainConfig, skip_bad_images: bool):
+    """``df`` with image structs or file bytes in ``features_col`` decoded into pixel arrays, and the
+    config with their (H, W, C); anything else unchanged (validate_frame then judges it)."""
+    from .images import as_training_frame, is_image_column
+
+    if not is_image_column(df, features_col):
+        return df, config, None
+
+    frame, shape, check = as_training_frame(df, features_col, image_shape=config.image_shape,
+                                            skip_bad_images=skip_bad_images)
+    return frame, config.replace(image_shape=tuple(shape)), check
 
 
 def _driver_optimizer(config: TrainConfig, network: Sequential):
