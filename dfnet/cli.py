@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="continue from the newest good checkpoint in --checkpoint-dir (from scratch if none)")
     _table_options(t, predictions="--predictions-table", history=True)
     p = sub.add_parser("predict", help="score a data set or a table with a saved model into a predictions table",
-                       description="Writes run_id, id, label, prediction, probability and image per row with "
+                       description="Writes run_id, id, label, prediction, probability, image and path per row with "
                                    "saveAsTable (see dfnet.tables).")
     p.add_argument("--model", required=True,
                    help="a run folder of `dfnet train` (its model/ and the data set it was trained on) or a "

@@ -56,7 +56,8 @@ WRITE_MODES = ("error", "overwrite", "append")
 PREDICTIONS_SCHEMA = T.StructType([
     T.StructField("run_id", T.StringType()), T.StructField("id", T.LongType()),
     T.StructField("label", T.IntegerType()), T.StructField("prediction", T.IntegerType()),
-    T.StructField("probability", T.ArrayType(T.DoubleType())), T.StructField("image", T.ArrayType(T.FloatType()))])
+    T.StructField("probability", T.ArrayType(T.DoubleType())), T.StructField("image", T.ArrayType(T.FloatType())),
+    T.StructField("path", T.StringType())])
 HISTORY_SCHEMA = T.StructType([
     T.StructField("run_id", T.StringType()), T.StructField("epoch", T.IntegerType()),
     T.StructField("loss", T.DoubleType()), T.StructField("accuracy", T.DoubleType()),
@@ -341,12 +342,14 @@ def _run_id(run_id: str | None, model) -> str:
 
 def prediction_rows(model, df: DataFrame, *, run_id: str | None = None, features_col: str = "image",
                     label_col: str | None = "label", id_col: str | None = "id",
-                    keep_image: bool = True) -> DataFrame:
+                    keep_image: bool = True, path_col: str = "path") -> DataFrame:
     """The rows of a predictions table (:data:`PREDICTIONS_SCHEMA`), lazy.
 
     ``id_col=None`` numbers the rows with ``monotonically_increasing_id``;
     ``label_col=None`` leaves ``label`` null (unlabelled data); ``keep_image=False``
-    leaves ``image`` null. Features may be arrays or Spark ML vectors.
+    leaves ``image`` null; ``path`` is ``df[path_col]`` where ``df`` has that column (the
+    image file of :mod:`dfnet.images` frames), else null. Features may be arrays or Spark
+    ML vectors.
     """
     from pyspark.ml.functions import vector_to_array
     from pyspark.ml.linalg import VectorUDT
@@ -362,14 +365,16 @@ def prediction_rows(model, df: DataFrame, *, run_id: str | None = None, features
     # Only these columns go on, so a vector column elsewhere in df never reaches the pandas UDF.
     frame = df.select((F.col(id_col).cast("long") if id_col else F.monotonically_increasing_id()).alias("id"),
                       (F.col(label_col).cast("int") if label_col else null("int")).alias("label"),
-                      features.alias("__dfnet_image"))
+                      features.alias("__dfnet_image"),
+                      (F.col(path_col).cast("string") if path_col in df.columns else null("string")).alias("path"))
     predicted = model.predict(frame, features_col="__dfnet_image", prediction_col="__dfnet_prediction",
                               probability_col="__dfnet_probability")
     return predicted.select(
         F.lit(run_id).alias("run_id"), "id", "label",
         F.col("__dfnet_prediction").alias("prediction"),
         F.col("__dfnet_probability").alias("probability"),
-        (F.col("__dfnet_image").cast("array<float>") if keep_image else null("array<float>")).alias("image"))
+        (F.col("__dfnet_image").cast("array<float>") if keep_image else null("array<float>")).alias("image"),
+        "path")
 
 
 def write_predictions(model, df: DataFrame, table: str, *, mode: str = "error", run_id: str | None = None,
@@ -377,7 +382,7 @@ def write_predictions(model, df: DataFrame, table: str, *, mode: str = "error", 
                       keep_image: bool = True, format: str | None = None) -> DataFrame:
     """Predict every row of ``df`` with ``model`` and save the predictions as ``table``; return the table.
 
-    Columns: ``run_id, id, label, prediction, probability, image``
+    Columns: ``run_id, id, label, prediction, probability, image, path``
     (:func:`prediction_rows`). ``mode`` defaults to ``"error"``: re-running into
     an existing table needs ``"overwrite"`` or ``"append"``. Name, mode,
     columns and the run id (see :func:`check_can_write`) are checked before

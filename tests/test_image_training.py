@@ -123,6 +123,7 @@ def test_predict_scores_an_image_folder_into_a_table(spark, image_folder, folder
     assert accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-4)
     table = spark.table("clothes_predictions").toPandas()
     assert len(table) == TEST and table["label"].notna().all()
+    assert table["path"].str.endswith((".png", ".jpg")).all()  # the file of each prediction
 
     # images straight in a folder, with no class folders, are scored unlabelled
     loose = tmp_path / "new-photos"
