@@ -347,11 +347,16 @@ def _check_image_options(args: argparse.Namespace) -> str | None:
 
 
 def _describe_images(images) -> str:
+    from .images import IMAGE_EXTENSIONS
+
     h, w, c = images.image_shape
     names = ", ".join(images.class_names[:10]) + (", ..." if len(images.class_names) > 10 else "")
     text = (f"Images: {images.train_rows} train, {images.test_rows} test "
             f"({'train/ and test/ folders' if images.split_folders else 'seeded split'}), "
             f"{len(images.class_names)} classes ({names}), {h}x{w} {'RGB' if c == 3 else 'grayscale'}")
+    if images.ignored_count:
+        text += f"; {images.ignored_count} other file(s) ignored (not {', '.join(IMAGE_EXTENSIONS)}, or outside " \
+                f"the class folders)"
     if images.skipped_count:
         first = "; ".join(f"{path}: {error}" for path, error in images.skipped[:3])
         text += f"\nSkipped {images.skipped_count} unreadable file(s) (--skip-bad-images): {first}" + \

@@ -845,8 +845,9 @@ def read_images(spark: SparkSession, path: str | os.PathLike, *, image_shape: tu
     """Every image file under ``path`` (any depth), decoded once, at ``image_shape`` (H, W, C), to score.
 
     A file is labelled with the index in ``class_names`` of the folder it sits in
-    (``path/<class>/x.png``, ``path/test/<class>/x.png``), and unlabelled (null) when that
-    folder is no class name, e.g. images straight under ``path``. Images of any size are
+    (``path/<class>/x.png``, ``path/test/<class>/x.png``, or ``path`` itself when that is
+    named as a class: ``.../Bag/x.png``), and unlabelled (null) when that folder is no class
+    name, e.g. ``new-photos/x.png``. Images of any size are
     resized to ``image_shape`` (bilinear, as :func:`to_features`). Jobs: one aggregate job
     decodes and checks every file (:func:`check_decoded`). Nothing under ``path`` is changed.
 
@@ -869,7 +870,8 @@ def read_images(spark: SparkSession, path: str | os.PathLike, *, image_shape: tu
         .option("pathGlobFilter", _glob(exts))
     rel = F.col("rel")
     parts = F.split(rel, "/")
-    parent = F.when(F.size(parts) >= 2, F.element_at(parts, -2))
+    # the folder a file sits in; for files straight under ``path``, ``path``'s own name (``.../Bag``)
+    parent = F.when(F.size(parts) >= 2, F.element_at(parts, -2)).otherwise(F.lit(posixpath.basename(root_path)))
     names = F.array(*[F.lit(str(c)) for c in (class_names or ["\0"])])
     label = F.array_position(names, parent).cast("int") - 1
     rows = (reader.load(uri).select("path", "content", _relative(root_path).alias("rel"))

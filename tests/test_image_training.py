@@ -136,6 +136,14 @@ def test_predict_scores_an_image_folder_into_a_table(spark, image_folder, folder
     assert "7 images" in out and "unlabelled" in out
     assert spark.table("loose_predictions").where(F.col("label").isNull()).count() == 7
 
+    # one class folder on its own: its name is the label
+    bag = image_folder / "test" / "Bag"
+    code, out, err = run_cli(["predict", "--model", str(output), "--image-folder", str(bag), "--table", "bags"])
+    assert code == 0, err
+    bags = len(list(bag.iterdir()))
+    assert f"{bags} images in {bag} ({bags} labelled by their class folder)" in out
+    assert {r["label"] for r in spark.table("bags").select("label").distinct().collect()} == {metrics["class_names"].index("Bag")}
+
 
 def _colour_folder(root, fashion, per_class: int = 60):
     """Classes told apart by colour as much as by shape: coat-like shapes in red, trousers in blue."""
