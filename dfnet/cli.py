@@ -339,6 +339,9 @@ def _check_image_options(args: argparse.Namespace) -> str | None:
     if args.dataset is not None or args.data_dir is not None or args.classes is not None:
         raise DFNetError("--image-folder trains on its own images; --dataset, --data-dir and --classes choose a "
                          "data set instead: give one or the other")
+    if args.image_shape is not None:
+        raise DFNetError("--image-shape describes array data; an --image-folder's shape comes from its images, "
+                         "or from --image-size H,W and --channels 1|3")
     if args.image_size is not None and (len(args.image_size) != 2 or min(args.image_size) < 1):
         raise DFNetError(f"--image-size {','.join(map(str, args.image_size))}: expected H,W, two positive integers")
     if not 0 < args.test_fraction < 1:
@@ -390,6 +393,12 @@ def train_command(args: argparse.Namespace) -> int:
     folder = _check_image_options(args)
     target = _prepare_output(args.output, Path(folder).name if folder else data["dataset"], args.overwrite)
     _check_checkpoint_options(args, target)
+    if folder and "://" not in folder and ":" not in folder[:6]:
+        images, output = Path(folder).resolve(), target.resolve()
+        if images == output or output in images.parents or images in output.parents:
+            raise DFNetError(f"the run folder {target} and --image-folder {folder} overlap: a run folder is written "
+                             f"(or, with --overwrite, replaced) whole, so it must lie outside the images; "
+                             f"choose another --output")
     extras = [f"{name} {value}" for name, value in (("validation split", config.validation_split),
                                                      ("early stopping", config.early_stopping),
                                                      ("weight decay", config.weight_decay),
@@ -420,6 +429,10 @@ def train_command(args: argparse.Namespace) -> int:
         train_df, test_df, class_names, classes = images.train, images.test, images.class_names, None
         config = config.replace(image_shape=tuple(images.image_shape))
         print(_describe_images(images), flush=True)
+        empty = [split for split, rows in (("training", images.train_rows), ("test", images.test_rows)) if not rows]
+        if empty:
+            raise DFNetError(f"--image-folder {folder}: the {' and '.join(empty)} split holds no images; add "
+                             f"images, or change --test-fraction {args.test_fraction}")
     else:
         train_df = load_dataframe(spark, data["dataset"], "train", data_dir=args.data_dir, classes=classes)
         test_df = load_dataframe(spark, data["dataset"], "test", data_dir=args.data_dir, classes=classes)
@@ -536,6 +549,9 @@ def predict_command(args: argparse.Namespace) -> int:
     if args.skip_bad_images and not args.image_folder:
         raise DFNetError("--skip-bad-images applies to --image-folder, which was not given")
     dataset = args.dataset or (None if args.image_folder else run.get("dataset"))
+    if dataset == "image-folder" and not args.dataset:
+        raise DFNetError(f"{args.model} was trained on the image folder {run.get('image_folder')}: name the images "
+                         f"to score with --image-folder PATH (or a table with --input-table)")
     if not args.input_table and not args.image_folder and not dataset:
         raise DFNetError(f"{args.model} is a model folder without the run's metrics.json: name the rows to score "
                          f"with --dataset or --input-table")

@@ -844,10 +844,10 @@ def read_images(spark: SparkSession, path: str | os.PathLike, *, image_shape: tu
                 extensions: Sequence[str] = IMAGE_EXTENSIONS) -> ImageFiles:
     """Every image file under ``path`` (any depth), decoded once, at ``image_shape`` (H, W, C), to score.
 
-    A file is labelled with the index in ``class_names`` of the folder it sits in
-    (``path/<class>/x.png``, ``path/test/<class>/x.png``, or ``path`` itself when that is
-    named as a class: ``.../Bag/x.png``), and unlabelled (null) when that folder is no class
-    name, e.g. ``new-photos/x.png``. Images of any size are
+    A file is labelled with the index in ``class_names`` of its class folder, found as
+    :func:`read_image_folder` finds it (``path/<class>/.../x.png``, ``path/test/<class>/x.png``,
+    or ``path`` itself when that is named as a class: ``.../Bag/x.png``), and unlabelled (null)
+    when that folder is no class name, e.g. ``new-photos/x.png``. Images of any size are
     resized to ``image_shape`` (bilinear, as :func:`to_features`). Jobs: one aggregate job
     decodes and checks every file (:func:`check_decoded`). Nothing under ``path`` is changed.
 
@@ -870,8 +870,11 @@ def read_images(spark: SparkSession, path: str | os.PathLike, *, image_shape: tu
         .option("pathGlobFilter", _glob(exts))
     rel = F.col("rel")
     parts = F.split(rel, "/")
-    # the folder a file sits in; for files straight under ``path``, ``path``'s own name (``.../Bag``)
-    parent = F.when(F.size(parts) >= 2, F.element_at(parts, -2)).otherwise(F.lit(posixpath.basename(root_path)))
+    # the class folder as read_image_folder reads it: the first folder below ``path``, or the second
+    # below ``train/`` or ``test/``; for files straight under ``path``, ``path``'s own name (``.../Bag``)
+    top = F.element_at(parts, 1)
+    parent = (F.when(top.isin("train", "test") & (F.size(parts) >= 3), F.element_at(parts, 2))
+              .when(F.size(parts) >= 2, top).otherwise(F.lit(posixpath.basename(root_path))))
     names = F.array(*[F.lit(str(c)) for c in (class_names or ["\0"])])
     label = F.array_position(names, parent).cast("int") - 1
     rows = (reader.load(uri).select("path", "content", _relative(root_path).alias("rel"))

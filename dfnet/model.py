@@ -50,7 +50,8 @@ class TrainedModel:
         """``df`` plus ``prediction`` and ``probability`` columns (lazy; validates ``df`` first).
 
         ``features_col`` may also hold the struct of ``spark.read.format("image")`` or file bytes
-        (``binaryFile``): they are decoded and resized to the model's image shape."""
+        (``binaryFile``): they are decoded and resized to the model's image shape; one job checks
+        them first (a bad file is named) and nothing is cached, so the scoring decodes them again."""
         df = self._image_features(df, features_col)
         return predict(df, self.network, self.params, features_col=features_col,
                        prediction_col=prediction_col, probability_col=probability_col)
@@ -67,7 +68,7 @@ class TrainedModel:
         if not is_image_column(df, features_col):
             return df
 
-        return as_training_frame(df, features_col, image_shape=self.image_shape())[0]
+        return as_training_frame(df, features_col, image_shape=self.image_shape(), persist=False)[0]
 
     def evaluate(self, df: DataFrame, *, features_col: str = "image", label_col: str = "label") -> Evaluation:
         """Confusion matrix and per-class metrics of this model on a labelled DataFrame."""

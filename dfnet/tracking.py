@@ -90,7 +90,8 @@ class MLflowLogger:
     nested : always start a run of its own, nested under the active run if
         there is one (what ``DFNetClassifier(mlflow=True)`` does, so every fit
         of a ``CrossValidator`` gets its own child run); by default an active
-        run receives the logs.
+        run receives the logs, unless it already holds another training's
+        (then the new one gets a nested run).
 
     After ``fit``, :attr:`run_id` names the run and :attr:`model_uri` the model
     (``models:/...``), e.g. ``mlflow.pyfunc.load_model(logger.model_uri)``.
@@ -116,7 +117,11 @@ class MLflowLogger:
     def on_train_begin(self, config: "TrainConfig", facts: dict) -> None:
         mlflow = self.mlflow
         active = mlflow.active_run()
-        if active is not None and not self.nested:
+        # A run already holding a training's params cannot take another's (MLflow refuses to change a
+        # param): a second fit inside one `with mlflow.start_run():` gets a nested run of its own.
+        taken = active is not None and "dfnet.run_id" in mlflow.tracking.MlflowClient().get_run(
+            active.info.run_id).data.tags
+        if active is not None and not self.nested and not taken:
             self.run_id, self._owns_run = active.info.run_id, False
         else:
             experiment_id = None

@@ -359,66 +359,71 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
     if config.engine != "dataframe":  # before the validation job, not when the engine first needs an RDD
         from .engine.rdd import refuse_connect
         refuse_connect(df.sparkSession, config.engine)
-    df, config, decoded = _image_features(df, features_col, config, skip_bad_images)
-    if validation_df is not None and decoded is not None:
-        validation_df, _, _ = _image_features(validation_df, features_col, config, skip_bad_images)
-    key_cols = list(key_cols) if key_cols else [features_col, label_col]
-    missing_keys = [c for c in key_cols if c not in df.columns]
-    if config.validation_split and missing_keys:
-        raise ConfigError(f"key_cols {missing_keys} not found; the DataFrame has columns {df.columns}")
-    num_features = network.num_features if network is not None else None
-    if network is not None:
-        num_classes = network.num_classes
-    summary = validate_frame(df, features_col, label_col, num_features, num_classes)
-    if config.partitions is not None and config.partitions > summary["rows"]:
-        raise ConfigError(f"partitions={config.partitions} is more than the {summary['rows']} rows of the "
-                          f"DataFrame: some partitions would hold no rows; use at most {summary['rows']}")
-    num_features = int(summary["max_len"])
-    num_classes = num_classes or max(2, int(summary["max_label"]) + 1)
-    network = network or build_network(config, num_features, num_classes)
-    if network.dtype.name != config.dtype:
-        raise ConfigError(f"dtype={config.dtype!r} but the network computes in {network.dtype.name}")
-    params = (network.init_params(config.seed, config.init_scheme) if initial_params is None
-              else np.array(initial_params, dtype=network.dtype))
-    if params.shape != (network.num_params,):
-        raise ConfigError(f"initial_params has shape {params.shape}, the network needs ({network.num_params},)")
-    if not np.all(np.isfinite(params)):
-        raise ConfigError(f"initial_params holds {int(np.sum(~np.isfinite(params)))} NaN or infinite value(s)")
+    decoded: list = []  # images fit decoded and cached: released when fit returns or raises
+    df, config = _image_features(df, features_col, config, skip_bad_images, decoded)
+    try:
+        if validation_df is not None and decoded:
+            validation_df, _ = _image_features(validation_df, features_col, config, skip_bad_images, decoded)
+        key_cols = list(key_cols) if key_cols else [features_col, label_col]
+        missing_keys = [c for c in key_cols if c not in df.columns]
+        if config.validation_split and missing_keys:
+            raise ConfigError(f"key_cols {missing_keys} not found; the DataFrame has columns {df.columns}")
+        num_features = network.num_features if network is not None else None
+        if network is not None:
+            num_classes = network.num_classes
+        summary = validate_frame(df, features_col, label_col, num_features, num_classes)
+        if config.partitions is not None and config.partitions > summary["rows"]:
+            raise ConfigError(f"partitions={config.partitions} is more than the {summary['rows']} rows of the "
+                              f"DataFrame: some partitions would hold no rows; use at most {summary['rows']}")
+        num_features = int(summary["max_len"])
+        num_classes = num_classes or max(2, int(summary["max_label"]) + 1)
+        network = network or build_network(config, num_features, num_classes)
+        if network.dtype.name != config.dtype:
+            raise ConfigError(f"dtype={config.dtype!r} but the network computes in {network.dtype.name}")
+        params = (network.init_params(config.seed, config.init_scheme) if initial_params is None
+                  else np.array(initial_params, dtype=network.dtype))
+        if params.shape != (network.num_params,):
+            raise ConfigError(f"initial_params has shape {params.shape}, the network needs ({network.num_params},)")
+        if not np.all(np.isfinite(params)):
+            raise ConfigError(f"initial_params holds {int(np.sum(~np.isfinite(params)))} NaN or infinite value(s)")
 
-    callbacks = list(callbacks) + ([ProgressPrinter()] if verbose else [])
-    optimizer = _driver_optimizer(config, network)
-    stopper = EarlyStopping(config.early_stopping, config.min_delta) if config.early_stopping else None
-    history: list[EpochRecord] = []
-    store, resumed = None, None
-    if checkpoint_dir is not None:
-        store = CheckpointStore(df.sparkSession, checkpoint_dir, keep=checkpoint_keep)
-        if resume:
-            resumed = store.latest()
-            if resumed is None:
-                _tell(callbacks, f"No checkpoint in {store.uri}: starting from scratch")
-            else:
-                check_compatible(resumed, network.to_config(), config.to_dict(), {})
-                params = resumed.params.astype(network.dtype)
-                optimizer.load_state_dict(resumed.optimizer_state)
-                history = [EpochRecord(**h) for h in resumed.history]
-                if stopper is not None and resumed.early_stopping is not None:
-                    stopper.load_state_dict(resumed.early_stopping, network.dtype)
-        elif store.epochs():
-            raise ConfigError(f"checkpoint directory {store.uri} already holds checkpoints (epochs "
-                              f"{store.epochs()}); pass resume=True (--resume) to continue that run, or choose "
-                              f"an empty directory")
+        callbacks = list(callbacks) + ([ProgressPrinter()] if verbose else [])
+        optimizer = _driver_optimizer(config, network)
+        stopper = EarlyStopping(config.early_stopping, config.min_delta) if config.early_stopping else None
+        history: list[EpochRecord] = []
+        store, resumed = None, None
+        if checkpoint_dir is not None:
+            store = CheckpointStore(df.sparkSession, checkpoint_dir, keep=checkpoint_keep)
+            if resume:
+                resumed = store.latest()
+                if resumed is None:
+                    _tell(callbacks, f"No checkpoint in {store.uri}: starting from scratch")
+                else:
+                    check_compatible(resumed, network.to_config(), config.to_dict(), {})
+                    params = resumed.params.astype(network.dtype)
+                    optimizer.load_state_dict(resumed.optimizer_state)
+                    history = [EpochRecord(**h) for h in resumed.history]
+                    if stopper is not None and resumed.early_stopping is not None:
+                        stopper.load_state_dict(resumed.early_stopping, network.dtype)
+            elif store.epochs():
+                raise ConfigError(f"checkpoint directory {store.uri} already holds checkpoints (epochs "
+                                  f"{store.epochs()}); pass resume=True (--resume) to continue that run, or choose "
+                                  f"an empty directory")
 
-    if config.validation_split:
-        df, validation_df = split_validation(df, config.validation_split, config.seed, key_cols)
-    elif validation_df is not None:
-        validate_frame(validation_df, features_col, label_col, num_features, num_classes)
-    engine = engine_for(config, network)
-    shuffle = config.schedule == "auto" and config.engine == "dataframe"
-    prepare_args = dict(shuffle_seed=config.seed) if shuffle else {}
-    if "partitions" in summary:  # Connect: counted by the validation job, so no job of its own
-        prepare_args["input_partitions_hint"] = summary["partitions"]
-    data = engine.prepare(df, features_col=features_col, label_col=label_col, num_partitions=config.partitions,
-                          **prepare_args)
+        if config.validation_split:
+            df, validation_df = split_validation(df, config.validation_split, config.seed, key_cols)
+        elif validation_df is not None:
+            validate_frame(validation_df, features_col, label_col, num_features, num_classes)
+        engine = engine_for(config, network)
+        shuffle = config.schedule == "auto" and config.engine == "dataframe"
+        prepare_args = dict(shuffle_seed=config.seed) if shuffle else {}
+        if "partitions" in summary:  # Connect: counted by the validation job, so no job of its own
+            prepare_args["input_partitions_hint"] = summary["partitions"]
+        data = engine.prepare(df, features_col=features_col, label_col=label_col, num_partitions=config.partitions,
+                              **prepare_args)
+    except BaseException:
+        _release(decoded)
+        raise
     validation = None
     try:
         partitions = data.num_partitions()
@@ -504,6 +509,7 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
         data.release()
         if validation is not None:
             validation.release()
+        _release(decoded)
     early = None
     if stopper is not None and stopper.best_params is not None:
         params = stopper.best_params.copy()
@@ -521,17 +527,26 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
     return model
 
 
-def _image_features(df: DataFrame, features_col: str, config: TrainConfig, skip_bad_images: bool):
-    """``df`` with image structs or file bytes in ``features_col`` decoded into pixel arrays, and the
-    config with their (H, W, C); anything else unchanged (validate_frame then judges it)."""
+def _image_features(df: DataFrame, features_col: str, config: TrainConfig, skip_bad_images: bool,
+                    decoded: list) -> tuple[DataFrame, TrainConfig]:
+    """``df`` with image structs or file bytes in ``features_col`` decoded into pixel arrays (the
+    persisted decoding appended to ``decoded``), and the config with their (H, W, C); anything
+    else unchanged (validate_frame then judges it)."""
     from .images import as_training_frame, is_image_column
 
     if not is_image_column(df, features_col):
-        return df, config, None
+        return df, config
 
     frame, shape, check = as_training_frame(df, features_col, image_shape=config.image_shape,
                                             skip_bad_images=skip_bad_images)
-    return frame, config.replace(image_shape=tuple(shape)), check
+    decoded.append(check)
+    return frame, config.replace(image_shape=tuple(shape))
+
+
+def _release(decoded: list) -> None:
+    for check in decoded:
+        check.unpersist()
+    decoded.clear()
 
 
 def _driver_optimizer(config: TrainConfig, network: Sequential):

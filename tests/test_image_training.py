@@ -191,11 +191,26 @@ def test_bad_files_are_named_or_skipped_and_reported(spark, fashion, tmp_path):
     assert bad.read_bytes() == good[: len(good) // 2]  # the user's file is left as it was
 
 
-def test_image_options_need_an_image_folder():
+def test_image_options_are_checked_before_spark_starts(tmp_path):
     code, _, err = run_cli(["train", "--image-size", "28,28"])
     assert code == 2 and "--image-size" in err and "--image-folder" in err
     code, _, err = run_cli(["train", "--image-folder", "x", "--dataset", "mnist"])
     assert code == 2 and "--dataset" in err
+    code, _, err = run_cli(["train", "--image-folder", "x", "--image-shape", "28,28,1"])
+    assert code == 2 and "--image-size" in err
+    photos = tmp_path / "photos"
+    (photos / "cats").mkdir(parents=True)
+    (photos / "cats" / "1.png").write_bytes(b"kept")
+    for output in (photos, photos / "run", tmp_path):  # the folder itself, inside it, around it
+        code, _, err = run_cli(["train", "--image-folder", str(photos), "--output", str(output), "--overwrite"])
+        assert code == 2 and "overlap" in err, output
+    assert (photos / "cats" / "1.png").read_bytes() == b"kept"
+
+
+def test_an_image_folder_run_is_scored_only_on_images(folder_run):
+    _, output = folder_run
+    code, _, err = run_cli(["predict", "--model", str(output), "--table", "nothing"])
+    assert code == 2 and "--image-folder" in err
 
 
 def test_fit_and_predict_take_image_source_and_binary_file_frames(spark, fashion, tmp_path):

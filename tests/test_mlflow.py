@@ -122,6 +122,19 @@ def test_fit_logs_into_the_active_run_and_leaves_it_open(spark, tracking_store):
     assert run.data.params["hidden"] == "16" and logger.model_uri is None
 
 
+def test_a_second_fit_in_one_active_run_gets_a_nested_run(spark, tracking_store):
+    train = load_dataframe(spark, "digits", "train").limit(400)
+    with mlflow.start_run() as parent:
+        first, second = MLflowLogger(log_model=False), MLflowLogger(log_model=False)
+        fit(train, TrainConfig(epochs=1, hidden=(16,)), callbacks=[first], verbose=False)
+        fit(train, TrainConfig(epochs=1, hidden=(8,)), callbacks=[second], verbose=False)
+        assert mlflow.active_run().info.run_id == parent.info.run_id
+    assert first.run_id == parent.info.run_id and second.run_id != parent.info.run_id
+    child = mlflow.get_run(second.run_id)
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert child.data.params["hidden"] == "8" and mlflow.get_run(parent.info.run_id).data.params["hidden"] == "16"
+
+
 def test_failed_training_marks_its_run_failed(spark, tracking_store):
     class Boom:
         def on_step(self, epoch, step, steps):
