@@ -67,7 +67,6 @@ class TrainedModel:
 
         if not is_image_column(df, features_col):
             return df
-
         return as_training_frame(df, features_col, image_shape=self.image_shape(), persist=False)[0]
 
     def evaluate(self, df: DataFrame, *, features_col: str = "image", label_col: str = "label") -> Evaluation:

@@ -269,7 +269,7 @@ def score_pandas(model: "TrainedModel", frame: pd.DataFrame, features_col: str =
     return pd.DataFrame({"prediction": prediction.astype(np.int64), "probability": list(probability)})
 
 
-def model_signature(model: "TrainedModel", features_col: str = "image"):
+def model_signature(features_col: str = "image"):
     """Input: the features column, an array of floats; output: prediction (long) and probability (array<double>)."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, DataType, Schema
@@ -296,7 +296,7 @@ def log_pyfunc_model(model: "TrainedModel", *, run_id: str, features_col: str = 
         saved = model.save(Path(folder) / "dfnet_model")
         (saved / PYFUNC_CONFIG).write_text(json.dumps({"features_col": features_col}))
         info = Model.log(None, mlflow.pyfunc, name="model", run_id=run_id, loader_module=__name__,
-                         data_path=str(saved), signature=model_signature(model, features_col),
+                         data_path=str(saved), signature=model_signature(features_col),
                          input_example=example,
                          pip_requirements=[f"dfnet=={__version__}", f"numpy=={np.__version__}",
                                            f"pandas=={pd.__version__}"],
