@@ -5,6 +5,7 @@
     from dfnet import write_predictions, write_history, write_class_metrics   # tables for Spark SQL
 """
 
+from . import compat  # first: without pyspark, its ImportError says what to install
 from .config import PRESETS, TrainConfig
 from .datasets import load_dataframe, to_dataframe
 from .model import TrainedModel

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .compat import create_dataframe, to_arrow
 from .errors import CheckpointError
 from .files import first_line, live_folders, prune_folder, spark_errors, spark_files, spark_path
 
@@ -192,7 +193,7 @@ class CheckpointStore:
 
         blob = encode(checkpoint)
         uri = self.uri_of(checkpoint.epoch)
-        frame = self.spark.createDataFrame(pa.table({BLOB_COL: pa.array([blob], pa.binary())}))
+        frame = create_dataframe(self.spark, pa.table({BLOB_COL: pa.array([blob], pa.binary())}))
         # "overwrite": a folder of this epoch left by an earlier attempt (a corrupt checkpoint that
         # a resume skipped, or one killed before its commit) is replaced.
         frame.coalesce(1).write.mode("overwrite").option("compression", "none").parquet(uri)
@@ -209,7 +210,7 @@ class CheckpointStore:
         """The verified checkpoint of ``epoch``; :class:`CheckpointError` if it is bad or unreadable."""
         uri = self.uri_of(epoch)
         try:
-            table = self.spark.read.parquet(uri).select(BLOB_COL).toArrow()
+            table = to_arrow(self.spark.read.parquet(uri).select(BLOB_COL))
         except spark_errors() as e:
             raise CheckpointError(f"{uri}: unreadable or truncated ({first_line(e)})") from None
         if table.num_rows != 1:

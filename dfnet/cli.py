@@ -418,7 +418,7 @@ def train_command(args: argparse.Namespace) -> int:
     tracker = _mlflow_logger(args, target)
     spark = get_or_create_spark(args.master, app_name="dfnet-train", warehouse=args.warehouse,
                                 verbose=args.verbose, remote=args.remote)
-    tables = _check_tables(spark, args)
+    tables, tables_deferred = _check_tables(spark, args)
     images = None
     if folder:
         from .images import read_image_folder
@@ -477,7 +477,7 @@ def train_command(args: argparse.Namespace) -> int:
         logger.log_artifacts(*(target / name for name in ("history.json", "metrics.json", "report.html")
                                if (target / name).is_file()))
         print(f"MLflow: run {logger.run_id} ({logger.tracking_uri}), model {logger.model_uri}", flush=True)
-    _write_tables(spark, tables, args, model, evaluation, test_df)
+    _write_tables(spark, tables, tables_deferred, args, model, evaluation, test_df, target)
     return 0
 
 
@@ -497,25 +497,58 @@ def _mlflow_logger(args: argparse.Namespace, target: Path) -> list:
     return [MLflowLogger(experiment=args.mlflow_experiment, run_name=target.name)]
 
 
-def _check_tables(spark, args: argparse.Namespace) -> dict[str, str]:
-    """The tables this run will write, each checked (name, mode, columns) before any training."""
-    from .tables import CLASS_METRICS_SCHEMA, HISTORY_SCHEMA, PREDICTIONS_SCHEMA, check_can_write, table_identity
+def _wanted_tables(args: argparse.Namespace) -> dict[str, tuple]:
+    from .tables import CLASS_METRICS_SCHEMA, HISTORY_SCHEMA, PREDICTIONS_SCHEMA
 
     wanted = {"predictions": (args.predictions_table, args.mode, PREDICTIONS_SCHEMA),
               "history": (args.history_table, "append", HISTORY_SCHEMA),
               "metrics": (args.metrics_table, "append", CLASS_METRICS_SCHEMA)}
-    names = [name for name, _, _ in wanted.values() if name]
+    return {kind: spec for kind, spec in wanted.items() if spec[0]}
+
+
+def _check_tables(spark, args: argparse.Namespace) -> tuple[dict[str, str], bool]:
+    """The tables this run will write, each checked (name, mode, columns) before any training, and
+    whether the checks wait for the end of the run.
+
+    They wait when another process has the session's embedded metastore open (:mod:`dfnet.metastore`):
+    then this run trains meanwhile and takes its turn at the catalog afterwards, instead of holding
+    it, and every later run in the folder, for its whole length."""
+    from .metastore import catalog_holder, describe_process, embedded_metastore
+    from .tables import check_table_name
+
+    wanted = _wanted_tables(args)
+    for name, _, _ in wanted.values():
+        check_table_name(name)
+    metastore = embedded_metastore(spark) if wanted else None
+    holder = catalog_holder(metastore) if metastore is not None else None
+    if holder is not None:
+        print(f"dfnet: the Spark catalog in {metastore.folder} is open in {describe_process(holder)}; "
+              f"this run checks and writes its tables once it is free, after training", file=sys.stderr, flush=True)
+        return {kind: spec[0] for kind, spec in wanted.items()}, True
+    _check_wanted(spark, wanted)
+    return {kind: spec[0] for kind, spec in wanted.items()}, False
+
+
+def _check_wanted(spark, wanted: dict[str, tuple]) -> None:
+    from .tables import check_can_write, table_identity
+
+    names = [name for name, _, _ in wanted.values()]
     if len({table_identity(spark, name) for name in names}) < len(names):
         raise DFNetError(f"the predictions, history and metrics tables must be different tables, got {names}")
     for name, mode, schema in wanted.values():
-        if name:
-            check_can_write(spark, name, mode, schema)
-    return {kind: name for kind, (name, _, _) in wanted.items() if name}
+        check_can_write(spark, name, mode, schema)
 
 
-def _write_tables(spark, tables: dict[str, str], args: argparse.Namespace, model, evaluation, test_df) -> None:
+def _write_tables(spark, tables: dict[str, str], deferred: bool, args: argparse.Namespace, model, evaluation,
+                  test_df, target: Path) -> None:
     from .tables import write_class_metrics, write_history, write_predictions
 
+    if deferred:
+        try:
+            _check_wanted(spark, _wanted_tables(args))
+        except DFNetError as e:
+            raise DFNetError(f"{e}. The run is saved in {target}: write its tables later with dfnet predict "
+                             f"--model {target} --predictions-table NAME") from e
     if "history" in tables:
         write_history(model, tables["history"], spark=spark)
     if "metrics" in tables:
@@ -533,6 +566,7 @@ def predict_command(args: argparse.Namespace) -> int:
     from .datasets import check_classes, load_dataframe
     from .model import TrainedModel
     from .session import get_or_create_spark
+    from .metastore import wait_for_catalog
     from .tables import PREDICTIONS_SCHEMA, check_can_write, check_table_name, quote_table_name, write_predictions
 
     folder = Path(args.model)
@@ -563,6 +597,7 @@ def predict_command(args: argparse.Namespace) -> int:
     check_can_write(spark, args.predictions_table, args.mode, PREDICTIONS_SCHEMA, run_id=run_id)
     if args.input_table:
         input_table = quote_table_name(check_table_name(args.input_table))
+        wait_for_catalog(spark)
         if not spark.catalog.tableExists(input_table):
             raise DFNetError(f"--input-table {args.input_table}: no such table")
         df = spark.table(input_table)

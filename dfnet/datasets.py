@@ -38,6 +38,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from dfnet.compat import create_dataframe
 from dfnet.errors import DatasetError, IDXFormatError
 from dfnet.files import write_atomically
 
@@ -204,7 +205,7 @@ DATASETS: dict[str, DatasetSpec] = {
         },
         base_urls=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
     ),
-    # Packaged with scikit-learn (sklearn.datasets.load_digits): no files, no download.
+    # Packaged with dfnet (DIGITS_FILE): no files to find, no download.
     "digits": DatasetSpec(
         name="digits", image_shape=(8, 8), num_classes=10,
         class_names=tuple(str(d) for d in range(10)), max_value=16.0,
@@ -230,7 +231,7 @@ def _find_file(folder: Path, gz_name: str) -> Path | None:
 
 def _files_of(spec: DatasetSpec) -> dict[str, str]:
     if not spec.files:
-        raise DatasetError(f"data set {spec.name!r} is packaged with scikit-learn and has no files to find or download")
+        raise DatasetError(f"data set {spec.name!r} is packaged with dfnet and has no files to find or download")
     return spec.files
 
 
@@ -389,18 +390,17 @@ def download(name: str, dest: str | os.PathLike, *, base_urls: Sequence[str] | N
 _download = download
 
 
-def _digits_split(split: str) -> tuple[np.ndarray, np.ndarray]:
-    # Imported here: scikit-learn is slow to import and only digits needs it.
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+#: The 1,797 8x8 digits of UCI's "Optical Recognition of Handwritten Digits" (CC BY 4.0), as
+#: scikit-learn's ``load_digits`` gives them, split 80/20 stratified by scikit-learn's
+#: ``train_test_split(random_state=0)``, each split in the original row order. Packaged (50 kB)
+#: so that the default data set needs no scikit-learn, whose newest release would replace a
+#: runtime's numpy; ``tests/test_datasets.py`` checks it against scikit-learn's own copy.
+DIGITS_FILE = Path(__file__).with_name("data") / "digits.npz"
 
-    digits = load_digits()
-    labels = digits.target.astype(np.int64)
-    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=0.2, random_state=0,
-                                           stratify=labels)
-    # Sorted so each split keeps scikit-learn's row order; shuffling is the trainer's job.
-    idx = np.sort(train_idx if split == "train" else test_idx)
-    return digits.images[idx], labels[idx]
+
+def _digits_split(split: str) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(DIGITS_FILE) as stored:
+        return stored[f"{split}_images"].astype(np.float64), stored[f"{split}_labels"].astype(np.int64)
 
 
 def load_arrays(name: str, split: str = "train",
@@ -533,7 +533,7 @@ def to_dataframe(spark: SparkSession, images: np.ndarray, labels: np.ndarray, *,
         "image": _list_column(flat),
         "label": pa.array(labels.astype(np.int32)),
     })
-    df = spark.createDataFrame(table)
+    df = create_dataframe(spark, table)
 
     if class_list is not None:
         wanted = F.array(*[F.lit(c) for c in class_list])

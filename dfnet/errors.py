@@ -46,3 +46,7 @@ class OutputExistsError(DFNetError, FileExistsError):
 class ImageFolderError(DFNetError, ValueError):
     """Image files cannot become training rows: a folder without class folders, an empty class
     folder, a file that is not a readable image, or images of different sizes with no size asked for."""
+
+
+class CatalogBusyError(DFNetError, RuntimeError):
+    """The Spark catalog's embedded metastore stayed open in another process for longer than dfnet waits."""

@@ -52,6 +52,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from dfnet.compat import arrow_udf, try_url_decode
 from dfnet.errors import ConfigError, DataValidationError, ImageFolderError
 from dfnet.files import first_line, spark_errors, spark_path
 from dfnet.session import is_connect, task_slots
@@ -307,7 +308,7 @@ def decode_binary(df: DataFrame, content_col: str = "content", path_col: str | N
     has_path = path_col is not None and path_col in df.columns
     _free_columns(df, [*DECODED_COLUMNS, _TMP] + ([] if has_path and path_col == "path" else ["path"]))
     _require_pillow_here(df.sparkSession)
-    decode = F.arrow_udf(_decode_batch, DECODED_TYPE)  # per call: a UDF binds to its session
+    decode = arrow_udf(_decode_batch, DECODED_TYPE, df.sparkSession)  # per call: a UDF binds to its session
     path = F.col(path_col).cast("string") if has_path else F.lit(None).cast("string")
     return _with_decoded(df, decode(F.col(content_col)), path)
 
@@ -316,10 +317,10 @@ def _is_image_struct(dtype: T.DataType) -> bool:
     return isinstance(dtype, T.StructType) and set(IMAGE_SOURCE_FIELDS) <= set(dtype.fieldNames())
 
 
-def _hadoop_path(origin):
+def _hadoop_path(origin, spark):
     """The image source's ``origin`` (a URI: ``file:///a%20b/x.png``) as binaryFile's ``path``
     prints the same file (``file:/a b/x.png``). A ``+`` stays a plus (URL decoding would make it a space)."""
-    decoded = F.coalesce(F.try_url_decode(F.replace(origin, F.lit("+"), F.lit("%2B"))), origin)
+    decoded = F.coalesce(try_url_decode(F.replace(origin, F.lit("+"), F.lit("%2B")), spark), origin)
     return F.regexp_replace(decoded, r"^([A-Za-z][A-Za-z0-9+.-]*:)///", "$1/")
 
 
@@ -342,11 +343,11 @@ def from_image_source(df: DataFrame, col: str = "image") -> DataFrame:
         raise DataValidationError(f"column {col!r} must be the struct of Spark's image source "
                                   f"({', '.join(IMAGE_SOURCE_FIELDS)}), got {df.schema[col].dataType.simpleString()}")
     _free_columns(df, [*DECODED_COLUMNS, _TMP, "path"], replaced=col)
-    convert = F.arrow_udf(_from_image_source_batch, DECODED_TYPE)
+    convert = arrow_udf(_from_image_source_batch, DECODED_TYPE, df.sparkSession)
     image = F.col(col)
     decoded = convert(image.getField("data"), image.getField("nChannels"), image.getField("height"),
                       image.getField("width"))
-    return _with_decoded(df, decoded, _hadoop_path(image.getField("origin")), drop=col)
+    return _with_decoded(df, decoded, _hadoop_path(image.getField("origin"), df.sparkSession), drop=col)
 
 
 def _require_decoded(df: DataFrame) -> None:
@@ -405,7 +406,7 @@ def to_features(df: DataFrame, image_shape: tuple[int, int, int], out_col: str =
     """
     shape = _check_shape(image_shape)
     _require_decoded(df)
-    features = F.arrow_udf(_features_function(shape), T.ArrayType(T.FloatType()))
+    features = arrow_udf(_features_function(shape), T.ArrayType(T.FloatType()), df.sparkSession)
     out = df.withColumn(out_col, features(F.col("pixels"), F.col("height"), F.col("width"), F.col("channels")))
     return out.drop(*[c for c in DECODED_COLUMNS if c != out_col])
 

@@ -83,6 +83,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from .config import CONSTRAINTS, TrainConfig
+from .compat import create_dataframe, to_arrow
 from .engine.data import check_columns, validate_frame
 from .errors import ConfigError, DataValidationError, ModelFormatError, OutputExistsError
 from .evaluate import ClassScorer, predict
@@ -711,7 +712,7 @@ def _model_data(spark: SparkSession, trained: TrainedModel, metadata_json: str |
         "run_id": pa.array([trained.run_id], pa.string()),
         "metadata": pa.array([metadata_json], pa.string()),
     })
-    return spark.createDataFrame(table)
+    return create_dataframe(spark, table)
 
 
 class _DFNetReader(MLReader):
@@ -768,7 +769,7 @@ def _read_model_data(spark: SparkSession, path: str, data: str = "data") -> tupl
     (None for a model saved before the row carried it)."""
     source = _child(path, data)
     try:
-        table = spark.read.parquet(source).toArrow()
+        table = to_arrow(spark.read.parquet(source))
     except spark_errors() as e:
         raise ModelFormatError(f"{path}: cannot read the model data in {source} ({first_line(e)})") from e
     if table.num_rows != 1:

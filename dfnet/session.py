@@ -48,6 +48,15 @@ def warehouse_conf(warehouse: str | os.PathLike) -> dict[str, str]:
             "spark.driver.extraJavaOptions": f"-Dderby.system.home={root}"}
 
 
+def local_python_conf(master: str) -> dict[str, str]:
+    """On a local master, Python workers run this interpreter (else pyspark starts ``python3`` from
+    ``PATH``, which need not have pyarrow or dfnet: ``.venv/bin/dfnet train`` without an activated
+    environment). ``PYSPARK_PYTHON``, when set, is the user's choice and stays."""
+    if master.startswith("local") and not os.environ.get("PYSPARK_PYTHON"):
+        return {"spark.pyspark.python": sys.executable}
+    return {}
+
+
 #: What a JVM prints on its way up that says nothing to a dfnet user: the log4j profile and
 #: level notes, the loopback-hostname and native-Hadoop warnings, the JDK's incubator-module
 #: note. Matched line by line; anything else (errors above all) still reaches the terminal.
@@ -131,13 +140,18 @@ def get_or_create_spark(master: str | None = None, app_name: str = "dfnet",
         # are static settings a Connect client may not change).
         with quiet_jvm_startup(enabled=not verbose and remote.startswith("local")):
             return SparkSession.builder.remote(remote).appName(app_name).getOrCreate()
-    builder = SparkSession.builder.appName(app_name).master(master or "local[*]")
-    settings = {**DEFAULT_CONF, **(warehouse_conf(warehouse) if warehouse is not None else {}), **(conf or {})}
+    master = master or "local[*]"
+    builder = SparkSession.builder.appName(app_name).master(master)
+    settings = {**DEFAULT_CONF, **local_python_conf(master),
+                **(warehouse_conf(warehouse) if warehouse is not None else {}), **(conf or {})}
     for key, value in settings.items():
         builder = builder.config(key, value)
     with quiet_jvm_startup(enabled=not verbose):
         session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN" if verbose else "ERROR")
+    if not verbose:
+        from .metastore import quiet_metastore_logs
+        quiet_metastore_logs(session)
     return session
 
 

@@ -45,6 +45,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from .errors import DataValidationError, OutputExistsError
+from .metastore import wait_for_catalog
 
 _UNQUOTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -157,6 +158,7 @@ def _check_plain(name: str, part: str) -> None:
 
 def table_identity(spark: SparkSession, name: str) -> tuple[str, str, str]:
     """``(catalog, database, table)`` that ``name`` refers to in ``spark``, lower-cased as Spark compares them."""
+    wait_for_catalog(spark)
     parts = check_table_name(name)
     full = (spark.catalog.currentCatalog(), spark.catalog.currentDatabase())[:3 - len(parts)] + parts
     return tuple(part.lower() for part in full)
@@ -207,6 +209,7 @@ def check_can_write(spark: SparkSession, table: str, mode: str = "error", schema
     parts = check_table_name(table)
     mode = _check_mode(mode)
     name = quote_table_name(parts)
+    wait_for_catalog(spark)
     exists = _catalog_call(table, lambda: spark.catalog.tableExists(name))
     if exists and mode == "error":
         raise OutputExistsError(f"table {table} already exists; pass mode='overwrite' to replace it or "

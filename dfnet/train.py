@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 
 from .checkpoint import DEFAULT_KEEP, Checkpoint, CheckpointStore, check_compatible
 from .config import TrainConfig
-from .engine import make_engine
+from .engine import make_engine, refuse_connect
 from .engine.data import TrainingData, validate_frame
 from .engine.dataframe import LocalPlan, resolve_aggregate
 from .errors import ConfigError, TrainingDivergedError
@@ -357,7 +357,6 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
         raise ConfigError(f"early_stopping={config.early_stopping} watches the validation loss: give "
                           f"validation_split (--validation-split F) or validation_df")
     if config.engine != "dataframe":  # before the validation job, not when the engine first needs an RDD
-        from .engine.rdd import refuse_connect
         refuse_connect(df.sparkSession, config.engine)
     decoded: list = []  # images fit decoded and cached: released when fit returns or raises
     df, config = _image_features(df, features_col, config, skip_bad_images, decoded)

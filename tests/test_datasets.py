@@ -193,7 +193,7 @@ def test_resolve_named_folder_missing_a_file_raises_and_downloads_nothing(shared
 
 
 def test_resolve_digits_has_no_files():
-    with pytest.raises(DatasetError, match="scikit-learn"):
+    with pytest.raises(DatasetError, match="packaged with dfnet"):
         resolve_data_dir("digits")
 
 
@@ -281,6 +281,21 @@ def test_load_arrays_digits_split():
     again_x, again_y = load_arrays("digits", "train")
     np.testing.assert_array_equal(again_x, train_x)
     np.testing.assert_array_equal(again_y, train_y)
+
+
+def test_packaged_digits_equal_scikit_learns_split():
+    """The packaged digits are scikit-learn's load_digits, split as train_test_split(test_size=0.2,
+    random_state=0, stratify) splits them, each split in its original row order."""
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    from sklearn.model_selection import train_test_split
+
+    digits = sklearn_datasets.load_digits()
+    train_idx, test_idx = train_test_split(np.arange(len(digits.target)), test_size=0.2, random_state=0,
+                                           stratify=digits.target)
+    for split, idx in (("train", np.sort(train_idx)), ("test", np.sort(test_idx))):
+        images, labels = load_arrays("digits", split)
+        np.testing.assert_array_equal(images, digits.images[idx])
+        np.testing.assert_array_equal(labels, digits.target[idx])
 
 
 def test_load_arrays_mnist(shared_data):

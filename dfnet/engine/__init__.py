@@ -8,8 +8,10 @@ so engines can be tested against each other and differ only in how data moves.
 
 from __future__ import annotations
 
+from ..config import ENGINES
 from ..errors import ConfigError
 from ..nn.network import Sequential
+from ..session import require_classic
 
 
 def make_engine(name: str, network: Sequential, *, aggregate: str = "auto", patches: str = "inline",
@@ -21,16 +23,21 @@ def make_engine(name: str, network: Sequential, *, aggregate: str = "auto", patc
     ``patches="explode"`` (dataframe only) caches a CNN's first-layer patches as rows
     (:mod:`dfnet.engine.patches`); ``inline`` cuts them inside each step.
     """
-    from .dataframe import DataFrameEngine
-    from .rdd import RDDBatchedEngine, RDDPerRecordEngine
-
-    engines = {"dataframe": DataFrameEngine, "rdd": RDDPerRecordEngine, "rdd-batched": RDDBatchedEngine}
-    if name not in engines:
-        raise ValueError(f"unknown engine {name!r}; known: {sorted(engines)}")
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}; known: {sorted(ENGINES)}")
     if name == "dataframe":
+        from .dataframe import DataFrameEngine
         return DataFrameEngine(network, aggregate=aggregate, patches=patches, patch_rows=patch_rows)
     if patches != "inline":
         raise ConfigError(f"patches={patches!r} runs on the dataframe engine, not engine={name!r}")
     if aggregate not in ("auto", "agg"):
         raise ConfigError(f"aggregate={aggregate!r} applies to the dataframe engine, not engine={name!r}")
-    return engines[name](network)
+    # Imported here: the RDD baselines need a classic pyspark (a thin Connect client has no RDD).
+    from .rdd import RDDBatchedEngine, RDDPerRecordEngine
+    return {"rdd": RDDPerRecordEngine, "rdd-batched": RDDBatchedEngine}[name](network)
+
+
+def refuse_connect(spark, engine: str) -> None:
+    """The RDD engines' refusal of a Spark Connect session (no RDD there), naming the way that works."""
+    require_classic(spark, f"engine={engine!r} (an RDD baseline)",
+                    "use engine='dataframe' (--engine dataframe), which runs on both kinds of session")

@@ -60,6 +60,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from ..compat import to_arrow
 from ..nn.layers import DropoutNoise
 from ..nn.network import LossAndGrad, Sequential
 from ..session import ship_weights
@@ -406,9 +407,9 @@ class DataFrameEngine:
             # "auto" is resolved by the trainer, which knows the task count (resolve_aggregate); left
             # unresolved it aggregates, which bounds the driver's memory whatever the partitions.
             if self.aggregate == "collect":
-                total = sum_on_driver(partials.toArrow())
+                total = sum_on_driver(to_arrow(partials))
             else:
                 with adaptive_execution_off(spark):
                     summed = partials.groupBy().agg(self.sum_vectors(PARTITION_COL, PARTIAL_COL).alias(PARTIAL_COL))
-                    total = sum_on_driver(summed.toArrow())
+                    total = sum_on_driver(to_arrow(summed))
         return total

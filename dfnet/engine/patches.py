@@ -65,6 +65,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from ..compat import arrow_udf, concat_batches
 from ..config import PATCH_ROWS
 from ..errors import ConfigError
 from ..nn.conv import Conv2D, image_patches
@@ -124,7 +125,7 @@ class PatchRows:
         per_image, carry = self.rows_per_image, None
         for batch in batches:
             if carry is not None:  # the previous batch ended inside an image: prepend its packed rows
-                batch = pa.concat_batches([carry, batch])
+                batch = concat_batches([carry, batch])
             whole = batch.num_rows - batch.num_rows % per_image
             carry = batch.slice(whole) if whole < batch.num_rows else None
             if whole == 0:
@@ -178,7 +179,7 @@ def patch_frame(df: DataFrame, layout: PatchRows, *, features_col: str, label_co
     source = df.select(features_col, label_col).withColumn(ROW_COL, F.monotonically_increasing_id())
     source = source.repartition(num_partitions or input_partitions(df), ROW_COL)
     # Made per call, like the engine's aggregation UDF: a UDF binds to the first SparkContext that used it.
-    cut = F.arrow_udf(_typed(layout.cut), T.ArrayType(T.BinaryType(), False))
+    cut = arrow_udf(layout.cut, T.ArrayType(T.BinaryType(), False), df.sparkSession)
     return (source.select(ROW_COL, F.posexplode(cut(features_col)).alias(POS_COL, X_COL),
                           F.col(label_col).cast("int").alias(LABEL_COL))
             .sortWithinPartitions(ROW_COL, POS_COL))
@@ -193,9 +194,3 @@ def explode_patches(df: DataFrame, layout: PatchRows, *, features_col: str, labe
     rows = count_or_release(frame)
     return PatchTrainingData(frame, rows // layout.rows_per_image, partitions, rows_per_image=layout.rows_per_image)
 
-
-def _typed(cut):
-    """``cut`` with the type hints from which ``arrow_udf`` infers a scalar Array -> Array UDF."""
-    def cut_images(images: pa.Array) -> pa.Array:
-        return cut(images)
-    return cut_images

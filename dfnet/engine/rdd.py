@@ -21,7 +21,7 @@ from pyspark.sql import DataFrame
 
 from ..nn.losses import one_hot
 from ..nn.network import LossAndGrad, Sequential
-from ..session import require_classic
+from . import refuse_connect
 from .data import arrival_independent
 
 _MASK64 = (1 << 64) - 1
@@ -60,12 +60,6 @@ class RDDTrainingData:
 
     def release(self) -> None:
         self.records.unpersist()
-
-
-def refuse_connect(spark, engine: str) -> None:
-    """The RDD engines' refusal of a Spark Connect session (no RDD there), naming the way that works."""
-    require_classic(spark, f"engine={engine!r} (an RDD baseline)",
-                    "use engine='dataframe' (--engine dataframe), which runs on both kinds of session")
 
 
 def to_records(df: DataFrame, network: Sequential, *, features_col: str, label_col: str,
