@@ -23,8 +23,10 @@ needs the client's version (:func:`client_version`), what the server runs needs 
 
 from __future__ import annotations
 
+import os
 import re
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Sequence
 
 import pandas as pd
@@ -35,7 +37,7 @@ try:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
-except ImportError as error:  # pragma: no cover - exercised by tests/test_support.py in a bare venv
+except ImportError as error:  # pragma: no cover - tests/test_compat.py hides pyspark
     raise ImportError(
         "dfnet needs PySpark, which it leaves to the environment: Databricks, EMR, Dataproc, Synapse, Fabric and "
         "Zeppelin bring their own. On a laptop: pip install 'dfnet[spark]' (pyspark >= 3.5); as a thin Spark "
@@ -55,6 +57,12 @@ def _major_minor(version: str) -> tuple[int, int]:
 def client_version() -> tuple[int, int]:
     """(major, minor) of the pyspark in this process (on Connect, the client's)."""
     return _major_minor(pyspark.__version__)
+
+
+def has_classic_spark() -> bool:
+    """Whether this pyspark can start a classic session (it ships Spark's jars); ``pyspark-client``
+    and other thin Spark Connect clients do not."""
+    return (Path(pyspark.__file__).parent / "jars").is_dir() or bool(os.environ.get("SPARK_HOME"))
 
 
 def spark_version(spark: SparkSession) -> tuple[int, int]:
@@ -191,21 +199,20 @@ def _arrow_of(column) -> pa.Array:
 
 
 def try_url_decode(column, spark: SparkSession):
-    """``column`` with %XX escapes decoded as UTF-8, null where that fails (Spark 4.0's
-    ``try_url_decode``; ``+`` becomes a space, as there)."""
+    """``column`` with %XX escapes decoded as UTF-8, null where an escape is malformed (Spark 4.0's
+    ``try_url_decode``; ``+`` becomes a space and bytes that are not UTF-8 become U+FFFD, as there)."""
     if spark_version(spark) >= (4, 0) and hasattr(F, "try_url_decode"):
         return F.try_url_decode(column)
     return arrow_udf(_url_decode_batch, T.StringType(), spark)(column)
 
 
+#: A ``%`` not followed by two hex digits, which Java's ``URLDecoder`` (behind ``try_url_decode``) refuses.
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
 def _url_decode_batch(values: pa.Array) -> pa.Array:
     from urllib.parse import unquote_plus
 
-    def decode(value):
-        if value is None:
-            return None
-        try:
-            return unquote_plus(value, errors="strict")
-        except UnicodeDecodeError:
-            return None
-    return pa.array([decode(v) for v in values.to_pylist()], pa.string())
+    # As URLDecoder: "+" is a space, bytes that are not UTF-8 become U+FFFD, a bad escape fails (null).
+    return pa.array([None if v is None or _BAD_ESCAPE.search(v) else unquote_plus(v, errors="replace")
+                     for v in values.to_pylist()], pa.string())

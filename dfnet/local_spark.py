@@ -253,6 +253,34 @@ def start_server(workdir: Path, master: str = "local[2]") -> tuple[subprocess.Po
     return proc, f"sc://{LOOPBACK}:{port}", log
 
 
+def start_server_in(python: str, workdir: Path, master: str = "local[2]") -> tuple[subprocess.Popen, str]:
+    """Start a Connect server with another Python environment's pyspark and dfnet (``python -m
+    dfnet.local_spark connect``): a thin client (``pyspark-client``, no JVM) needs a server from
+    elsewhere. Returns the process (stopped like :func:`stop_server`) and its ``sc://`` URL."""
+    import re
+    import selectors
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED")}
+    proc = subprocess.Popen([python, "-m", "dfnet.local_spark", "connect", "--master", master, "--workdir",
+                             str(workdir)], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, text=True)
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ)
+    deadline, seen = time.monotonic() + START_TIMEOUT_S + 30, []
+    while time.monotonic() < deadline and proc.poll() is None:
+        if not selector.select(timeout=1):
+            continue
+        line = proc.stdout.readline()
+        seen.append(line)
+        match = re.search(r"sc://[\w.\-]+:\d+", line)
+        if match:
+            return proc, match.group(0)
+    stop_process_group(proc)
+    raise RuntimeError(f"{python} -m dfnet.local_spark connect did not report a server; it printed:\n"
+                       + "".join(seen)[-3000:])
+
+
 def stop_server(proc: subprocess.Popen) -> None:
     """Stop the server's process group (the one :func:`start_server` created)."""
     stop_process_group(proc)

@@ -185,13 +185,20 @@ def catalog_timeout() -> float:
 def wait_for_catalog(spark, timeout: float | None = None, *,
                      say: Callable[[str], None] | None = None) -> None:
     """Return once ``spark``'s catalog can be opened by this process: at once for a catalog that
-    admits many processes, or one this process already has; else once the process that holds
-    the embedded metastore exits (its turn is kept until this process exits, as its JVM keeps
-    the database). Says once what it waits for (on standard error unless ``say``); raises
-    :class:`CatalogBusyError` after ``timeout`` seconds (default :func:`catalog_timeout`)."""
+    admits many processes, or one this process already has; else as :func:`wait_for_metastore`."""
     metastore = embedded_metastore(spark)
     if metastore is None or getattr(spark, _TURN_ATTR, None) == metastore.folder:
         return
+    wait_for_metastore(metastore, timeout, say=say)
+    setattr(spark, _TURN_ATTR, metastore.folder)
+
+
+def wait_for_metastore(metastore: EmbeddedMetastore, timeout: float | None = None, *,
+                       say: Callable[[str], None] | None = None) -> None:
+    """Wait until no other process holds ``metastore`` or dfnet's turn at it, then take the turn
+    for the life of this process (as its JVM keeps the database open for its life). Says once
+    what it waits for (on standard error unless ``say``); raises :class:`CatalogBusyError` after
+    ``timeout`` seconds (default :func:`catalog_timeout`)."""
     timeout = catalog_timeout() if timeout is None else timeout
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     deadline, told, turn = time.monotonic() + timeout, False, None
@@ -202,7 +209,7 @@ def wait_for_catalog(spark, timeout: float | None = None, *,
                 turn = -1  # this process took the turn already (for an earlier session)
         holder = catalog_holder(metastore) if turn is None else _lock_owner(metastore.lock_file, "POSIX", metastore)
         if turn is not None and holder is None:
-            break
+            return  # the turn's descriptor stays open: other dfnet processes wait for this one
         if time.monotonic() >= deadline:
             if turn is not None and turn >= 0:
                 os.close(turn)
@@ -213,8 +220,6 @@ def wait_for_catalog(spark, timeout: float | None = None, *,
                 f"one process at a time (up to {timeout:.0f} s, DFNET_CATALOG_TIMEOUT)")
             told = True
         time.sleep(POLL_S)
-    # The turn stays taken (its descriptor open) while this process lives; the session remembers it.
-    setattr(spark, _TURN_ATTR, metastore.folder)
 
 
 _TURN_ATTR = "_dfnet_catalog_turn"

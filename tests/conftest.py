@@ -23,8 +23,11 @@ def shared_data() -> Path:
 def spark(tmp_path_factory):
     """A real local[2] SparkSession shared by every test in the run; its tables and
     Derby metastore live in a temporary folder, never in the project."""
+    from dfnet.compat import has_classic_spark
     from dfnet.session import get_or_create_spark
 
+    if not has_classic_spark():
+        pytest.skip("a thin Spark Connect client (pyspark-client): no classic session here")
     session = get_or_create_spark(master="local[2]", app_name="dfnet-tests",
                                   warehouse=tmp_path_factory.mktemp("warehouse"))
     yield session
@@ -46,9 +49,21 @@ def digits_run(spark, tmp_path_factory):
 @pytest.fixture(scope="session")
 def connect_url(tmp_path_factory):
     """The ``sc://`` URL of a real local[2] Spark Connect server, in its own process for the whole
-    run (see :mod:`dfnet.local_spark`), stopped by its PID at the end."""
-    from dfnet.local_spark import start_server, stop_server
+    run (see :mod:`dfnet.local_spark`), stopped by its PID at the end. ``DFNET_CONNECT_PYTHON``
+    names a Python whose pyspark and dfnet run the server (a thin client has no server of its own)."""
+    from dfnet.compat import client_version
+    from dfnet.local_spark import start_server, start_server_in, stop_server
 
+    server_python = os.environ.get("DFNET_CONNECT_PYTHON")
+    if server_python:
+        proc, url = start_server_in(server_python, tmp_path_factory.mktemp("connect"))
+        try:
+            yield url
+        finally:
+            stop_server(proc)
+        return
+    if client_version() < (4, 0):
+        pytest.skip("pip's pyspark 3.5 has no Spark Connect server (4.0 bundles it); set DFNET_CONNECT_PYTHON")
     proc, url, _ = start_server(tmp_path_factory.mktemp("connect"))
     try:
         yield url
