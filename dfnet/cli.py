@@ -247,6 +247,16 @@ def _table_options(parser: argparse.ArgumentParser, *, predictions: str, history
     tables.add_argument("--warehouse", default=None,
                         help="folder for the tables and their Derby metastore (default: Spark's, in the working "
                              "directory); ignored by a session that is already running")
+    tables.add_argument("--conf", action="append", default=[], type=_spark_setting, metavar="KEY=VALUE",
+                        help="a Spark setting for the session dfnet starts, as spark-submit's --conf (repeat it), "
+                             "e.g. spark.hadoop.hive.metastore.uris=thrift://host:9083 for a shared metastore")
+
+
+def _spark_setting(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (a Spark setting), got {text!r}")
+    return key.strip(), value
 
 
 BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -416,7 +426,7 @@ def train_command(args: argparse.Namespace) -> int:
           f"epochs" + "".join(f" | {e}" for e in extras), flush=True)
 
     tracker = _mlflow_logger(args, target)
-    spark = get_or_create_spark(args.master, app_name="dfnet-train", warehouse=args.warehouse,
+    spark = get_or_create_spark(args.master, app_name="dfnet-train", warehouse=args.warehouse, conf=dict(args.conf),
                                 verbose=args.verbose, remote=args.remote)
     tables, tables_deferred = _check_tables(spark, args)
     images = None
@@ -592,7 +602,7 @@ def predict_command(args: argparse.Namespace) -> int:
     run_id = args.run_id or model.run_id
     if not run_id:
         raise DFNetError(f"{args.model}: the model has no run id (saved by an older dfnet); pass --run-id")
-    spark = get_or_create_spark(args.master, app_name="dfnet-predict", warehouse=args.warehouse,
+    spark = get_or_create_spark(args.master, app_name="dfnet-predict", warehouse=args.warehouse, conf=dict(args.conf),
                                 verbose=args.verbose, remote=args.remote)
     check_can_write(spark, args.predictions_table, args.mode, PREDICTIONS_SCHEMA, run_id=run_id)
     if args.input_table:

@@ -20,14 +20,20 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def spark(tmp_path_factory):
-    """A real local[2] SparkSession shared by every test in the run; its tables and
-    Derby metastore live in a temporary folder, never in the project."""
+def classic_spark_here():
+    """Skips a test that starts classic Spark processes of its own where pyspark cannot (a thin client)."""
     from dfnet.compat import has_classic_spark
-    from dfnet.session import get_or_create_spark
 
     if not has_classic_spark():
         pytest.skip("a thin Spark Connect client (pyspark-client): no classic session here")
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory, classic_spark_here):
+    """A real local[2] SparkSession shared by every test in the run; its tables and
+    Derby metastore live in a temporary folder, never in the project."""
+    from dfnet.session import get_or_create_spark
+
     session = get_or_create_spark(master="local[2]", app_name="dfnet-tests",
                                   warehouse=tmp_path_factory.mktemp("warehouse"))
     yield session

@@ -117,6 +117,7 @@ def test_checkpointing_does_not_change_the_run(spark, reference, checkpointed):
     assert [h["epoch"] for h in last.history] == [1, 2, 3, 4]
 
 
+@pytest.mark.journey
 @pytest.mark.parametrize("from_epoch", [1, 3])
 def test_resuming_gives_the_uninterrupted_weights_bit_for_bit(digits, reference, checkpointed, tmp_path, from_epoch):
     _, folder, _ = checkpointed

@@ -29,6 +29,7 @@ def read_json(path):
     return json.loads(path.read_text())
 
 
+@pytest.mark.journey
 def test_train_writes_the_run_folder(digits_run):
     code, _, err, output = digits_run
     assert code == 0, err
@@ -105,6 +106,7 @@ def test_report_has_the_run_figures(digits_run):
     assert "<script src=" not in text  # plotly.js embedded: opens offline
 
 
+@pytest.mark.journey
 def test_saved_model_reproduces_the_test_accuracy(spark, digits_run, digits_arrays):
     output = digits_run[3]
     metrics = read_json(output / "metrics.json")
@@ -352,6 +354,7 @@ def test_invalid_cnn_configurations_exit_2_before_training(spark, tmp_path, caps
     assert "Epoch" not in captured.out and not (tmp_path / "run").exists()
 
 
+@pytest.mark.journey
 def test_train_a_cnn_from_exploded_patches_and_reload_it(spark, tmp_path, digits_arrays):
     output = tmp_path / "cnn"
     code, stdout, err = run_cli(["train", "--model", "cnn", "--kernels", "6", "--kernel-size", "3", "--pool", "2",

@@ -11,7 +11,7 @@ from dfnet.datasets import load_arrays, to_dataframe
 from dfnet.errors import ConfigError
 from dfnet.train import fit
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.journey]
 
 RTOL = 1e-9  # float64: only the order of float additions may differ between the two
 
@@ -62,6 +62,17 @@ def test_fit_and_predict_on_connect_equal_the_classic_session(connect, classic_r
     assert (predictions["prediction"] == classic_predictions["prediction"]).all()
     np.testing.assert_allclose(np.stack(predictions["probability"]), np.stack(classic_predictions["probability"]),
                                rtol=1e-7, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_every_run_learns_on_the_classic_session(classic_runs, name):
+    """Every schedule, the CNN with patches cut inline and exploded into rows: far above chance on
+    the test split (the same runs the Connect session must reproduce; the Spark 3.5 environment,
+    which has no Connect server, runs only these)."""
+    _, predictions = classic_runs[name]
+    labels = load_arrays("digits", "test")[1]
+    accuracy = float((predictions["prediction"].to_numpy() == labels[predictions["id"].to_numpy()]).mean())
+    assert len(predictions) == 360 and accuracy > 0.6, accuracy  # ten classes: chance is 0.1
 
 
 def test_a_model_trained_on_connect_scores_far_above_chance(connect):

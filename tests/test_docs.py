@@ -16,8 +16,8 @@ README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 PAGES = [README, *DOCS]
 MAX_README_LINES = 250
-SETUP_COMMANDS = ["python3 -m venv .venv && . .venv/bin/activate && pip install -e . && dfnet train",
-                  "pip install -e '.[test]' && python -m pytest -q"]
+SETUP_COMMANDS = ["python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[spark]' && dfnet train",
+                  "bash tests/setup.sh && python -m pytest -q"]
 
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,}).*?^ {0,3}\1[`~]*[ \t]*$", re.S | re.M)
 INLINE_CODE = re.compile(r"(`+)(?!`).+?(?<!`)\1(?!`)", re.S)

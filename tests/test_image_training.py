@@ -213,6 +213,7 @@ def test_an_image_folder_run_is_scored_only_on_images(folder_run):
     assert code == 2 and "--image-folder" in err
 
 
+@pytest.mark.journey
 def test_fit_and_predict_take_image_source_and_binary_file_frames(spark, fashion, tmp_path):
     root = _colour_folder(tmp_path / "sources", fashion, per_class=40)
     def label(path):

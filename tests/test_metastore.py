@@ -97,7 +97,7 @@ def test_a_second_process_waits_for_the_turn_this_one_took(tmp_path):
 
 @pytest.mark.journey
 @pytest.mark.slow
-def test_three_runs_in_one_folder_at_once_all_write_their_tables(tmp_path):
+def test_three_runs_in_one_folder_at_once_all_write_their_tables(tmp_path, classic_spark_here):
     env = {k: v for k, v in os.environ.items() if k not in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED")}
     runs = []
     for i in range(3):

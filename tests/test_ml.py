@@ -102,6 +102,7 @@ def collect_sorted(df, *cols):
 
 # --- Pipeline, outputs, evaluators --------------------------------------------------------
 
+@pytest.mark.journey
 def test_pipeline_output_matches_numpy_and_survives_save_and_load(pipeline_model, frames, digits, tmp_path):
     _, test = frames
     _, (Xte, _) = digits

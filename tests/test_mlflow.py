@@ -55,6 +55,7 @@ def mlflow_run(spark, tracking_store, tmp_path_factory):
     return out, output
 
 
+@pytest.mark.journey
 def test_cli_run_is_found_with_its_params_and_epoch_metrics(mlflow_run, tracking_store):
     out, output = mlflow_run
     metrics = json.loads((output / "metrics.json").read_text())
@@ -81,6 +82,7 @@ def test_cli_run_is_found_with_its_params_and_epoch_metrics(mlflow_run, tracking
     assert json.loads(mlflow.artifacts.load_text(f"runs:/{run['run_id']}/history.json")) == history
 
 
+@pytest.mark.journey
 def test_pyfunc_model_predicts_what_dfnet_predicts(mlflow_run, spark):
     _, output = mlflow_run
     model_uri = json.loads((output / "metrics.json").read_text())["mlflow"]["model_uri"]

@@ -564,6 +564,7 @@ def check_notebook_run(run: NotebookRun, spark: SparkSession, conf_before: dict[
     assert spark.conf.getAll == conf_before
 
 
+@pytest.mark.journey
 @pytest.mark.parametrize("user_session", ["classic", "connect"], indirect=True)
 def test_databricks_notebook_runs_end_to_end(user_session):
     spark = user_session
@@ -574,6 +575,7 @@ def test_databricks_notebook_runs_end_to_end(user_session):
     check_notebook_run(run, spark, conf_before)
 
 
+@pytest.mark.journey
 def test_zeppelin_note_runs_end_to_end(user_session):
     spark = user_session
     conf_before = spark.conf.getAll

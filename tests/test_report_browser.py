@@ -7,7 +7,7 @@ raise no JavaScript error, draw every figure (heatmap images, line and bar
 paths, a nonzero size) and give a full-page screenshot in which each plot's
 area is drawn. The screenshot is decoded with zlib and numpy, no imaging library.
 
-Chromium is Debian's package (``/usr/bin/chromium``, installed by ``.ci/run``),
+Chromium is Debian's package (``/usr/bin/chromium``, installed by ``tests/setup.sh``, README's test command),
 never a browser that playwright downloads. Without it these tests fail.
 """
 
@@ -34,7 +34,7 @@ def chromium_path(path: Path = CHROMIUM) -> Path:
     """``path`` if it is there; otherwise fail (not skip) the test, saying how to install it."""
     if not path.exists():
         pytest.fail(f"{path} not found: the browser check needs Debian's chromium package "
-                    f"(apt-get install -y chromium; .ci/run installs it)", pytrace=False)
+                    f"(bash tests/setup.sh installs it: apt-get install -y chromium)", pytrace=False)
     return path
 
 

@@ -314,6 +314,7 @@ def newest_predictions(spark, runs):
     return newest, rows
 
 
+@pytest.mark.journey
 def test_documented_confusion_matrix_query(spark, cli_runs):
     result = spark.sql(documented_queries()[
         "confusion matrix of the newest run: rows of true class `label` predicted as `prediction`"]).collect()
@@ -329,6 +330,7 @@ def test_documented_confusion_matrix_query(spark, cli_runs):
     np.testing.assert_array_equal(got, cli_runs[1]["metrics"]["confusion_matrix"])
 
 
+@pytest.mark.journey
 def test_documented_per_class_f1_query(spark, cli_runs):
     result = spark.sql(documented_queries()["per-class F1 of the newest run, worst class first"]).collect()
     _, rows = newest_predictions(spark, cli_runs)
@@ -353,6 +355,7 @@ def test_documented_most_confident_mistakes_query(spark, cli_runs):
     np.testing.assert_allclose([r["confidence"] for r in result], [-e[0] for e in expected], rtol=1e-15)
 
 
+@pytest.mark.journey
 def test_documented_accuracy_per_epoch_query(spark, cli_runs):
     result = spark.sql(documented_queries()["accuracy per epoch across runs (train, and on the validation rows)"]).collect()
     expected = sorted((h["epoch"], run["run_id"], h["accuracy"], h.get("val_accuracy"))
@@ -381,6 +384,7 @@ def test_train_refuses_an_existing_predictions_table_before_training(spark, cli_
     assert spark.table(TABLES["predictions"]).count() == before
 
 
+@pytest.mark.journey
 def test_predict_scores_the_runs_data_set_into_a_table(spark, cli_runs):
     drop(spark, "t_cli_predict")
     run = cli_runs[0]
@@ -410,6 +414,7 @@ READER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.journey
 def test_tables_outlive_the_process_that_wrote_them(tmp_path):
     """One process trains and writes the tables, and exits; a second one finds them by name."""
     warehouse, run = tmp_path / "warehouse", tmp_path / "run"
