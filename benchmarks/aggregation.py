@@ -43,6 +43,7 @@ from pyspark import TaskContext
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from dfnet.compat import to_arrow
 from dfnet.engine.dataframe import (PARTIAL_COL, PARTIAL_SCHEMA, PARTITION_COL, adaptive_execution_off, make_sum_vectors, partial_batch,
                                     sum_on_driver)
 from dfnet.session import get_or_create_spark
@@ -106,7 +107,6 @@ def variants(spark, partitions: int, size: int) -> dict:
     source = spark.range(0, partitions, numPartitions=partitions)
     sum_vectors = make_sum_vectors()
     unordered_sum = F.pandas_udf(_unordered_sum_vectors, T.ArrayType(T.DoubleType(), True))
-    arrow_sum = F.arrow_udf(sum_arrow, T.ArrayType(T.DoubleType(), True))
 
     def partials():
         return source.mapInArrow(emit_vector(size), PARTIAL_SCHEMA)
@@ -126,7 +126,7 @@ def variants(spark, partitions: int, size: int) -> dict:
         return np.concatenate([np.asarray(r["total"]) for r in sorted(rows, key=lambda r: r["chunk"])])
 
     def posexplode():
-        rows = partials().select(F.posexplode(PARTIAL_COL)).groupBy("pos").agg(F.sum("col").alias("total")).toArrow()
+        rows = to_arrow(partials().select(F.posexplode(PARTIAL_COL)).groupBy("pos").agg(F.sum("col").alias("total")))
         pos = rows.column("pos").to_numpy()
         out = np.empty(size)
         out[pos] = rows.column("total").to_numpy()
@@ -136,16 +136,18 @@ def variants(spark, partitions: int, size: int) -> dict:
         "empty": lambda: source.mapInArrow(emit_vector(0), PARTIAL_SCHEMA).collect(),
         "collect": lambda: np.sum([np.asarray(r[PARTIAL_COL]) for r in partials().collect()], axis=0),
         # The Arrow forms sum exactly as the engine does (sum_on_driver: in partition order).
-        "collect-arrow": lambda: sum_on_driver(partials().toArrow()),
+        "collect-arrow": lambda: sum_on_driver(to_arrow(partials())),
         # ... and as it did before the partition order (rows added as they arrived).
-        "collect-arrow-unordered": lambda: _unordered_on_driver(partials().toArrow().column(PARTIAL_COL)),
+        "collect-arrow-unordered": lambda: _unordered_on_driver(to_arrow(partials()).column(PARTIAL_COL)),
         "pandas-udf": lambda: np.asarray(aggregated().first()[0]),
-        "pandas-arrow": lambda: sum_on_driver(aggregated().toArrow()),
-        "pandas-arrow-unordered": lambda: _unordered_on_driver(aggregated_unordered().toArrow().column(0)),
-        "arrow-udf": lambda: sum_on_driver(
-            partials().groupBy().agg(arrow_sum(PARTIAL_COL).alias(PARTIAL_COL)).toArrow()),
+        "pandas-arrow": lambda: sum_on_driver(to_arrow(aggregated())),
+        "pandas-arrow-unordered": lambda: _unordered_on_driver(to_arrow(aggregated_unordered()).column(0)),
         "chunks": chunks,
     }
+    if hasattr(F, "arrow_udf"):  # Spark 4.1+
+        arrow_sum = F.arrow_udf(sum_arrow, T.ArrayType(T.DoubleType(), True))
+        out["arrow-udf"] = lambda: sum_on_driver(
+            to_arrow(partials().groupBy().agg(arrow_sum(PARTIAL_COL).alias(PARTIAL_COL))))
     if size <= POSEXPLODE_MAX:
         out["posexplode"] = posexplode
     return out

@@ -143,6 +143,12 @@ def concat_batches(batches: Sequence[pa.RecordBatch]) -> pa.RecordBatch:
     return combined[0] if combined else pa.RecordBatch.from_pylist([], schema=table.schema)
 
 
+def ml_context(spark: SparkSession):
+    """What pyspark.ml's ``DefaultParamsReader``/``Writer`` helpers take: the session from 4.0, the
+    SparkContext before (3.5 reads the metadata with ``sc.textFile``)."""
+    return spark if client_version() >= (4, 0) else spark.sparkContext
+
+
 # --- Arrow UDFs --------------------------------------------------------------------------
 
 
@@ -196,6 +202,13 @@ def _arrow_of(column) -> pa.Array:
 
 
 # --- functions -----------------------------------------------------------------------------
+
+
+def index_of(values: Sequence, column):
+    """The 0-based position of ``column``'s value in ``values`` (distinct literals) as an int column,
+    null where it is not among them (``array_position`` takes a column as its value only from 4.0)."""
+    pairs = [item for i, value in enumerate(values) for item in (F.lit(value), F.lit(i))]
+    return F.create_map(*pairs)[column].cast("int")
 
 
 def try_url_decode(column, spark: SparkSession):

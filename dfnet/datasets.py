@@ -38,7 +38,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from dfnet.compat import create_dataframe
+from dfnet.compat import create_dataframe, index_of
 from dfnet.errors import DatasetError, IDXFormatError
 from dfnet.files import write_atomically
 
@@ -536,9 +536,8 @@ def to_dataframe(spark: SparkSession, images: np.ndarray, labels: np.ndarray, *,
     df = create_dataframe(spark, table)
 
     if class_list is not None:
-        wanted = F.array(*[F.lit(c) for c in class_list])
         df = (df.where(F.col("label").isin(class_list))
-                .select("id", "image", (F.array_position(wanted, F.col("label")) - 1).cast("int").alias("label")))
+                .select("id", "image", index_of(class_list, F.col("label")).alias("label")))
     if num_partitions is not None:
         df = df.repartition(num_partitions)
     return df

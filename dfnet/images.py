@@ -52,7 +52,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from dfnet.compat import arrow_udf, try_url_decode
+from dfnet.compat import arrow_udf, index_of, try_url_decode
 from dfnet.errors import ConfigError, DataValidationError, ImageFolderError
 from dfnet.files import first_line, spark_errors, spark_path
 from dfnet.session import is_connect, task_slots
@@ -790,11 +790,10 @@ def read_image_folder(spark: SparkSession, path: str | os.PathLike, *, image_siz
         bucket = F.pmod(F.xxhash64(rel, F.lit(int(seed)), F.lit("test")), F.lit(_SPLIT_BUCKETS))
         split_col = F.when(bucket < F.lit(int(round(test_fraction * _SPLIT_BUCKETS))), F.lit("test")) \
             .otherwise(F.lit("train"))
-    names = F.array(*[F.lit(c) for c in layout.class_names])
     rows = (scan.select("path", "content", _relative(root_path).alias("rel"))
             .where(rel.isNotNull() & keep & class_col.isin(layout.class_names))
             .select(F.xxhash64(F.lit("dfnet.images"), rel).bitwiseAND(F.lit(_ID_MASK)).alias("id"),
-                    (F.array_position(names, class_col) - 1).cast("int").alias("label"),
+                    index_of(layout.class_names, class_col).alias("label"),
                     split_col.alias("split"), "path", "content"))
     slots = task_slots(spark, 2)
     tasks = max(1, math.ceil(layout.images / IMAGES_PER_TASK), math.ceil(layout.bytes / BYTES_PER_TASK))
@@ -876,12 +875,11 @@ def read_images(spark: SparkSession, path: str | os.PathLike, *, image_shape: tu
     top = F.element_at(parts, 1)
     parent = (F.when(top.isin("train", "test") & (F.size(parts) >= 3), F.element_at(parts, 2))
               .when(F.size(parts) >= 2, top).otherwise(F.lit(posixpath.basename(root_path))))
-    names = F.array(*[F.lit(str(c)) for c in (class_names or ["\0"])])
-    label = F.array_position(names, parent).cast("int") - 1
+    label = index_of([str(c) for c in (class_names or ["\0"])], parent)
     rows = (reader.load(uri).select("path", "content", _relative(root_path).alias("rel"))
             .where(rel.isNotNull())
             .select(F.xxhash64(F.lit("dfnet.images"), rel).bitwiseAND(F.lit(_ID_MASK)).alias("id"),
-                    F.when(label >= 0, label).alias("label"), "path", "content"))
+                    label.alias("label"), "path", "content"))
     rows = rows.coalesce(2 * task_slots(spark, 2))
     decoded = decode_binary(rows, "content", "path").drop("content") \
         .withColumn("labelled", F.col("label").isNotNull()).persist(StorageLevel.MEMORY_AND_DISK)

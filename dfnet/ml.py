@@ -83,7 +83,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from .config import CONSTRAINTS, TrainConfig
-from .compat import create_dataframe, to_arrow
+from .compat import create_dataframe, ml_context, to_arrow
 from .engine.data import check_columns, validate_frame
 from .errors import ConfigError, DataValidationError, ModelFormatError, OutputExistsError
 from .evaluate import ClassScorer, predict
@@ -691,7 +691,7 @@ class _DFNetWriter(MLWriter):
             data = f"data-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
             extra = {"numFeatures": self.instance.numFeatures, "numClasses": self.instance.numClasses,
                      "dataFormatVersion": DATA_FORMAT_VERSION, "dataPath": data}
-        metadata = DefaultParamsWriter._get_metadata_to_save(self.instance, spark, extra)
+        metadata = DefaultParamsWriter._get_metadata_to_save(self.instance, ml_context(spark), extra)
         if extra is not None:
             _model_data(spark, self.instance.trained_model, metadata).coalesce(1).write.parquet(_child(path, data))
         _write_metadata(spark, path, metadata)
@@ -728,7 +728,7 @@ class _DFNetReader(MLReader):
         files = spark_files(spark, path)
         folders = live_folders(files)
         if "metadata" in folders:
-            return self._load_spark_ml(path, DefaultParamsReader.loadMetadata(path, spark))
+            return self._load_spark_ml(path, DefaultParamsReader.loadMetadata(path, ml_context(spark)))
         if issubclass(self.cls, DFNetModel):
             if "model.json" in files:
                 return self.cls.from_trained(_read_dfnet_folder(spark, path))

@@ -151,7 +151,8 @@ def test_a_corrupt_and_a_truncated_newest_checkpoint_are_skipped_with_a_warning(
     recorder = Recorder()
     with pytest.warns(CheckpointWarning) as caught:
         model = fit(digits, CONFIG, checkpoint_dir=str(target), resume=True, callbacks=[recorder], verbose=False)
-    messages = [str(w.message) for w in caught]
+    # only dfnet's warnings (pyspark 3.5 adds its own: distutils, unclosed sockets)
+    messages = [str(w.message) for w in caught if issubclass(w.category, CheckpointWarning)]
     assert len(messages) == 2
     assert f"skipping checkpoint file:{newest}" in messages[0] and "corrupt" in messages[0] and "SHA-256" in messages[0]
     assert f"skipping checkpoint file:{truncated}" in messages[1] and "truncated" in messages[1], messages[1]

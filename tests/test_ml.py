@@ -349,10 +349,13 @@ def vectors_in_parquet(frames, spark, tmp_path):
     test = frames[1].select("id", F.col("pixels").alias("features")).where(F.col("id") < 50)
     source = str(tmp_path / "source")
     test.write.parquet(source)
-    before = spark.conf.get(COLUMNAR_UDF_INPUT)
+    before = spark.conf.get(COLUMNAR_UDF_INPUT, None)
     spark.conf.set(COLUMNAR_UDF_INPUT, "true")
     yield test, source
-    spark.conf.set(COLUMNAR_UDF_INPUT, before)
+    if before is None:  # Spark before 4.3 has no such setting
+        spark.conf.unset(COLUMNAR_UDF_INPUT)
+    else:
+        spark.conf.set(COLUMNAR_UDF_INPUT, before)
 
 
 def test_vectors_read_from_parquet_are_scored(pipeline_model, vectors_in_parquet, spark):
@@ -360,7 +363,7 @@ def test_vectors_read_from_parquet_are_scored(pipeline_model, vectors_in_parquet
     test, source = vectors_in_parquet
     with pytest.warns(UserWarning, match=f"dfnet set {COLUMNAR_UDF_INPUT}=false"):
         scored = model.transform(spark.read.parquet(source)).select("id", "prediction", "probability")
-    assert spark.conf.get(COLUMNAR_UDF_INPUT) == "false"
+    assert spark.conf.get(COLUMNAR_UDF_INPUT, None) == "false"
     assert collect_sorted(scored, "id", "prediction", "probability") == \
         collect_sorted(model.transform(test), "id", "prediction", "probability")
 

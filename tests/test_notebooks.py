@@ -54,6 +54,7 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 
 from dfnet.session import is_connect
+from session_helpers import all_settings
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 DATABRICKS_NOTEBOOK = EXAMPLES / "databricks_dfnet.py"
@@ -561,14 +562,14 @@ def check_notebook_run(run: NotebookRun, spark: SparkSession, conf_before: dict[
     assert SparkSession.getActiveSession() is spark
     assert spark.range(3).count() == 3
     assert {key: spark.conf.get(key) for key in USER_CONF} == USER_CONF
-    assert spark.conf.getAll == conf_before
+    assert all_settings(spark) == conf_before
 
 
 @pytest.mark.journey
 @pytest.mark.parametrize("user_session", ["classic", "connect"], indirect=True)
 def test_databricks_notebook_runs_end_to_end(user_session):
     spark = user_session
-    conf_before = spark.conf.getAll
+    conf_before = all_settings(spark)
     run = run_databricks(DATABRICKS_NOTEBOOK, spark)
     print(run.timings())
     assert [c.kind for c, _ in run.skipped].count("pip") == 1
@@ -578,7 +579,7 @@ def test_databricks_notebook_runs_end_to_end(user_session):
 @pytest.mark.journey
 def test_zeppelin_note_runs_end_to_end(user_session):
     spark = user_session
-    conf_before = spark.conf.getAll
+    conf_before = all_settings(spark)
     run = run_zeppelin(ZEPPELIN_NOTE, spark)
     print(run.timings())
     check_notebook_run(run, spark, conf_before)

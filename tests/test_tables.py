@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import cli_helpers
 from cli_helpers import run_cli
+from session_helpers import all_settings
 from pyspark.sql import functions as F
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
@@ -116,9 +117,9 @@ def test_vector_features_are_stored_as_float_arrays_without_touching_the_session
     # a Parquet scan carrying a vector column: where Spark 4.3's columnar UDF input fails
     test.select("id", "label", array_to_vector("image").alias("features")).write.parquet(str(tmp_path / "v"))
     vectors = spark.read.parquet(str(tmp_path / "v"))
-    settings = dict(spark.conf.getAll)
+    settings = all_settings(spark)
     table = write_predictions(model, vectors, "t_vectors", features_col="features")
-    assert dict(spark.conf.getAll) == settings
+    assert all_settings(spark) == settings
     by_id = {r["id"]: r for r in table.collect()}
     for row in test.collect():
         np.testing.assert_array_equal(np.float32(by_id[row["id"]]["image"]), np.float32(row["image"]))
