@@ -195,3 +195,58 @@ def test_the_cli_trains_writes_tables_and_predicts_on_connect(connect, connect_u
     assert predict.returncode == 0, predict.stderr[-3000:]
     again = connect.table("c_predict").select(F.avg((F.col("label") == F.col("prediction")).cast("double"))).first()[0]
     assert again == pytest.approx(metrics["test_accuracy"], abs=1e-12)
+
+
+# --- image files and MLflow, on Connect alone (the thin client's journeys) ---------------------
+
+def test_image_files_train_and_predict_on_connect(connect, shared_data, tmp_path):
+    """PNG files of Fashion-MNIST test images in class folders, read, decoded and trained on through
+    the Connect session only: pixels equal the IDX bytes, and the model learns."""
+    from PIL import Image
+
+    from dfnet.images import read_image_folder
+
+    images, labels = load_arrays("fashion-mnist", "test", shared_data)
+    folder, source = tmp_path / "clothes", {}
+    for cls in range(4):
+        (folder / f"class{cls}").mkdir(parents=True)
+        for i in np.nonzero(labels == cls)[0][:60]:
+            path = folder / f"class{cls}" / f"{i}.png"
+            Image.fromarray(images[i]).save(path)
+            source[path.name] = (images[i], cls)
+    found = read_image_folder(connect, str(folder), test_fraction=0.25, seed=3)
+    try:
+        assert found.class_names == [f"class{c}" for c in range(4)] and found.image_shape == (28, 28, 1)
+        rows = found.train.select("path", "image", "label").collect() + \
+            found.test.select("path", "image", "label").collect()
+        assert len(rows) == 240
+        for row in rows:
+            pixels, cls = source[row["path"].rsplit("/", 1)[-1]]
+            assert row["label"] == cls
+            np.testing.assert_array_equal(np.array(row["image"], np.float32),
+                                          (pixels.reshape(-1) / np.float32(255)).astype(np.float32))
+        model = fit(found.train, TrainConfig(epochs=15, seed=1), verbose=False)
+        assert model.evaluate(found.test).accuracy > 0.6  # four classes: chance is 0.25
+    finally:
+        found.unpersist()
+
+
+def test_mlflow_logs_a_fit_on_connect_and_its_model_predicts_the_same(connect, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    mlflow = pytest.importorskip("mlflow")
+    from dfnet.tracking import MLflowLogger
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    try:
+        logger = MLflowLogger(experiment="dfnet-connect")
+        model = fit(digits(connect), TrainConfig(epochs=3, hidden=(32,)), callbacks=[logger], verbose=False)
+        run = mlflow.get_run(logger.run_id)
+        assert run.info.status == "FINISHED" and run.data.params["hidden"] == "32"
+        assert run.data.metrics["loss"] == pytest.approx(model.history[-1]["loss"])
+        expected = model.predict(digits(connect, "test")).orderBy("id").select("image", "prediction").toPandas()
+        got = mlflow.pyfunc.load_model(logger.model_uri).predict(expected[["image"]])
+        assert list(got["prediction"]) == list(expected["prediction"])
+    finally:
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        mlflow.set_tracking_uri("")

@@ -416,7 +416,7 @@ READER = textwrap.dedent("""
 
 
 @pytest.mark.journey
-def test_tables_outlive_the_process_that_wrote_them(tmp_path):
+def test_tables_outlive_the_process_that_wrote_them(tmp_path, classic_spark_here):
     """One process trains and writes the tables, and exits; a second one finds them by name."""
     warehouse, run = tmp_path / "warehouse", tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
