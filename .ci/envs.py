@@ -124,7 +124,8 @@ def journeys(env: Environment) -> int:
     environ = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "SPARK_REMOTE", "PYSPARK_PYTHON")}
     environ.update(extra, PATH=f"{env.bin}{os.pathsep}{environ.get('PATH', '')}")
     print(f"journeys, {env.name} ({env.what}):", flush=True)
-    return subprocess.run([env.bin / "python", "-m", "pytest", "-q", "-m", "journey", "-p", "no:cacheprovider"],
+    return subprocess.run([env.bin / "python", "-m", "pytest", "-q", "-m", "journey", "-p", "no:cacheprovider",
+                           "--durations=10"],
                           cwd=ROOT, env=environ).returncode
 
 
