@@ -48,13 +48,13 @@ def warehouse_conf(warehouse: str | os.PathLike) -> dict[str, str]:
             "spark.driver.extraJavaOptions": f"-Dderby.system.home={root}"}
 
 
-def local_python_conf(master: str) -> dict[str, str]:
-    """On a local master, Python workers run this interpreter (else pyspark starts ``python3`` from
-    ``PATH``, which need not have pyarrow or dfnet: ``.venv/bin/dfnet train`` without an activated
-    environment). ``PYSPARK_PYTHON``, when set, is the user's choice and stays."""
+def use_this_python_on_local_workers(master: str) -> None:
+    """On a local master, Python workers run this interpreter: pyspark starts ``PYSPARK_PYTHON``,
+    else ``python3`` from ``PATH``, which need not have pyarrow or dfnet (``.venv/bin/dfnet train``
+    without an activated environment). A ``PYSPARK_PYTHON`` the user set stays. pyspark reads the
+    variable when the SparkContext starts (``spark.pyspark.python`` only reaches spark-submit)."""
     if master.startswith("local") and not os.environ.get("PYSPARK_PYTHON"):
-        return {"spark.pyspark.python": sys.executable}
-    return {}
+        os.environ["PYSPARK_PYTHON"] = sys.executable
 
 
 #: What a JVM prints on its way up that says nothing to a dfnet user: the log4j profile and
@@ -142,8 +142,8 @@ def get_or_create_spark(master: str | None = None, app_name: str = "dfnet",
             return SparkSession.builder.remote(remote).appName(app_name).getOrCreate()
     master = master or "local[*]"
     builder = SparkSession.builder.appName(app_name).master(master)
-    settings = {**DEFAULT_CONF, **local_python_conf(master),
-                **(warehouse_conf(warehouse) if warehouse is not None else {}), **(conf or {})}
+    settings = {**DEFAULT_CONF, **(warehouse_conf(warehouse) if warehouse is not None else {}), **(conf or {})}
+    use_this_python_on_local_workers(master)
     for key, value in settings.items():
         builder = builder.config(key, value)
     with quiet_jvm_startup(enabled=not verbose):

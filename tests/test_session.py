@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -49,3 +50,19 @@ def test_training_works_again_after_the_session_is_restarted():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
     assert "Failed to update accumulator" not in proc.stderr
+
+
+def test_local_workers_run_this_interpreter_even_off_path(tmp_path):
+    """``.venv/bin/dfnet`` without an activated environment: PATH's ``python3`` has no dfnet, yet the
+    Python workers of a local session dfnet starts run the same interpreter as the driver."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from dfnet.session import get_or_create_spark; s = get_or_create_spark('local[1]'); "
+            "print(s.sparkContext.parallelize([1]).map(lambda _: __import__('sys').executable).first())")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "VIRTUAL_ENV", "SPARK_REMOTE")}
+    env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == sys.executable
