@@ -19,6 +19,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from .checkpoint import DEFAULT_KEEP, Checkpoint, CheckpointStore, check_compatible
+from .compat import check_supported
 from .config import TrainConfig
 from .engine import make_engine, refuse_connect
 from .engine.data import TrainingData, validate_frame
@@ -356,6 +357,7 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
     if config.early_stopping is not None and not config.validation_split and validation_df is None:
         raise ConfigError(f"early_stopping={config.early_stopping} watches the validation loss: give "
                           f"validation_split (--validation-split F) or validation_df")
+    check_supported(df.sparkSession)
     if config.engine != "dataframe":  # before the validation job, not when the engine first needs an RDD
         refuse_connect(df.sparkSession, config.engine)
     decoded: list = []  # images fit decoded and cached: released when fit returns or raises

@@ -124,3 +124,14 @@ def test_without_pyspark_the_import_error_says_what_to_install():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0
     assert "pip install 'dfnet[spark]'" in result.stderr and "pyspark-client" in result.stderr
+
+
+def test_a_spark_older_than_3_5_is_refused_naming_the_versions(spark, monkeypatch):
+    from dfnet.config import TrainConfig
+    from dfnet.datasets import load_dataframe
+    from dfnet.errors import ConfigError
+    from dfnet.train import fit
+
+    monkeypatch.setattr(compat, "spark_version", lambda session: (3, 4))
+    with pytest.raises(ConfigError, match=r"dfnet needs Spark 3\.5 or later; this session runs Spark \d"):
+        fit(load_dataframe(spark, "digits", "test"), TrainConfig(epochs=1))
