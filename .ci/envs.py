@@ -54,7 +54,7 @@ class Environment:
 ENVIRONMENTS = {e.name: e for e in [
     Environment("databricks-15.4", "3.11", "Databricks 15.4 LTS: Spark 3.5.0, classic", "test"),
     Environment("databricks-17.3", "3.12", "Databricks 17.3 LTS: Spark 4.0.0, classic and Connect", "test"),
-    Environment("connect-server-4.1", "3.10", "a Spark 4.1 Connect server for the thin client", "spark"),
+    Environment("connect-server-4.1", "3.10", "a Spark 4.1 Connect server for the thin client", "spark,images"),
     Environment("thin-client", "3.10", "pyspark-client 4.1 alone (no JVM) against a Spark 4.1 Connect server",
                 "images,mlflow,notebook", server="connect-server-4.1"),
 ]}
