@@ -527,16 +527,17 @@ def _check_tables(spark, args: argparse.Namespace) -> tuple[dict[str, str], bool
     from .tables import check_table_name
 
     wanted = _wanted_tables(args)
-    for name, _, _ in wanted.values():
+    tables = {kind: name for kind, (name, _, _) in wanted.items()}
+    for name in tables.values():
         check_table_name(name)
     metastore = embedded_metastore(spark) if wanted else None
     holder = catalog_holder(metastore) if metastore is not None else None
     if holder is not None:
         print(f"dfnet: the Spark catalog in {metastore.folder} is open in {describe_process(holder)}; "
               f"this run checks and writes its tables once it is free, after training", file=sys.stderr, flush=True)
-        return {kind: spec[0] for kind, spec in wanted.items()}, True
+        return tables, True
     _check_wanted(spark, wanted)
-    return {kind: spec[0] for kind, spec in wanted.items()}, False
+    return tables, False
 
 
 def _check_wanted(spark, wanted: dict[str, tuple]) -> None:

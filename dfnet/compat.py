@@ -12,7 +12,10 @@ Arrow table -> DataFrame          4.0 (client)  pandas -> ``createDataFrame`` wi
 DataFrame -> Arrow table          4.0 (client)  classic: ``_collect_as_arrow`` (what 3.5's
                                                 ``toPandas`` uses); Connect: ``toPandas``
 scalar UDF on Arrow arrays        4.1           a pandas UDF that hands the function Arrow
-``try_url_decode``                4.0           a UDF with Python's ``urllib.parse.unquote``
+``try_url_decode``                4.0           a UDF with Python's ``unquote_plus``, as Java's
+                                                ``URLDecoder`` decodes
+``array_position`` of a column    4.0           ``create_map`` of the literals (:func:`index_of`)
+pyspark.ml metadata helpers       4.0 (session) the SparkContext (:func:`ml_context`)
 ``pa.concat_batches``             pyarrow 19    ``Table.from_batches(...).combine_chunks()``
 ================================  ============  ===========================================
 
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import os
 import re
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -112,26 +114,12 @@ def to_arrow(df: DataFrame) -> pa.Table:
 _ARROW_CONF = "spark.sql.execution.arrow.pyspark.enabled"
 
 
-@contextmanager
 def _arrow_transfer(spark: SparkSession):
     """Arrow transfer between pandas and Spark on for the block (Spark 3.5's default is off, and
     without it ``createDataFrame``/``toPandas`` convert row by row); the user's setting is put back."""
-    try:
-        before = spark.conf.get(_ARROW_CONF, None)
-    except Exception:  # a Connect server that does not let clients read it: Connect always uses Arrow
-        yield
-        return
-    if before == "true":
-        yield
-        return
-    spark.conf.set(_ARROW_CONF, "true")
-    try:
-        yield
-    finally:
-        if before is None:
-            spark.conf.unset(_ARROW_CONF)
-        else:
-            spark.conf.set(_ARROW_CONF, before)
+    from .session import session_setting
+
+    return session_setting(spark, _ARROW_CONF, "true")
 
 
 def concat_batches(batches: Sequence[pa.RecordBatch]) -> pa.RecordBatch:

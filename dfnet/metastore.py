@@ -143,8 +143,8 @@ def _probe(path: Path, kind: str) -> int | None:
 
 def _take_turn(metastore: EmbeddedMetastore) -> int | None:
     """dfnet's turn at ``metastore`` for the life of this process (as the JVM keeps the database
-    open for its life), as an open descriptor holding an exclusive ``flock``; None if another
-    process has the turn."""
+    open for its life), as an open descriptor holding an exclusive ``flock``; -1 if this process
+    took it already (for an earlier session); None if another process has the turn."""
     import fcntl
 
     fd = os.open(_turn_file(metastore), os.O_RDWR | os.O_CREAT, 0o666)
@@ -153,7 +153,7 @@ def _take_turn(metastore: EmbeddedMetastore) -> int | None:
         return fd
     except OSError:
         os.close(fd)
-        return None
+        return -1 if _lock_owner(_turn_file(metastore), "FLOCK") is None else None
 
 
 def describe_process(pid: int) -> str:
@@ -205,19 +205,18 @@ def wait_for_metastore(metastore: EmbeddedMetastore, timeout: float | None = Non
     while True:
         if turn is None:
             turn = _take_turn(metastore)
-            if turn is None and _lock_owner(_turn_file(metastore), "FLOCK") is None:
-                turn = -1  # this process took the turn already (for an earlier session)
         holder = catalog_holder(metastore) if turn is None else _lock_owner(metastore.lock_file, "POSIX", metastore)
         if turn is not None and holder is None:
             return  # the turn's descriptor stays open: other dfnet processes wait for this one
+        shown = -1 if holder is None else holder  # the turn is taken, by a process /proc does not name
         if time.monotonic() >= deadline:
             if turn is not None and turn >= 0:
                 os.close(turn)
-            raise CatalogBusyError(busy_message(metastore, holder if holder is not None else -1, timeout))
+            raise CatalogBusyError(busy_message(metastore, shown, timeout))
         if not told:
-            say(f"dfnet: waiting for the Spark catalog in {metastore.folder}, open in "
-                f"{describe_process(holder if holder is not None else -1)}: its embedded Derby metastore admits "
-                f"one process at a time (up to {timeout:.0f} s, DFNET_CATALOG_TIMEOUT)")
+            say(f"dfnet: waiting for the Spark catalog in {metastore.folder}, open in {describe_process(shown)}: "
+                f"its embedded Derby metastore admits one process at a time (up to {timeout:.0f} s, "
+                f"DFNET_CATALOG_TIMEOUT)")
             told = True
         time.sleep(POLL_S)
 

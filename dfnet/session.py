@@ -155,6 +155,29 @@ def get_or_create_spark(master: str | None = None, app_name: str = "dfnet",
     return session
 
 
+@contextmanager
+def session_setting(spark, key: str, value: str):
+    """``key`` = ``value`` in ``spark``'s session for the block, then as it was (unset again if it
+    was unset). The setting is the session's: a query run meanwhile from elsewhere sees it too. A
+    setting the session does not let this client read (a Connect server may refuse) is left alone."""
+    conf = spark.conf
+    try:
+        before = conf.get(key, None)
+    except Exception:
+        before = value
+    if before == value:
+        yield
+        return
+    conf.set(key, value)
+    try:
+        yield
+    finally:
+        if before is None:
+            conf.unset(key)
+        else:
+            conf.set(key, before)
+
+
 def is_connect(spark) -> bool:
     """Whether ``spark`` (a SparkSession) is a Spark Connect client session."""
     return type(spark).__module__.startswith("pyspark.sql.connect")

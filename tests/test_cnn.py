@@ -9,7 +9,7 @@ each training step selected.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -25,24 +25,15 @@ from dfnet.errors import ConfigError
 from dfnet.model import TrainedModel
 from dfnet.nn import build_cnn, patches_of_image
 from dfnet.optim import make_optimizer
+from dfnet.session import session_setting
 from dfnet.train import SCHEDULES, build_network, fit
 
 BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
 
 
-@contextmanager
 def arrow_batch_records(spark, records: int | None):
     """Arrow batches of ``records`` rows inside the block (None: the session's setting)."""
-    before = spark.conf.get(BATCH_CONF, None)
-    if records is not None:
-        spark.conf.set(BATCH_CONF, str(records))
-    try:
-        yield
-    finally:
-        if before is None:
-            spark.conf.unset(BATCH_CONF)
-        else:
-            spark.conf.set(BATCH_CONF, before)
+    return nullcontext() if records is None else session_setting(spark, BATCH_CONF, str(records))
 
 
 @pytest.fixture(scope="module")

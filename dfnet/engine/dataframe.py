@@ -49,7 +49,6 @@ a step), the aggregation hands it one. So ``groupBy().agg`` is the default and
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -63,7 +62,7 @@ from pyspark.sql import types as T
 from ..compat import to_arrow
 from ..nn.layers import DropoutNoise
 from ..nn.network import LossAndGrad, Sequential
-from ..session import ship_weights
+from ..session import session_setting, ship_weights
 from .data import ImageRows, TrainingData, as_pixels, encode_training_data
 from .faults import inject_task_fault
 from .patches import PatchRows, explode_patches
@@ -281,7 +280,6 @@ class LocalPlan:
 AQE_CONF = "spark.sql.adaptive.enabled"
 
 
-@contextmanager
 def adaptive_execution_off(spark):
     """Run a step's query without adaptive query execution, then restore the session's setting.
 
@@ -292,19 +290,7 @@ def adaptive_execution_off(spark):
     setting is the session's, so a query the user runs concurrently in the same
     session during a step also runs without AQE.
     """
-    conf = spark.conf
-    before = conf.get(AQE_CONF, None)
-    if before == "false":
-        yield
-        return
-    conf.set(AQE_CONF, "false")
-    try:
-        yield
-    finally:
-        if before is None:
-            conf.unset(AQE_CONF)
-        else:
-            conf.set(AQE_CONF, before)
+    return session_setting(spark, AQE_CONF, "false")
 
 
 def sum_on_driver(table: pa.Table) -> np.ndarray | None:
