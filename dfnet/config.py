@@ -1,8 +1,11 @@
 """One typed configuration object for a training run, shared by the CLI and the API.
 
-Allowed values live in one table (:data:`CONSTRAINTS`) and are checked once by
-:meth:`TrainConfig.validate`, whose errors name the parameter and the bad value;
-the few rules that tie two fields together follow the table in ``validate``.
+Each field declares its default, type and doc once (the Spark ML Params of
+:mod:`dfnet.ml` are generated from them). Allowed values live in one table
+(:data:`CONSTRAINTS`), each rule with a ``rule`` text for docs, and are checked
+once by :meth:`TrainConfig.validate`, whose errors name the parameter and the
+bad value; the few rules that tie two fields together follow the table in
+``validate``.
 
 ``model="cnn"`` adds convolution blocks in front of the ``hidden`` dense
 layers: per entry of ``kernels`` one Conv2D (``kernel_size``, ``padding``)
@@ -21,7 +24,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .nn.conv import PADDINGS
-from .nn.layers import INITIALIZERS
+from .nn.layers import ACTIVATIONS, INITIALIZERS
 from .nn.losses import LOSSES
 
 SCHEDULES = ("auto", "classic", "minibatch", "average")
@@ -29,12 +32,18 @@ ENGINES = ("dataframe", "rdd", "rdd-batched")
 LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 MODELS = ("mlp", "cnn")
-ACTIVATIONS = ("sigmoid", "relu", "tanh")
+#: The activations a hidden layer may have: the registry's, but softmax (an output layer).
+HIDDEN_ACTIVATIONS = tuple(name for name in ACTIVATIONS if name != "softmax")
 PATCHES = ("inline", "explode")
 PATCH_ROWS = ("image-row", "position")
 AGGREGATES = ("auto", "agg", "collect")
 #: Learning rate used when none is given, per optimizer.
 DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "adam": 0.003}
+
+
+def _field(default: Any, doc: str) -> Any:
+    """A TrainConfig field: its default and what it means (``field_help``, the Spark ML Params' docs)."""
+    return dataclasses.field(default=default, metadata={"doc": doc})
 
 
 @dataclass
@@ -51,44 +60,57 @@ class TrainConfig:
     full-batch update per epoch.
     """
 
-    model: str = "mlp"
-    engine: str = "dataframe"  # rdd / rdd-batched: the RDD baselines
-    hidden: tuple[int, ...] = (128,)  # dense hidden sizes (after the convolutions of a cnn)
-    activation: str = "relu"
-    # --- model="cnn" only
-    kernels: tuple[int, ...] | None = None  # filters of each convolution block; None: auto_kernels
-    kernel_size: int = 3  # square kernels, stride 1
-    pool: int | None = 2  # max-pooling window after each convolution (None: no pooling)
-    conv_activation: str | None = None  # None -> activation
-    padding: str = "valid"
-    image_shape: tuple[int, int, int] | None = None  # (H, W, C); None -> square, one channel
-    patches: str = "inline"  # explode: cached patch rows (dataframe engine only)
-    patch_rows: str = "image-row"  # explode: one cached row per output row of an image, or per position
-    loss: str = "cross-entropy"
-    init: str = "auto"  # he for relu, xavier otherwise
-    optimizer: str = "adam"
-    lr: float | None = None  # None -> DEFAULT_LR[optimizer]
-    lr_schedule: str = "cosine"  # cosine: lr * (1 + cos(pi * (epoch - 1) / epochs)) / 2 in each epoch
-    momentum: float = 0.9
-    beta1: float = 0.9
-    beta2: float = 0.999
-    epochs: int = 30
-    schedule: str = "auto"  # auto: model averaging planned from the data and the cluster; minibatch: exact SGD
-    sample: float = 1.0  # fraction of the rows used per epoch (sampled without replacement)
-    batch_size: int | None = None  # rows per step (minibatch) or local step (average, auto); None: auto_batch_size
-    local_steps: int | None = None  # average: local steps per partition between averages (None: an epoch)
-    partitions: int | None = None  # None keeps the DataFrame's partitioning
-    # dataframe engine: groupBy().agg, "collect" (Arrow collect, summed on the driver), or "auto":
-    # collect while the driver would hold at most COLLECT_LIMIT values a step, else agg
-    aggregate: str = "auto"
-    seed: int = 0
-    dtype: str = "float32"
-    # --- validation, early stopping, regularization
-    validation_split: float = 0.0  # fraction of the training rows held out (seeded hash of the row key)
-    early_stopping: int | None = None  # patience: stop after this many epochs without a better validation loss
-    min_delta: float = 0.0  # an improvement is a validation loss lower than the best by more than this
-    weight_decay: float = 0.0  # AdamW-style decoupled for adam, L2 for sgd/momentum; biases excluded
-    dropout: float = 0.0  # inverted dropout after each hidden activation (dense and convolutional)
+    # Each field's doc says what it is; CONSTRAINTS below says which values it takes. Both feed the
+    # docs of the Spark ML Params (dfnet.ml) and field_help.
+    model: str = _field("mlp", "the network: a dense MLP, or a cnn (convolution blocks in front of the dense layers)")
+    engine: str = _field("dataframe", "how a step is computed: dataframe, or the RDD baselines rdd and rdd-batched")
+    hidden: tuple[int, ...] = _field((128,), "sizes of the dense hidden layers (after the convolutions of a cnn)")
+    activation: str = _field("relu", "activation after each hidden layer")
+    kernels: tuple[int, ...] | None = _field(
+        None, "cnn: filters of each convolution block (None: auto_kernels of the image size)")
+    kernel_size: int = _field(3, "cnn: side of the square kernels (stride 1)")
+    pool: int | None = _field(2, "cnn: max-pooling window after each convolution (None: no pooling)")
+    conv_activation: str | None = _field(None, "cnn: activation after each convolution (None: the hidden activation)")
+    padding: str = _field("valid", "cnn: padding of the convolutions")
+    image_shape: tuple[int, int, int] | None = _field(None, "cnn: the images' (H, W, C) (None: square, one channel)")
+    patches: str = _field("inline", "cnn: where the first convolution's patches are cut: inside each step's numpy "
+                                    "pass, or explode them once into cached patch rows (dataframe engine only)")
+    patch_rows: str = _field("image-row", "cnn, patches explode: one cached row per output row of an image, "
+                                          "or per position")
+    loss: str = _field("cross-entropy", "cross-entropy (softmax output) or mse (sigmoid output, one-hot targets)")
+    init: str = _field("auto", "weight initialisation (auto: he for relu, xavier otherwise)")
+    optimizer: str = _field("adam", "the optimizer")
+    lr: float | None = _field(None, "learning rate (None: the optimizer's own, DEFAULT_LR)")
+    lr_schedule: str = _field("cosine", "learning rate over the epochs: constant, or cosine decay "
+                                        "(lr * (1 + cos(pi * (epoch - 1) / epochs)) / 2 in each epoch)")
+    momentum: float = _field(0.9, "momentum of the momentum optimizer")
+    beta1: float = _field(0.9, "adam: decay rate of the gradient's running mean")
+    beta2: float = _field(0.999, "adam: decay rate of the squared gradient's running mean")
+    epochs: int = _field(30, "passes over the training rows")
+    schedule: str = _field("auto", "how steps are planned: auto (model averaging planned from the data and the "
+                                   "cluster), minibatch (exact SGD, one Spark job a batch), classic (one "
+                                   "full-batch step an epoch) or average (partitions train locally, the driver "
+                                   "averages their models)")
+    sample: float = _field(1.0, "fraction of the rows used per epoch (sampled without replacement)")
+    batch_size: int | None = _field(None, "rows per step (minibatch) or per local step (average, auto) "
+                                          "(None: auto_batch_size)")
+    local_steps: int | None = _field(None, "average: local steps per partition between averages (None: an epoch)")
+    partitions: int | None = _field(None, "partitions of the cached training rows (None: the DataFrame's own)")
+    aggregate: str = _field("auto", "dataframe engine: a step's sums by groupBy().agg, by collect (Arrow collect, "
+                                    "summed on the driver), or auto (collect while the driver would hold at most "
+                                    "COLLECT_LIMIT values a step, else agg)")
+    seed: int = _field(0, "seed of the initial weights, the epochs' samples and batches, dropout and the "
+                          "validation split")
+    dtype: str = _field("float32", "the network's arithmetic")
+    validation_split: float = _field(0.0, "fraction of the training rows held out for validation (by a seeded "
+                                          "hash of the row key)")
+    early_stopping: int | None = _field(None, "patience: stop after this many epochs without a lower validation "
+                                              "loss, keeping the best epoch's weights (None: no early stopping)")
+    min_delta: float = _field(0.0, "early stopping: how much lower than the best a validation loss must be to count")
+    weight_decay: float = _field(0.0, "decay of the weights, not the biases: decoupled (AdamW) for adam, L2 for "
+                                      "sgd and momentum")
+    dropout: float = _field(0.0, "inverted dropout rate after each hidden activation (dense and convolutional); "
+                                 "off when predicting")
 
     def validate(self) -> "TrainConfig":
         """Check every field against :data:`CONSTRAINTS`; return self."""
@@ -210,8 +232,18 @@ def auto_kernels(image_shape: tuple[int, ...]) -> tuple[int, ...]:
     return AUTO_KERNELS_LARGE if min(image_shape[:2]) >= AUTO_TWO_BLOCKS_SIDE else AUTO_KERNELS_SMALL
 
 
-def _one_of(options):
-    return lambda v: None if v in options else f"must be one of {list(options)}"
+# Each check returns None or what is wrong with a value; its ``rule`` says what it allows.
+def _rule(rule: str):
+    def attach(check):
+        check.rule = rule
+        return check
+    return attach
+
+
+def _one_of(options, *, optional=False):
+    def check(v):
+        return None if v in options or (optional and v is None) else f"must be one of {list(options)}"
+    return _rule("one of " + ", ".join(map(repr, options)) + (", or None" if optional else ""))(check)
 
 
 def _number(lo=None, hi=None, *, integer=False, lo_open=False, hi_open=False, optional=False):
@@ -227,15 +259,22 @@ def _number(lo=None, hi=None, *, integer=False, lo_open=False, hi_open=False, op
         if hi is not None and (v >= hi if hi_open else v > hi):
             return f"must be {'<' if hi_open else '<='} {hi}"
         return None
-    return check
+    if hi is None:
+        bounds = f" {'>' if lo_open else '>='} {lo}" if lo is not None else ""
+    else:
+        bounds = f" in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    kind = "an integer" if integer else "a number"
+    return _rule(kind + bounds + (", or None" if optional else ""))(check)
 
 
+@_rule("a list of positive layer sizes")
 def _hidden(v):
     if not isinstance(v, (tuple, list)) or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in v):
         return "must be a list of positive layer sizes, e.g. (64,) or (128, 64)"
     return None
 
 
+@_rule("a non-empty list of positive filter counts, or None")
 def _kernels(v):
     if v is None:
         return None
@@ -244,6 +283,7 @@ def _kernels(v):
     return None
 
 
+@_rule("three positive integers (H, W, C), or None")
 def _image_shape(v):
     if v is None:
         return None
@@ -256,11 +296,11 @@ CONSTRAINTS = {
     "model": _one_of(MODELS),
     "engine": _one_of(ENGINES),
     "hidden": _hidden,
-    "activation": _one_of(ACTIVATIONS),
+    "activation": _one_of(HIDDEN_ACTIVATIONS),
     "kernels": _kernels,
     "kernel_size": _number(1, integer=True),
     "pool": _number(1, integer=True, optional=True),
-    "conv_activation": lambda v: None if v is None else _one_of(ACTIVATIONS)(v),
+    "conv_activation": _one_of(HIDDEN_ACTIVATIONS, optional=True),
     "padding": _one_of(PADDINGS),
     "image_shape": _image_shape,
     "patches": _one_of(PATCHES),
@@ -288,6 +328,13 @@ CONSTRAINTS = {
     "weight_decay": _number(0),
     "dropout": _number(0, 1, hi_open=True),
 }
+
+
+def field_help(name: str) -> str:
+    """What TrainConfig's field ``name`` is and the values it takes, e.g. for ``epochs``:
+    ``passes over the training rows; an integer >= 1``."""
+    doc = next(f.metadata["doc"] for f in dataclasses.fields(TrainConfig) if f.name == name)
+    return f"{doc}; {CONSTRAINTS[name].rule}"
 
 #: Named configurations. ``classic`` is the 784-64-2 sigmoid network of the
 #: classic Spark write-up: MSE on one-hot targets, all-positive uniform*0.5
