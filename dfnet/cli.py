@@ -8,7 +8,9 @@ writes the run folder: ``model/`` (architecture + weights), ``history.json``,
 :func:`dfnet.report.run_figures`; left out with ``--no-report``). The folder is
 assembled under a temporary name and renamed into place at the end, so a
 failed run leaves nothing half-written and an existing folder is never
-overwritten without ``--overwrite``.
+overwritten without ``--overwrite``. The run itself is :class:`dfnet.run.TrainRun`
+(:func:`dfnet.train_run` from Python): this module reads the options and the
+data into DataFrames and hands them over.
 
 With ``--checkpoint-dir D`` a checkpoint is written to D (any path Spark can
 write) every ``--checkpoint-every`` epochs; ``--resume`` continues a killed run
@@ -33,10 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -301,38 +300,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
     return config, data
 
 
-def _prepare_output(output: str | None, dataset: str, overwrite: bool) -> Path:
-    target = Path(output) if output else Path("runs") / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
-        raise DFNetError(f"output folder {target} already exists and is not empty; "
-                         f"choose another --output or pass --overwrite")
-    return target
-
-
-def _publish(staging: Path, target: Path) -> None:
-    """Move the finished run folder into place, replacing ``target`` only now."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{time.time_ns()}")
-        target.rename(old)
-    staging.rename(target)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-
-
-def _check_checkpoint_options(args: argparse.Namespace, target: Path) -> None:
-    if args.resume and args.checkpoint_dir is None:
-        raise DFNetError("--resume needs --checkpoint-dir, the folder to resume from")
-    if args.checkpoint_every < 1:
-        raise DFNetError(f"--checkpoint-every={args.checkpoint_every}: must be >= 1")
-    if args.checkpoint_dir is not None and "://" not in args.checkpoint_dir and ":" not in args.checkpoint_dir[:6]:
-        # The run folder appears whole at the end of a run, so checkpoints written inside it
-        # during the run would make it exist (and be refused, or replaced) before it is done.
-        checkpoints, output = Path(args.checkpoint_dir).resolve(), target.resolve()
-        if checkpoints == output or output in checkpoints.parents:
-            raise DFNetError(f"--checkpoint-dir {args.checkpoint_dir} lies inside --output {target}, which is "
-                             f"written whole at the end of the run; choose a folder beside it")
+#: How refusals of dfnet.run name the run's options on the command line.
+FLAGS = {"output": "--output", "overwrite": "--overwrite", "checkpoint_dir": "--checkpoint-dir",
+         "checkpoint_every": "--checkpoint-every", "resume": "--resume"}
 
 
 def _check_image_options(args: argparse.Namespace) -> str | None:
@@ -395,20 +365,48 @@ def _describe_model(config: TrainConfig, image_shape: tuple[int, ...] | None) ->
 
 
 def train_command(args: argparse.Namespace) -> int:
-    from .datasets import check_classes, get_dataset, load_dataframe
+    """Parse -> the rows as DataFrames -> :class:`dfnet.run.TrainRun`, which prints as it goes."""
+    from .datasets import check_classes
+    from .run import RunTables, TrainRun, default_output, is_local_path
     from .session import get_or_create_spark
-    from .train import ProgressPrinter, fit
 
     config, data = config_from_args(args)
     folder = _check_image_options(args)
-    target = _prepare_output(args.output, Path(folder).name if folder else data["dataset"], args.overwrite)
-    _check_checkpoint_options(args, target)
-    if folder and "://" not in folder and ":" not in folder[:6]:
-        images, output = Path(folder).resolve(), target.resolve()
-        if images == output or output in images.parents or images in output.parents:
-            raise DFNetError(f"the run folder {target} and --image-folder {folder} overlap: a run folder is written "
-                             f"(or, with --overwrite, replaced) whole, so it must lie outside the images; "
-                             f"choose another --output")
+    output = args.output or default_output(Path(folder).name if folder else data["dataset"])
+    run = TrainRun(output, overwrite=args.overwrite, report=not args.no_report,
+                   tables=RunTables(args.predictions_table, args.history_table, args.metrics_table, args.mode),
+                   mlflow=_mlflow_logger(args, Path(output)), checkpoint_dir=args.checkpoint_dir,
+                   checkpoint_every=args.checkpoint_every, resume=args.resume,
+                   progress_bar=False if args.no_progress else None, option_names=FLAGS)
+    if folder and is_local_path(folder):
+        _check_apart(folder, run.folder)
+    classes = check_classes(data["dataset"], data["classes"]) if data["classes"] and not folder else None
+    print(_describe_run(args, config, folder, data["dataset"], classes), flush=True)
+    spark = get_or_create_spark(args.master, app_name="dfnet-train", warehouse=args.warehouse, conf=dict(args.conf),
+                                verbose=args.verbose, remote=args.remote)
+    run.check_tables(spark)
+    if folder:
+        config, inputs = _image_folder_inputs(spark, args, folder, config)
+        inputs["title"] = f"dfnet {config.model}: {folder} ({run.folder.name})"
+    else:
+        inputs = _dataset_inputs(spark, args.data_dir, data["dataset"], classes)
+    run.train(spark, config=config, key_cols=["id"], **inputs)
+    return 0
+
+
+def _check_apart(folder: str, target: Path) -> None:
+    images, output = Path(folder).resolve(), target.resolve()
+    if images == output or output in images.parents or images in output.parents:
+        raise DFNetError(f"the run folder {target} and --image-folder {folder} overlap: a run folder is written "
+                         f"(or, with --overwrite, replaced) whole, so it must lie outside the images; "
+                         f"choose another --output")
+
+
+def _describe_run(args: argparse.Namespace, config: TrainConfig, folder: str | None, dataset: str,
+                  classes: list[int] | None) -> str:
+    """The line that says what this run trains, on what, and how."""
+    from .datasets import get_dataset
+
     extras = [f"{name} {value}" for name, value in (("validation split", config.validation_split),
                                                      ("early stopping", config.early_stopping),
                                                      ("weight decay", config.weight_decay),
@@ -417,158 +415,56 @@ def train_command(args: argparse.Namespace) -> int:
         source = f"image folder {folder}"
         shape = None if args.image_size is None else (*args.image_size, args.channels or 1)
     else:
-        spec = get_dataset(data["dataset"])
-        classes = check_classes(data["dataset"], data["classes"]) if data["classes"] else None
-        class_names = [spec.class_names[c] for c in classes] if classes else list(spec.class_names)
-        source, shape = f"{data['dataset']} classes {list(classes) if classes else 'all'}", spec.image_shape
-    print(f"dfnet: {source} | {_describe_model(config, shape)} | "
-          f"{config.optimizer} lr {config.learning_rate} {config.lr_schedule} | {config.schedule} x {config.epochs} "
-          f"epochs" + "".join(f" | {e}" for e in extras), flush=True)
-
-    tracker = _mlflow_logger(args, target)
-    spark = get_or_create_spark(args.master, app_name="dfnet-train", warehouse=args.warehouse, conf=dict(args.conf),
-                                verbose=args.verbose, remote=args.remote)
-    tables, tables_deferred = _check_tables(spark, args)
-    images = None
-    if folder:
-        from .images import read_image_folder
-
-        images = read_image_folder(spark, folder, image_size=args.image_size, channels=args.channels,
-                                   test_fraction=args.test_fraction, seed=config.seed,
-                                   skip_bad_images=args.skip_bad_images)
-        train_df, test_df, class_names, classes = images.train, images.test, images.class_names, None
-        config = config.replace(image_shape=tuple(images.image_shape))
-        print(_describe_images(images), flush=True)
-        empty = [split for split, rows in (("training", images.train_rows), ("test", images.test_rows)) if not rows]
-        if empty:
-            raise DFNetError(f"--image-folder {folder}: the {' and '.join(empty)} split holds no images; add "
-                             f"images, or change --test-fraction {args.test_fraction}")
-    else:
-        train_df = load_dataframe(spark, data["dataset"], "train", data_dir=args.data_dir, classes=classes)
-        test_df = load_dataframe(spark, data["dataset"], "test", data_dir=args.data_dir, classes=classes)
-    printer = ProgressPrinter(bar=False if args.no_progress else None)
-    start = time.perf_counter()
-    model = fit(train_df, config, num_classes=len(class_names), callbacks=[printer, *tracker], verbose=False,
-                key_cols=["id"], checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
-                resume=args.resume, class_names=class_names)
-    train_seconds = time.perf_counter() - start
-    evaluation = model.evaluate(test_df)
-    print(evaluation.report(), flush=True)
-
-    metrics = {**evaluation.as_dict(), "dataset": "image-folder" if folder else data["dataset"],
-               **(_image_metrics(images, folder) if images else {}), "classes": list(classes) if classes else None,
-               "class_names": class_names, "train_seconds": train_seconds,
-               "final_train_accuracy": model.history[-1]["accuracy"], "config": config.to_dict(),
-               "schedule_plan": model.schedule_plan,
-               **({"early_stopping": model.early_stopping, "best_epoch": model.early_stopping["best_epoch"],
-                   "stopped_epoch": model.early_stopping["stopped_epoch"]} if model.early_stopping else {}),
-               **({"mlflow": {"run_id": tracker[0].run_id, "model_uri": tracker[0].model_uri,
-                              "tracking_uri": tracker[0].tracking_uri}} if tracker else {})}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; a run folder is meant to be shared
-    try:
-        model.save(staging / "model")
-        (staging / "history.json").write_text(json.dumps(model.history, indent=2))
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        if not args.no_report:
-            model.report(test_df, staging / "report.html", evaluation=evaluation,
-                         title=f"dfnet {config.model}: {folder or data['dataset']} ({target.name})")
-        _publish(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    saved = "model, history.json and metrics.json" if args.no_report else \
-        "model, history.json, metrics.json and report.html"
-    print(f"Saved {saved} to {target}")
-    if tracker:
-        logger = tracker[0]
-        logger.log_evaluation(evaluation)
-        logger.log_artifacts(*(target / name for name in ("history.json", "metrics.json", "report.html")
-                               if (target / name).is_file()))
-        print(f"MLflow: run {logger.run_id} ({logger.tracking_uri}), model {logger.model_uri}", flush=True)
-    _write_tables(spark, tables, tables_deferred, args, model, evaluation, test_df, target)
-    return 0
+        source, shape = f"{dataset} classes {list(classes) if classes else 'all'}", get_dataset(dataset).image_shape
+    return (f"dfnet: {source} | {_describe_model(config, shape)} | "
+            f"{config.optimizer} lr {config.learning_rate} {config.lr_schedule} | {config.schedule} x {config.epochs} "
+            f"epochs" + "".join(f" | {e}" for e in extras))
 
 
-def _mlflow_logger(args: argparse.Namespace, target: Path) -> list:
-    """``[MLflowLogger]`` for ``--mlflow`` (MLflow's own INFO lines kept off the console unless
-    ``--verbose``), else ``[]``; fails before training when MLflow is not installed."""
+def _dataset_inputs(spark, data_dir: str | None, dataset: str, classes: list[int] | None) -> dict:
+    """A data set's splits, class names and name, as TrainRun.train takes them."""
+    from .datasets import get_dataset, load_dataframe
+
+    names = get_dataset(dataset).class_names
+    return {"train_df": load_dataframe(spark, dataset, "train", data_dir=data_dir, classes=classes),
+            "test_df": load_dataframe(spark, dataset, "test", data_dir=data_dir, classes=classes),
+            "class_names": [names[c] for c in classes] if classes else list(names),
+            "dataset": dataset, "classes": classes}
+
+
+def _image_folder_inputs(spark, args: argparse.Namespace, folder: str,
+                         config: TrainConfig) -> tuple[TrainConfig, dict]:
+    """An image folder's splits (described on the console) as TrainRun.train takes them, with the config
+    given their image shape."""
+    from .images import read_image_folder
+
+    images = read_image_folder(spark, folder, image_size=args.image_size, channels=args.channels,
+                               test_fraction=args.test_fraction, seed=config.seed,
+                               skip_bad_images=args.skip_bad_images)
+    config = config.replace(image_shape=tuple(images.image_shape))
+    print(_describe_images(images), flush=True)
+    empty = [split for split, rows in (("training", images.train_rows), ("test", images.test_rows)) if not rows]
+    if empty:
+        raise DFNetError(f"--image-folder {folder}: the {' and '.join(empty)} split holds no images; add "
+                         f"images, or change --test-fraction {args.test_fraction}")
+    return config, {"train_df": images.train, "test_df": images.test, "class_names": images.class_names,
+                    "dataset": "image-folder", "metrics": _image_metrics(images, folder)}
+
+
+def _mlflow_logger(args: argparse.Namespace, target: Path):
+    """An :class:`~dfnet.tracking.MLflowLogger` for ``--mlflow`` (MLflow's own INFO lines kept off the
+    console unless ``--verbose``), else None; fails before training when MLflow is not installed."""
     if not args.mlflow:
         if args.mlflow_experiment:
             raise DFNetError("--mlflow-experiment names where --mlflow logs; pass --mlflow too")
-        return []
+        return None
     import logging
 
     from .tracking import MLflowLogger
 
     if not args.verbose:
         logging.getLogger("mlflow").setLevel(logging.WARNING)
-    return [MLflowLogger(experiment=args.mlflow_experiment, run_name=target.name)]
-
-
-def _wanted_tables(args: argparse.Namespace) -> dict[str, tuple]:
-    from .tables import CLASS_METRICS_SCHEMA, HISTORY_SCHEMA, PREDICTIONS_SCHEMA
-
-    wanted = {"predictions": (args.predictions_table, args.mode, PREDICTIONS_SCHEMA),
-              "history": (args.history_table, "append", HISTORY_SCHEMA),
-              "metrics": (args.metrics_table, "append", CLASS_METRICS_SCHEMA)}
-    return {kind: spec for kind, spec in wanted.items() if spec[0]}
-
-
-def _check_tables(spark, args: argparse.Namespace) -> tuple[dict[str, str], bool]:
-    """The tables this run will write, each checked (name, mode, columns) before any training, and
-    whether the checks wait for the end of the run.
-
-    They wait when another process has the session's embedded metastore open (:mod:`dfnet.metastore`):
-    then this run trains meanwhile and takes its turn at the catalog afterwards, instead of holding
-    it, and every later run in the folder, for its whole length."""
-    from .metastore import catalog_holder, describe_process, embedded_metastore
-    from .tables import check_table_name
-
-    wanted = _wanted_tables(args)
-    tables = {kind: name for kind, (name, _, _) in wanted.items()}
-    for name in tables.values():
-        check_table_name(name)
-    metastore = embedded_metastore(spark) if wanted else None
-    holder = catalog_holder(metastore) if metastore is not None else None
-    if holder is not None:
-        print(f"dfnet: the Spark catalog in {metastore.folder} is open in {describe_process(holder)}; "
-              f"this run checks and writes its tables once it is free, after training", file=sys.stderr, flush=True)
-        return tables, True
-    _check_wanted(spark, wanted)
-    return tables, False
-
-
-def _check_wanted(spark, wanted: dict[str, tuple]) -> None:
-    from .tables import check_can_write, table_identity
-
-    names = [name for name, _, _ in wanted.values()]
-    if len({table_identity(spark, name) for name in names}) < len(names):
-        raise DFNetError(f"the predictions, history and metrics tables must be different tables, got {names}")
-    for name, mode, schema in wanted.values():
-        check_can_write(spark, name, mode, schema)
-
-
-def _write_tables(spark, tables: dict[str, str], deferred: bool, args: argparse.Namespace, model, evaluation,
-                  test_df, target: Path) -> None:
-    from .tables import write_class_metrics, write_history, write_predictions
-
-    if deferred:
-        try:
-            _check_wanted(spark, _wanted_tables(args))
-        except DFNetError as e:
-            raise DFNetError(f"{e}. The run is saved in {target}: write its tables later with dfnet predict "
-                             f"--model {target} --predictions-table NAME") from e
-    if "history" in tables:
-        write_history(model, tables["history"], spark=spark)
-    if "metrics" in tables:
-        write_class_metrics(evaluation, tables["metrics"], run_id=model.run_id, spark=spark)
-    if "predictions" in tables:
-        write_predictions(model, test_df, tables["predictions"], mode=args.mode)
-    if tables:
-        print("Tables (run_id " + model.run_id + "): " +
-              ", ".join(f"{kind} {name}" for kind, name in tables.items()), flush=True)
+    return MLflowLogger(experiment=args.mlflow_experiment, run_name=target.name)
 
 
 def predict_command(args: argparse.Namespace) -> int:
