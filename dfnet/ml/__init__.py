@@ -4,7 +4,9 @@ They follow pyspark.ml's conventions (``ProbabilisticClassifier`` /
 ``ProbabilisticClassificationModel``, keyword-only constructors, setters that
 return ``self``), so they work in a ``Pipeline``, under ``CrossValidator`` and
 with MLlib's evaluators. Training is dfnet's :func:`~dfnet.train.fit`; the
-Params map onto one :class:`~dfnet.config.TrainConfig` (:data:`PARAM_FIELDS`).
+training Params are generated from one table, :data:`PARAM_FIELDS` (Param name ->
+:class:`~dfnet.config.TrainConfig` field), which gives each its type, default
+and doc (:mod:`dfnet.ml.params`).
 
 Output columns, as MLlib classifiers give them:
 

@@ -16,7 +16,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from ..config import CONSTRAINTS, TrainConfig
+from ..config import TrainConfig
 from ..engine.data import check_columns, validate_frame
 from ..errors import ConfigError, DataValidationError, ModelFormatError
 from ..evaluate import ClassScorer, predict
@@ -25,7 +25,7 @@ from ..nn.layers import ACTIVATIONS, Dense, Dropout
 from ..nn.network import Sequential
 from ..train import build_network, fit
 from .io import DFNetReader, DFNetWriter
-from .params import _DEFAULTS, PARAM_FIELDS, _DFNetParams
+from .params import _config_params, _DFNetParams, add_setters, keyword_signature
 
 #: Temporary array copy of a vector features column during transform.
 _FEATURES_ARRAY_COL = "__dfnet_features"
@@ -38,10 +38,12 @@ class DFNetClassifier(ProbabilisticClassifier, _DFNetParams, MLReadable["DFNetCl
     ``layers`` gives an MLP like MLlib's ``MultilayerPerceptronClassifier``
     (with dfnet's ``activation`` and softmax cross-entropy); ``architecture``
     any dfnet network, CNNs included, and wins when both are set. ``maxIter``
-    is the number of epochs, ``stepSize`` the learning rate. Bad Params raise
-    :class:`~dfnet.errors.ConfigError` naming the Param, bad data
+    is the number of epochs, ``stepSize`` the learning rate; every training
+    Param sets one TrainConfig field (:data:`~dfnet.ml.params.PARAM_FIELDS`),
+    and ``__init__`` / ``setParams`` take one keyword per Param. Bad Params
+    raise :class:`~dfnet.errors.ConfigError` naming the Param, bad data
     :class:`~dfnet.errors.DataValidationError` naming the column, both before
-    any training.
+    any training; an unknown keyword is a ``TypeError`` naming it.
 
     Without ``layers`` or ``architecture`` the number of classes is the
     largest label + 1 of the data being fitted, so under ``CrossValidator`` a
@@ -51,131 +53,22 @@ class DFNetClassifier(ProbabilisticClassifier, _DFNetParams, MLReadable["DFNetCl
 
     _input_kwargs: dict[str, Any]
 
+    # The keyword signatures and the setters are generated from the Params (dfnet.ml.params), below.
     @keyword_only
-    def __init__(self, *, featuresCol: str = "features", labelCol: str = "label", predictionCol: str = "prediction",
-                 probabilityCol: str = "probability", rawPredictionCol: str = "rawPrediction",
-                 layers: list[int] | None = None, architecture: str | None = None,
-                 maxIter: int = _DEFAULTS.epochs, stepSize: float | None = None, seed: int = _DEFAULTS.seed,
-                 optimizer: str = _DEFAULTS.optimizer, lrSchedule: str = _DEFAULTS.lr_schedule,
-                 schedule: str = _DEFAULTS.schedule, batchSize: int = _DEFAULTS.batch_size,
-                 sampleFraction: float = _DEFAULTS.sample, localSteps: int | None = None,
-                 activation: str = _DEFAULTS.activation, loss: str = _DEFAULTS.loss,
-                 weightInit: str = _DEFAULTS.init, partitions: int | None = None, dtype: str = _DEFAULTS.dtype,
-                 thresholds: list[float] | None = None, verbose: bool = False,
-                 weightDecay: float = _DEFAULTS.weight_decay, dropout: float = _DEFAULTS.dropout,
-                 validationIndicatorCol: str | None = None, validationSplit: float = _DEFAULTS.validation_split,
-                 patience: int | None = None, minDelta: float = _DEFAULTS.min_delta, mlflow: bool = False,
-                 mlflowExperiment: str | None = None):
+    def __init__(self, **params: Any):
         super().__init__()
         self.setParams(**self._input_kwargs)
 
     @keyword_only
-    def setParams(self, *, featuresCol: str = "features", labelCol: str = "label",
-                  predictionCol: str = "prediction", probabilityCol: str = "probability",
-                  rawPredictionCol: str = "rawPrediction", layers: list[int] | None = None,
-                  architecture: str | None = None, maxIter: int = _DEFAULTS.epochs, stepSize: float | None = None,
-                  seed: int = _DEFAULTS.seed, optimizer: str = _DEFAULTS.optimizer,
-                  lrSchedule: str = _DEFAULTS.lr_schedule, schedule: str = _DEFAULTS.schedule,
-                  batchSize: int = _DEFAULTS.batch_size, sampleFraction: float = _DEFAULTS.sample,
-                  localSteps: int | None = None, activation: str = _DEFAULTS.activation,
-                  loss: str = _DEFAULTS.loss, weightInit: str = _DEFAULTS.init, partitions: int | None = None,
-                  dtype: str = _DEFAULTS.dtype, thresholds: list[float] | None = None,
-                  verbose: bool = False, weightDecay: float = _DEFAULTS.weight_decay,
-                  dropout: float = _DEFAULTS.dropout, validationIndicatorCol: str | None = None,
-                  validationSplit: float = _DEFAULTS.validation_split, patience: int | None = None,
-                  minDelta: float = _DEFAULTS.min_delta, mlflow: bool = False,
-                  mlflowExperiment: str | None = None) -> "DFNetClassifier":
-        """Set the given Params (keyword only); None unsets one."""
+    def setParams(self, **params: Any) -> "DFNetClassifier":
+        """Set the given Params (keyword only); None unsets one. An unknown name is a TypeError."""
         return self._set_or_clear(**self._input_kwargs)
-
-    def setLayers(self, value: list[int]) -> "DFNetClassifier":
-        return self._set(layers=value)
-
-    def setArchitecture(self, value: str) -> "DFNetClassifier":
-        return self._set(architecture=value)
-
-    def setMaxIter(self, value: int) -> "DFNetClassifier":
-        return self._set(maxIter=value)
-
-    def setStepSize(self, value: float) -> "DFNetClassifier":
-        return self._set(stepSize=value)
-
-    def setSeed(self, value: int) -> "DFNetClassifier":
-        return self._set(seed=value)
-
-    def setOptimizer(self, value: str) -> "DFNetClassifier":
-        return self._set(optimizer=value)
-
-    def setLrSchedule(self, value: str) -> "DFNetClassifier":
-        return self._set(lrSchedule=value)
-
-    def setSchedule(self, value: str) -> "DFNetClassifier":
-        return self._set(schedule=value)
-
-    def setBatchSize(self, value: int) -> "DFNetClassifier":
-        return self._set(batchSize=value)
-
-    def setSampleFraction(self, value: float) -> "DFNetClassifier":
-        return self._set(sampleFraction=value)
-
-    def setLocalSteps(self, value: int) -> "DFNetClassifier":
-        return self._set(localSteps=value)
-
-    def setActivation(self, value: str) -> "DFNetClassifier":
-        return self._set(activation=value)
-
-    def setLoss(self, value: str) -> "DFNetClassifier":
-        return self._set(loss=value)
-
-    def setWeightInit(self, value: str) -> "DFNetClassifier":
-        return self._set(weightInit=value)
-
-    def setPartitions(self, value: int) -> "DFNetClassifier":
-        return self._set(partitions=value)
-
-    def setDtype(self, value: str) -> "DFNetClassifier":
-        return self._set(dtype=value)
-
-    def setVerbose(self, value: bool) -> "DFNetClassifier":
-        return self._set(verbose=value)
-
-    def setWeightDecay(self, value: float) -> "DFNetClassifier":
-        return self._set(weightDecay=value)
-
-    def setDropout(self, value: float) -> "DFNetClassifier":
-        return self._set(dropout=value)
-
-    def setValidationIndicatorCol(self, value: str) -> "DFNetClassifier":
-        return self._set(validationIndicatorCol=value)
-
-    def setValidationSplit(self, value: float) -> "DFNetClassifier":
-        return self._set(validationSplit=value)
-
-    def setPatience(self, value: int) -> "DFNetClassifier":
-        return self._set(patience=value)
-
-    def setMinDelta(self, value: float) -> "DFNetClassifier":
-        return self._set(minDelta=value)
-
-    def setMlflow(self, value: bool) -> "DFNetClassifier":
-        return self._set(mlflow=value)
-
-    def setMlflowExperiment(self, value: str) -> "DFNetClassifier":
-        return self._set(mlflowExperiment=value)
 
     # --- training --------------------------------------------------------------------
     def train_config(self) -> TrainConfig:
         """The validated TrainConfig these Params describe (errors name the Param)."""
         network = self._given_network()
-        values = {}
-        for name, field in PARAM_FIELDS.items():
-            value = self._optional(self.getParam(name))
-            if value is None:
-                continue
-            message = CONSTRAINTS[field](value)
-            if message:
-                raise ConfigError(f"{name}={value!r}: {message}")
-            values[field] = value
+        values = self._config_values()
         if network is not None:
             if self.isSet(self.dtype) and self.getDtype() != network.dtype.name:
                 raise ConfigError(f"dtype={self.getDtype()!r} but the architecture computes in {network.dtype.name}")
@@ -222,7 +115,7 @@ class DFNetClassifier(ProbabilisticClassifier, _DFNetParams, MLReadable["DFNetCl
             frame = frame.filter(~F.col(indicator))
         callbacks = []
         if self.getMlflow():
-            from .tracking import MLflowLogger
+            from ..tracking import MLflowLogger
             callbacks.append(MLflowLogger(experiment=self.getMlflowExperiment(), nested=True))
         elif self.getMlflowExperiment() is not None:
             raise ConfigError(f"mlflowExperiment={self.getMlflowExperiment()!r} names where mlflow=True logs; "
@@ -244,6 +137,11 @@ class DFNetClassifier(ProbabilisticClassifier, _DFNetParams, MLReadable["DFNetCl
         return DFNetReader(cls)
 
 
+add_setters(DFNetClassifier)
+DFNetClassifier.__init__.__signature__ = keyword_signature(DFNetClassifier)
+DFNetClassifier.setParams.__signature__ = keyword_signature(DFNetClassifier, returns="DFNetClassifier")
+
+
 class DFNetModel(ProbabilisticClassificationModel, _DFNetParams, MLReadable["DFNetModel"], MLWritable):
     """A trained dfnet network as a Spark ML Model (see the module docstring for its columns and files).
 
@@ -262,8 +160,7 @@ class DFNetModel(ProbabilisticClassificationModel, _DFNetParams, MLReadable["DFN
         ``featuresCol="image"``) set any others."""
         model = cls(trained)
         if trained.config is not None:
-            model._set_or_clear(**{name: getattr(trained.config, field) for name, field in PARAM_FIELDS.items()
-                                   if getattr(trained.config, field) is not None})
+            model._set_or_clear(**_config_params(trained.config))
         model._describe_network()
         return model._set_or_clear(**params)
 
