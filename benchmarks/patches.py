@@ -131,7 +131,7 @@ def main() -> None:
             engines[name].gradient(params, data[name].frame)
             results[name]["step"].append(time.perf_counter() - start)
             start = time.perf_counter()
-            engines[name].local_training(params, data[name].frame, plan)
+            engines[name].train_locally(params, data[name].frame, plan)
             results[name]["average"].append(time.perf_counter() - start)
             start = time.perf_counter()
             data[name].frame.mapInArrow(reader(engines[name].rows), PARTIAL_SCHEMA).collect()

@@ -1,18 +1,21 @@
-"""The epoch loop: schedules, history, progress, divergence checks.
+"""``fit``: train a network on a DataFrame, as named phases over one training state.
 
-A *schedule* turns the cached training rows into the row sets of one epoch's
-steps; the *engine* turns a row set into summed gradients (one Spark job); the
-*optimizer* steps on the driver.
+check -> inputs -> initial state (new or resumed) -> data and plan -> epochs -> finish.
+
+A *schedule* (:mod:`dfnet.schedules`) says which rows each Spark job of an
+epoch trains on and how its result updates the weights; the *engine*
+(:mod:`dfnet.engine`) runs each job; the callbacks (:mod:`dfnet.progress`)
+hear about every step and epoch.
 """
 
 from __future__ import annotations
 
 import math
 import secrets
-import sys
 import time
-from dataclasses import asdict, dataclass
-from typing import Callable, Iterator, Protocol, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from pyspark.sql import DataFrame
@@ -23,271 +26,16 @@ from .compat import check_supported
 from .config import TrainConfig
 from .engine import make_engine, refuse_connect
 from .engine.data import TrainingData, validate_frame
-from .engine.dataframe import LocalPlan, resolve_aggregate
-from .errors import ConfigError, TrainingDivergedError
+from .errors import ConfigError
 from .model import TrainedModel
-from .nn.network import LossAndGrad, Sequential, build_cnn, build_mlp
-from .optim import make_optimizer
+from .nn.network import Sequential, build_cnn, build_mlp
+from .optim import Optimizer, make_optimizer
+from .progress import Callback, Callbacks, EpochRecord, ProgressPrinter
+from .schedules import EpochResult, describe, make_schedule, plan_schedule
 from .session import task_slots
 
-
-@dataclass
-class EpochRecord:
-    """One line of training history. ``loss`` and ``accuracy`` are means over
-    the rows the epoch's steps saw, each measured before that step's update."""
-
-    epoch: int
-    loss: float
-    accuracy: float
-    rows: int
-    steps: int
-    batch_size: float  # mean rows per step
-    seconds: float  # training steps only, validation excluded
-    val_loss: float | None = None  # on the validation rows, after the epoch's updates
-    val_accuracy: float | None = None
-    best_epoch: int | None = None  # early stopping: the epoch of the lowest validation loss so far
-
-    def as_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-
-# --- schedules ---------------------------------------------------------------------
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return (seed * 1_000_003 + epoch) % (2**31 - 1)
-
-
-def epoch_rows(data: TrainingData, fraction: float, seed: int, epoch: int):
-    """The epoch's sample without replacement (all rows when ``fraction`` is 1)."""
-    if fraction >= 1.0:
-        return data.all_rows()
-    return data.sample(fraction, _epoch_seed(seed, epoch))
-
-
-def classic_steps(data: TrainingData, config: TrainConfig, epoch: int) -> Iterator:
-    """One full-batch step on the epoch's sample."""
-    yield epoch_rows(data, config.sample, config.seed, epoch)
-
-
-def minibatch_steps(data: TrainingData, config: TrainConfig, epoch: int) -> Iterator:
-    """The epoch's sample split into ~``batch_size``-row batches by a seeded hash of the row key,
-    reshuffled every epoch."""
-    rows = epoch_rows(data, config.sample, config.seed, epoch)
-    num_batches = steps_per_epoch(config, data.count)
-    for k in range(num_batches):
-        yield data.batch(rows, k, num_batches, _epoch_seed(config.seed, epoch))
-
-
-SCHEDULES: dict[str, Callable[[TrainingData, TrainConfig, int], Iterator]] = {
-    "classic": classic_steps,
-    "minibatch": minibatch_steps,
-}
-
-
-def steps_per_epoch(config: TrainConfig, rows: int) -> int:
-    if config.schedule == "classic":
-        return 1
-    return max(1, round(rows * config.sample / config.batch_size))
-
-
-#: ``auto`` trains one model per ~this many rows at most: on smaller shares an epoch of a model's
-#: maths is shorter than the Spark job that runs it (0.1-0.3 s), so a second model buys no time,
-#: while averaging k models that each saw 1/k of the rows needs more epochs to the same accuracy.
-MIN_ROWS_PER_MODEL = 8192
-
-
-@dataclass(frozen=True)
-class SchedulePlan:
-    """What a run's schedule does: the schedule that runs and, for model averaging, how many
-    models train side by side (tasks per job) and how many local steps they take between averages."""
-
-    schedule: str  # classic, minibatch or average
-    batch_size: int = 64  # rows per (local) step, resolved (TrainConfig.resolved_batch_size)
-    models: int | None = None  # average: models (coalesced tasks) per job; None: one per partition
-    local_steps: int | None = None  # average: local steps between two averages (None: an epoch)
-    reason: str = ""
-    epochs_per_job: int = 1  # average: whole epochs one job trains (small data, no per-epoch validation)
-
-
-#: ``auto`` lets one job train several whole epochs while a model's epoch has fewer rows than this,
-#: so small data is not one 0.2-0.3 s Spark job per 0.05 s epoch (the 1,437 digits: 11 epochs a job).
-ROWS_PER_JOB = 16384
-
-
-def plan_auto(config: TrainConfig, *, rows: int, partitions: int, slots: int,
-              task_rows: Callable[[int | None], int] | None = None, whole_epochs_only: bool = False) -> SchedulePlan:
-    """The ``auto`` schedule: model averaging, planned from the data and the cluster.
-
-    - models = min(partitions, task slots, rows // :data:`MIN_ROWS_PER_MODEL`), at
-      least 1. Each job runs one task per model (``coalesce``), so 8 or 64
-      partitions on a 2-core machine still train 2 models: more partitions than
-      slots would only add task launches and models that each see less data.
-    - averages per epoch = 1 for up to 2 models, else ceil(models / 2) (more
-      models drift further apart between averages), at most one per local step;
-      ``local_steps`` overrides.
-
-    Jobs per epoch are the averages per epoch: independent of the row count.
-    The plan is a function of the configuration, the row and partition counts
-    and the slot count only (not of timings), so a run is reproducible and a
-    resumed run plans the same. ``task_rows(tasks)`` gives the rows of the
-    largest task when the cache is coalesced to ``tasks`` (None: not
-    coalesced); by default an even split.
-
-    With one average per epoch and fewer than :data:`ROWS_PER_JOB` rows per
-    model, one job trains ``ROWS_PER_JOB // rows`` whole epochs (each its own
-    permutation and fresh local optimizer, exactly as separate jobs would),
-    unless ``whole_epochs_only``: a run that validates or checkpoints after
-    every epoch, or samples its rows, needs one job per epoch.
-    """
-    models = max(1, min(partitions, slots, rows // MIN_ROWS_PER_MODEL))
-    largest = task_rows(models if models < partitions else None) if task_rows else math.ceil(rows / models)
-    batch = config.resolved_batch_size(largest)
-    why_batch = f"local batches of {batch}" + (" (auto_batch_size)" if config.batch_size is None else "")
-    config = config.replace(batch_size=batch)
-    local_per_epoch = _local_steps_per_epoch(config, largest)
-    per_job = 1
-    if config.local_steps is not None:
-        local = config.local_steps
-        why_rounds = f"local_steps={local}"
-    else:
-        rounds = 1 if models <= 2 else min(local_per_epoch, math.ceil(models / 2))
-        local = None if rounds == 1 else math.ceil(local_per_epoch / rounds)
-        why_rounds = "one average per epoch" if rounds == 1 else f"{rounds} averages per epoch for {models} models"
-        if rounds == 1 and not whole_epochs_only and config.sample >= 1.0:
-            per_job = max(1, min(config.epochs, ROWS_PER_JOB // max(largest, 1)))
-            if per_job > 1:
-                why_rounds += f"; {per_job} epochs per job ({largest} rows a model: a job costs more than an epoch)"
-    if models == 1:
-        why_models = ("1 model: one task slot" if slots == 1 else "1 model: one partition" if partitions == 1 else
-                      f"1 model: {rows} rows are fewer than {2 * MIN_ROWS_PER_MODEL} (a second model would "
-                      f"cost more in averaging than it saves)")
-    else:
-        limit = "task slot" if models == slots else ("partition" if models == partitions else
-                                                     f"{MIN_ROWS_PER_MODEL} rows")
-        why_models = f"{models} models, one per {limit} ({partitions} partitions, {slots} task slots)"
-    return SchedulePlan("average", batch, models, local, f"{why_models}; {why_rounds}; {why_batch}", per_job)
-
-
-def plan_schedule(config: TrainConfig, *, rows: int, partitions: int, slots: int,
-                  task_rows: Callable[[int | None], int] | None = None, whole_epochs_only: bool = False
-                  ) -> SchedulePlan:
-    """The plan of ``config.schedule`` (``auto`` resolved by :func:`plan_auto`)."""
-    if config.schedule == "auto":
-        if config.engine != "dataframe":
-            return SchedulePlan("minibatch", config.resolved_batch_size(rows),
-                                reason=f"the {config.engine} engine steps in mini-batches")
-        return plan_auto(config, rows=rows, partitions=partitions, slots=slots, task_rows=task_rows,
-                         whole_epochs_only=whole_epochs_only)
-    if config.schedule == "average":
-        largest = task_rows(None) if task_rows else math.ceil(rows / partitions)
-        return SchedulePlan("average", config.resolved_batch_size(largest), None, config.local_steps,
-                            "as asked: one model per partition")
-    return SchedulePlan(config.schedule, config.resolved_batch_size(rows), reason="as asked")
-
-
-class EarlyStopping:
-    """Tracks the validation loss: the best epoch, its weights, and epochs without improvement."""
-
-    def __init__(self, patience: int, min_delta: float = 0.0):
-        self.patience, self.min_delta = patience, min_delta
-        self.best_loss = math.inf
-        self.best_epoch: int | None = None
-        self.best_params: np.ndarray | None = None
-        self.wait = 0
-
-    def update(self, epoch: int, val_loss: float, params: np.ndarray) -> None:
-        if val_loss < self.best_loss - self.min_delta:
-            self.best_loss, self.best_epoch, self.best_params, self.wait = val_loss, epoch, params.copy(), 0
-        else:
-            self.wait += 1
-
-    @property
-    def should_stop(self) -> bool:
-        return self.wait >= self.patience
-
-    def state_dict(self) -> dict:
-        return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "wait": self.wait,
-                "best_params": None if self.best_params is None else self.best_params.copy()}
-
-    def load_state_dict(self, state: dict, dtype) -> None:
-        self.best_loss, self.best_epoch, self.wait = float(state["best_loss"]), state["best_epoch"], int(state["wait"])
-        self.best_params = None if state.get("best_params") is None else state["best_params"].astype(dtype)
-
-
-def split_validation(df: DataFrame, fraction: float, seed: int, key_cols: Sequence[str]
-                     ) -> tuple[DataFrame, DataFrame]:
-    """``(training rows, validation rows)``: a row is held out when a seeded hash of its key
-    columns falls below ``fraction``, so the two are disjoint, together are ``df``, and a row's
-    side does not depend on the partitioning, the row order or the run."""
-    bucket = F.pmod(F.xxhash64(*[F.col(c) for c in key_cols], F.lit(seed), F.lit("validation")),
-                    F.lit(_SPLIT_BUCKETS))
-    held_out = bucket < F.lit(int(round(fraction * _SPLIT_BUCKETS)))
-    return df.filter(~held_out), df.filter(held_out)
-
-
-_SPLIT_BUCKETS = 1 << 30
-
-
-# --- progress ----------------------------------------------------------------------
-
-class Callback(Protocol):
-    """What ``fit`` tells its callbacks. A callback may also have ``on_message(text)``: one-line
-    notes such as where a run resumes from."""
-
-    def on_step(self, epoch: int, step: int, steps: int) -> None: ...
-    def on_epoch_end(self, record: EpochRecord, total_epochs: int) -> None: ...
-
-
-class ProgressPrinter:
-    """Prints ``Epoch i/N | Loss | Acc | Batchsize | seconds`` lines, and a live bar on a terminal."""
-
-    def __init__(self, out=None, bar: bool | None = None):
-        self.out = out or sys.stdout
-        self.bar_stream = sys.stderr
-        self.bar = self.bar_stream.isatty() if bar is None else bar
-
-    def on_step(self, epoch: int, step: int, steps: int) -> None:
-        if not self.bar:
-            return
-        width = 30
-        filled = int(width * step / steps)
-        self.bar_stream.write(f"\r  epoch {epoch} [{'#' * filled}{'.' * (width - filled)}] {step}/{steps} steps")
-        self.bar_stream.flush()
-
-    def on_message(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
-
-    def on_epoch_end(self, record: EpochRecord, total_epochs: int) -> None:
-        if self.bar:
-            self.bar_stream.write("\r" + " " * 70 + "\r")
-        val = "" if record.val_accuracy is None else \
-            f" | Val loss {record.val_loss:.4f} | Val acc {record.val_accuracy:.4f}"
-        print(f"Epoch {record.epoch}/{total_epochs} | Loss {record.loss:.4f} | Acc {record.accuracy:.4f} | "
-              f"Batchsize {record.batch_size:.0f} | {record.seconds:.2f} s{val}", file=self.out, flush=True)
-
-
-# --- the loop ----------------------------------------------------------------------
-
-def build_network(config: TrainConfig, num_features: int, num_classes: int) -> Sequential:
-    """The MLP or CNN that ``config`` describes, for images of ``num_features`` values."""
-    if config.model == "mlp":
-        return build_mlp(num_features, config.hidden, num_classes, activation=config.activation,
-                         loss=config.loss, dtype=config.dtype, dropout=config.dropout)
-    image_shape = config.resolve_image_shape(num_features)
-    try:
-        return build_cnn(image_shape, [(k, config.kernel_size) for k in config.resolve_kernels(image_shape)],
-                         n_out=num_classes,
-                         dense=config.hidden, activation=config.activation,
-                         conv_activation=config.conv_activation_name, padding=config.padding, pool=config.pool,
-                         loss=config.loss, dtype=config.dtype, dropout=config.dropout)
-    except ValueError as e:  # a kernel or pooling window larger than what reaches it
-        raise ConfigError(f"model='cnn' does not fit {image_shape} images: {e}") from e
-
-
-def engine_for(config: TrainConfig, network: Sequential):
-    """The engine ``config`` asks for, computing ``network``."""
-    return make_engine(config.engine, network, aggregate=config.aggregate, patches=config.patches,
-                       patch_rows=config.patch_rows)
+__all__ = ["fit", "build_network", "engine_for", "new_run_id", "EarlyStopping", "split_validation",
+           "EpochRecord", "ProgressPrinter", "Callback"]
 
 
 def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str = "image",
@@ -343,10 +91,44 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
     an empty DataFrame, more partitions than rows, a checkpoint of another run,
     early stopping without validation rows.
     """
-    config = (config or TrainConfig()).validate()
+    config = _checked(df, config or TrainConfig(), validation_df=validation_df, run_id=run_id, resume=resume,
+                      checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every)
+    run_id = run_id or new_run_id()
+    hooks = Callbacks(list(callbacks) + ([ProgressPrinter()] if verbose else []))
+    with ExitStack() as cleanup:
+        inputs = _inputs(df, validation_df, config, features_col=features_col, label_col=label_col,
+                         key_cols=key_cols, network=network, num_classes=num_classes,
+                         skip_bad_images=skip_bad_images, cleanup=cleanup)
+        network = network or build_network(inputs.config, inputs.num_features, inputs.num_classes)
+        store = None if checkpoint_dir is None else CheckpointStore(df.sparkSession, checkpoint_dir,
+                                                                     keep=checkpoint_keep)
+        state = _initial_state(inputs.config, network, initial_params, store, resume, hooks)
+        engine = engine_for(inputs.config, network)
+        data = _prepare(engine, inputs, features_col=features_col, label_col=label_col, cleanup=cleanup)
+        try:
+            _check_prepared(data, inputs, state, hooks)
+            schedule = _plan(inputs.config, engine, data, state, df.sparkSession,
+                             whole_epochs_only=data.validation is not None or store is not None)
+            hooks.message(describe(inputs.config.schedule, schedule.plan, data.train.count,
+                                   None if data.validation is None else data.validation.count))
+            hooks.hook("on_train_begin", inputs.config, _facts(run_id, data, schedule, state))
+            _train_epochs(state, schedule, data, inputs.config, hooks, store, checkpoint_every)
+        except BaseException as error:
+            hooks.hook("on_train_failed", error)
+            raise
+    model = _finish(state, inputs.config, schedule, hooks, class_names=class_names, run_id=run_id)
+    hooks.hook("on_train_end", model)
+    return model
+
+
+# --- phase 1: check the arguments (no Spark job) ---------------------------------------
+
+def _checked(df: DataFrame, config: TrainConfig, *, validation_df, run_id, resume, checkpoint_dir,
+             checkpoint_every) -> TrainConfig:
+    """The validated config; every argument that can be judged without reading data is judged here."""
+    config = config.validate()
     if run_id is not None and (not isinstance(run_id, str) or not run_id.strip()):
         raise ConfigError(f"run_id={run_id!r}: must be a non-empty string")
-    run_id = run_id or new_run_id()
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ConfigError(f"checkpoint_every={checkpoint_every!r}: must be an integer >= 1")
     if resume and checkpoint_dir is None:
@@ -360,216 +142,284 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
     check_supported(df.sparkSession)
     if config.engine != "dataframe":  # before the validation job, not when the engine first needs an RDD
         refuse_connect(df.sparkSession, config.engine)
-    decoded: list = []  # images fit decoded and cached: released when fit returns or raises
-    df, config = _image_features(df, features_col, config, skip_bad_images, decoded)
-    try:
-        if validation_df is not None and decoded:
-            validation_df, _ = _image_features(validation_df, features_col, config, skip_bad_images, decoded)
-        key_cols = list(key_cols) if key_cols else [features_col, label_col]
-        missing_keys = [c for c in key_cols if c not in df.columns]
-        if config.validation_split and missing_keys:
-            raise ConfigError(f"key_cols {missing_keys} not found; the DataFrame has columns {df.columns}")
-        num_features = network.num_features if network is not None else None
-        if network is not None:
-            num_classes = network.num_classes
-        summary = validate_frame(df, features_col, label_col, num_features, num_classes)
-        if config.partitions is not None and config.partitions > summary["rows"]:
-            raise ConfigError(f"partitions={config.partitions} is more than the {summary['rows']} rows of the "
-                              f"DataFrame: some partitions would hold no rows; use at most {summary['rows']}")
-        num_features = int(summary["max_len"])
-        num_classes = num_classes or max(2, int(summary["max_label"]) + 1)
-        network = network or build_network(config, num_features, num_classes)
-        if network.dtype.name != config.dtype:
-            raise ConfigError(f"dtype={config.dtype!r} but the network computes in {network.dtype.name}")
-        params = (network.init_params(config.seed, config.init_scheme) if initial_params is None
-                  else np.array(initial_params, dtype=network.dtype))
-        if params.shape != (network.num_params,):
-            raise ConfigError(f"initial_params has shape {params.shape}, the network needs ({network.num_params},)")
-        if not np.all(np.isfinite(params)):
-            raise ConfigError(f"initial_params holds {int(np.sum(~np.isfinite(params)))} NaN or infinite value(s)")
+    return config
 
-        callbacks = list(callbacks) + ([ProgressPrinter()] if verbose else [])
-        optimizer = _driver_optimizer(config, network)
-        stopper = EarlyStopping(config.early_stopping, config.min_delta) if config.early_stopping else None
-        history: list[EpochRecord] = []
-        store, resumed = None, None
-        if checkpoint_dir is not None:
-            store = CheckpointStore(df.sparkSession, checkpoint_dir, keep=checkpoint_keep)
-            if resume:
-                resumed = store.latest()
-                if resumed is None:
-                    _tell(callbacks, f"No checkpoint in {store.uri}: starting from scratch")
-                else:
-                    check_compatible(resumed, network.to_config(), config.to_dict(), {})
-                    params = resumed.params.astype(network.dtype)
-                    optimizer.load_state_dict(resumed.optimizer_state)
-                    history = [EpochRecord(**h) for h in resumed.history]
-                    if stopper is not None and resumed.early_stopping is not None:
-                        stopper.load_state_dict(resumed.early_stopping, network.dtype)
-            elif store.epochs():
-                raise ConfigError(f"checkpoint directory {store.uri} already holds checkpoints (epochs "
-                                  f"{store.epochs()}); pass resume=True (--resume) to continue that run, or choose "
-                                  f"an empty directory")
 
-        if config.validation_split:
-            df, validation_df = split_validation(df, config.validation_split, config.seed, key_cols)
-        elif validation_df is not None:
-            validate_frame(validation_df, features_col, label_col, num_features, num_classes)
-        engine = engine_for(config, network)
-        shuffle = config.schedule == "auto" and config.engine == "dataframe"
-        prepare_args = dict(shuffle_seed=config.seed) if shuffle else {}
-        if "partitions" in summary:  # Connect: counted by the validation job, so no job of its own
-            prepare_args["input_partitions_hint"] = summary["partitions"]
-        data = engine.prepare(df, features_col=features_col, label_col=label_col, num_partitions=config.partitions,
-                              **prepare_args)
-    except BaseException:
-        _release(decoded)
-        raise
-    validation = None
-    try:
-        partitions = data.num_partitions()
-        if data.count == 0:
-            raise ConfigError(f"validation_split={config.validation_split} leaves no training rows of "
-                              f"{summary['rows']}")
-        if resumed is not None:
-            check_compatible(resumed, network.to_config(), config.to_dict(),
-                             {"rows": data.count, "partitions": partitions})
-            _tell(callbacks, f"Resuming from {resumed.uri} (epoch {resumed.epoch} of {config.epochs} done)")
-        if validation_df is not None:
-            validation = engine.prepare(validation_df, features_col=features_col, label_col=label_col)
-            if validation.count == 0:
-                raise ConfigError(f"validation_split={config.validation_split} holds out none of the "
-                                  f"{summary['rows']} rows; use a larger fraction")
-        sizes: dict = {}  # tasks -> rows of each: one small job, asked once
+# --- phase 2: the inputs, decoded and checked ---------------------------------------------
 
-        def task_rows(tasks: int | None) -> int:
-            if tasks not in sizes:
-                sizes[tasks] = max(data.partition_sizes(tasks))
-            return sizes[tasks]
+@dataclass
+class Inputs:
+    """The training (and validation) rows as checked, and what they told about the network."""
 
-        plan = plan_schedule(config, rows=data.count, partitions=partitions,
-                             slots=task_slots(df.sparkSession, partitions), task_rows=task_rows,
-                             whole_epochs_only=validation is not None or store is not None)
-        # What the loop runs: the planned schedule and batch size (the checkpoints and the model
-        # keep the configuration as given, so a resumed run plans again and compares like with like).
-        run = config.replace(schedule=plan.schedule, batch_size=plan.batch_size)
-        if plan.schedule == "average":
-            max_rows = task_rows(_coalesced(plan, partitions))
-            total_steps = averaging_rounds(run, max_rows, plan.local_steps)
-            grouped: dict[int, LossAndGrad] = {}  # epochs_per_job > 1: the job's later epochs' sums
-            updates = lambda epoch: _averaging_epoch(engine, data, params, run, epoch, max_rows,  # noqa: E731
-                                                     plan, partitions, grouped)
-        else:
-            total_steps = steps_per_epoch(run, data.count)
-            updates = lambda epoch: _gradient_epoch(engine, data, params, optimizer, run, epoch)  # noqa: E731
-        if hasattr(engine, "aggregate"):
-            engine.aggregate = resolve_aggregate(config.aggregate, _coalesced(plan, partitions) or partitions,
-                                                 network.num_params)
-        _tell(callbacks, _describe_plan(config.schedule, plan, data.count, total_steps,
-                                        None if validation is None else validation.count))
-        _hook(callbacks, "on_train_begin", config,
-              {"run_id": run_id, "rows": data.count, "partitions": partitions,
-               "validation_rows": None if validation is None else validation.count,
-               "plan": {**asdict(plan), "jobs_per_epoch": total_steps}, "history": [r.as_dict() for r in history]})
-        stopped = stopper is not None and stopper.should_stop
-        for epoch in range(len(history) + 1, config.epochs + 1):
-            if stopped:
-                break
-            start = time.perf_counter()
-            loss_sum, correct, rows, steps = 0.0, 0, 0, 0
-            optimizer.lr = config.lr_at(epoch)
-            for result in updates(epoch):
-                steps += 1
-                loss_sum += result.loss_sum
-                correct += result.correct
-                rows += result.count
-                for cb in callbacks:
-                    cb.on_step(epoch, steps, total_steps)
-            record = EpochRecord(epoch, loss_sum / max(rows, 1), correct / max(rows, 1), rows, steps,
-                                 rows / steps, time.perf_counter() - start)
-            if validation is not None:
-                scored = engine.gradient(params, validation.all_rows())
-                record.val_loss = scored.loss_sum / scored.count
-                record.val_accuracy = scored.correct / scored.count
-                if stopper is not None:
-                    stopper.update(epoch, record.val_loss, params)
-                    record.best_epoch = stopper.best_epoch
-                    stopped = stopper.should_stop
-            history.append(record)
-            if store is not None and (epoch % checkpoint_every == 0 or epoch == config.epochs or stopped):
-                store.save(Checkpoint(epoch, params.copy(), config.optimizer, optimizer.state_dict(),
-                                      [r.as_dict() for r in history], network.to_config(), config.to_dict(),
-                                      {"rows": data.count, "partitions": partitions},
-                                      early_stopping=None if stopper is None else stopper.state_dict()))
-            for cb in callbacks:
-                cb.on_epoch_end(record, config.epochs)
-    except BaseException as error:
-        _hook(callbacks, "on_train_failed", error)
-        raise
-    finally:
-        data.release()
-        if validation is not None:
-            validation.release()
-        _release(decoded)
-    early = None
-    if stopper is not None and stopper.best_params is not None:
-        params = stopper.best_params.copy()
-        early = {"best_epoch": stopper.best_epoch, "best_val_loss": stopper.best_loss,
-                 "stopped_epoch": history[-1].epoch if stopped else None,
-                 "patience": config.early_stopping, "min_delta": config.min_delta}
-        _tell(callbacks, (f"Early stopping: no lower validation loss for {config.early_stopping} epochs, stopped "
-                          f"after epoch {history[-1].epoch}" if stopped else
-                          f"Early stopping did not trigger in {config.epochs} epochs") +
-              f"; restored the weights of epoch {stopper.best_epoch} (val loss {stopper.best_loss:.4f})")
-    model = TrainedModel(network, params, config=config, history=[r.as_dict() for r in history],
-                         class_names=list(class_names) if class_names else None, run_id=run_id,
-                         early_stopping=early, schedule_plan={**asdict(plan), "jobs_per_epoch": total_steps})
-    _hook(callbacks, "on_train_end", model)
-    return model
+    train: DataFrame
+    validation: DataFrame | None
+    config: TrainConfig  # with the decoded images' shape
+    summary: dict  # validate_frame's: rows, max_len, labels, partitions (on Connect)
+    num_features: int
+    num_classes: int
+    key_cols: list[str]
+
+
+def _inputs(df: DataFrame, validation_df: DataFrame | None, config: TrainConfig, *, features_col: str,
+            label_col: str, key_cols, network: Sequential | None, num_classes: int | None, skip_bad_images: bool,
+            cleanup: ExitStack) -> Inputs:
+    """Decode image columns (cached until ``cleanup``), check every row, and hold validation rows out."""
+    df, config, decoded = _image_features(df, features_col, config, skip_bad_images, cleanup)
+    if validation_df is not None and decoded:
+        validation_df, _, _ = _image_features(validation_df, features_col, config, skip_bad_images, cleanup)
+    key_cols = list(key_cols) if key_cols else [features_col, label_col]
+    missing_keys = [c for c in key_cols if c not in df.columns]
+    if config.validation_split and missing_keys:
+        raise ConfigError(f"key_cols {missing_keys} not found; the DataFrame has columns {df.columns}")
+    if network is not None:
+        num_classes = network.num_classes
+    summary = validate_frame(df, features_col, label_col, network.num_features if network else None, num_classes)
+    if config.partitions is not None and config.partitions > summary["rows"]:
+        raise ConfigError(f"partitions={config.partitions} is more than the {summary['rows']} rows of the "
+                          f"DataFrame: some partitions would hold no rows; use at most {summary['rows']}")
+    num_features = int(summary["max_len"])
+    num_classes = num_classes or max(2, int(summary["max_label"]) + 1)
+    if network is not None and network.dtype.name != config.dtype:
+        raise ConfigError(f"dtype={config.dtype!r} but the network computes in {network.dtype.name}")
+    return Inputs(df, validation_df, config, summary, num_features, num_classes, key_cols)
 
 
 def _image_features(df: DataFrame, features_col: str, config: TrainConfig, skip_bad_images: bool,
-                    decoded: list) -> tuple[DataFrame, TrainConfig]:
+                    cleanup: ExitStack) -> tuple[DataFrame, TrainConfig, bool]:
     """``df`` with image structs or file bytes in ``features_col`` decoded into pixel arrays (the
-    persisted decoding appended to ``decoded``), and the config with their (H, W, C); anything
-    else unchanged (validate_frame then judges it)."""
+    persisted decoding released by ``cleanup``), the config with their (H, W, C), and True; anything
+    else unchanged (validate_frame then judges it), and False."""
     from .images import as_training_frame, is_image_column
 
     if not is_image_column(df, features_col):
-        return df, config
-
+        return df, config, False
     frame, shape, check = as_training_frame(df, features_col, image_shape=config.image_shape,
                                             skip_bad_images=skip_bad_images)
-    decoded.append(check)
-    return frame, config.replace(image_shape=tuple(shape))
+    cleanup.callback(check.unpersist)
+    return frame, config.replace(image_shape=tuple(shape)), True
 
 
-def _release(decoded: list) -> None:
-    for check in decoded:
-        check.unpersist()
-    decoded.clear()
+# --- phase 3: the initial state, new or resumed -----------------------------------------------
+
+@dataclass
+class TrainingState:
+    """Everything that changes while a run trains; a checkpoint is a snapshot of it."""
+
+    network: Sequential
+    params: np.ndarray
+    optimizer: Optimizer  # the driver's (gradient schedules step it)
+    history: list[EpochRecord]
+    stopper: EarlyStopping | None
+    resumed: Checkpoint | None = None
+    stopped: bool = False  # early stopping triggered
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.history)
 
 
-def _driver_optimizer(config: TrainConfig, network: Sequential):
+def _initial_state(config: TrainConfig, network: Sequential, initial_params, store: CheckpointStore | None,
+                   resume: bool, hooks: Callbacks) -> TrainingState:
+    """Fresh weights (``initial_params``, or drawn from ``config.seed``), or the newest good
+    checkpoint's state when resuming."""
+    params = (network.init_params(config.seed, config.init_scheme) if initial_params is None
+              else np.array(initial_params, dtype=network.dtype))
+    if params.shape != (network.num_params,):
+        raise ConfigError(f"initial_params has shape {params.shape}, the network needs ({network.num_params},)")
+    if not np.all(np.isfinite(params)):
+        raise ConfigError(f"initial_params holds {int(np.sum(~np.isfinite(params)))} NaN or infinite value(s)")
+    stopper = EarlyStopping(config.early_stopping, config.min_delta) if config.early_stopping else None
+    state = TrainingState(network, params, _driver_optimizer(config, network), [], stopper)
+    if store is None:
+        return state
+    if not resume:
+        if store.epochs():
+            raise ConfigError(f"checkpoint directory {store.uri} already holds checkpoints (epochs "
+                              f"{store.epochs()}); pass resume=True (--resume) to continue that run, or choose "
+                              f"an empty directory")
+        return state
+    resumed = store.latest()
+    if resumed is None:
+        hooks.message(f"No checkpoint in {store.uri}: starting from scratch")
+        return state
+    check_compatible(resumed, network.to_config(), config.to_dict(), {})
+    state.params = resumed.params.astype(network.dtype)
+    state.optimizer.load_state_dict(resumed.optimizer_state)
+    state.history = [EpochRecord(**h) for h in resumed.history]
+    if stopper is not None and resumed.early_stopping is not None:
+        stopper.load_state_dict(resumed.early_stopping, network.dtype)
+    state.resumed, state.stopped = resumed, stopper is not None and stopper.should_stop
+    return state
+
+
+def _driver_optimizer(config: TrainConfig, network: Sequential) -> Optimizer:
     decay = dict(weight_decay=config.weight_decay, decay_mask=network.decay_mask()) if config.weight_decay else {}
     return make_optimizer(config.optimizer, config.learning_rate, momentum=config.momentum,
                           beta1=config.beta1, beta2=config.beta2, **decay)
 
 
-def _coalesced(plan: SchedulePlan, partitions: int) -> int | None:
-    """The task count an averaging job coalesces the cache to, None when it keeps the partitions."""
-    return plan.models if plan.models is not None and plan.models < partitions else None
+# --- phase 4: the cached data and the plan ----------------------------------------------------
+
+@dataclass
+class PreparedData:
+    """The engine's cached training (and validation) rows."""
+
+    train: TrainingData
+    validation: TrainingData | None
+    partitions: int
+    total_rows: int  # of the input, before any validation split
 
 
-def _describe_plan(asked: str, plan: SchedulePlan, rows: int, jobs: int, validation_rows) -> str:
-    """The start-of-run line: which schedule runs (``asked``: the configured one), and why."""
-    what = {"average": "model averaging", "minibatch": f"mini-batches of {plan.batch_size}",
-            "classic": "one full-batch step an epoch"}[plan.schedule]
-    head = f"Schedule {asked}" + (f" -> {what}" if asked == "auto" else f": {what}")
-    validation = "" if validation_rows is None else f", plus 1 validation job ({validation_rows} rows)"
-    per = "per epoch" if plan.epochs_per_job == 1 else f"per {plan.epochs_per_job} epochs"
-    return (f"{head}: {plan.reason}; {jobs} Spark job{'s' if jobs != 1 else ''} {per}{validation}; "
-            f"{rows} training rows")
+def _prepare(engine, inputs: Inputs, *, features_col: str, label_col: str, cleanup: ExitStack) -> PreparedData:
+    """Split off the validation rows, then cache both sides in the engine's form (released by ``cleanup``)."""
+    config, train, validation = inputs.config, inputs.train, inputs.validation
+    if config.validation_split:
+        train, validation = split_validation(train, config.validation_split, config.seed, inputs.key_cols)
+    elif validation is not None:
+        validate_frame(validation, features_col, label_col, inputs.num_features, inputs.num_classes)
+    options = {}
+    if config.schedule == "auto" and config.engine == "dataframe":  # averaging: no partition of one class
+        options["shuffle_seed"] = config.seed
+    if "partitions" in inputs.summary:  # Connect: counted by the validation job, so no job of its own
+        options["input_partitions_hint"] = inputs.summary["partitions"]
+    data = engine.prepare(train, features_col=features_col, label_col=label_col, num_partitions=config.partitions,
+                          **options)
+    cleanup.callback(data.release)
+    held_out = None
+    if validation is not None:
+        held_out = engine.prepare(validation, features_col=features_col, label_col=label_col)
+        cleanup.callback(held_out.release)
+    return PreparedData(data, held_out, data.num_partitions(), inputs.summary["rows"])
+
+
+def _check_prepared(data: PreparedData, inputs: Inputs, state: TrainingState, hooks: Callbacks) -> None:
+    """Refuse empty sides, and a checkpoint of other data."""
+    config = inputs.config
+    if data.train.count == 0:
+        raise ConfigError(f"validation_split={config.validation_split} leaves no training rows of {data.total_rows}")
+    if state.resumed is not None:
+        check_compatible(state.resumed, state.network.to_config(), config.to_dict(),
+                         {"rows": data.train.count, "partitions": data.partitions})
+        hooks.message(f"Resuming from {state.resumed.uri} (epoch {state.resumed.epoch} of {config.epochs} done)")
+    if data.validation is not None and data.validation.count == 0:
+        raise ConfigError(f"validation_split={config.validation_split} holds out none of the "
+                          f"{data.total_rows} rows; use a larger fraction")
+
+
+def _plan(config: TrainConfig, engine, data: PreparedData, state: TrainingState, spark, *, whole_epochs_only: bool):
+    """The schedule strategy for this run, planned from the rows, partitions and task slots."""
+    sizes: dict = {}  # tasks -> rows of the largest: one small job, asked once
+
+    def task_rows(tasks: int | None) -> int:
+        if tasks not in sizes:
+            sizes[tasks] = max(data.train.partition_sizes(tasks))
+        return sizes[tasks]
+
+    plan = plan_schedule(config, rows=data.train.count, partitions=data.partitions,
+                         slots=task_slots(spark, data.partitions), task_rows=task_rows,
+                         whole_epochs_only=whole_epochs_only)
+    return make_schedule(plan, config, engine, data.train, state.optimizer, partitions=data.partitions,
+                         task_rows=task_rows)
+
+
+def _facts(run_id: str, data: PreparedData, schedule, state: TrainingState) -> dict:
+    """What ``on_train_begin`` hears besides the config."""
+    return {"run_id": run_id, "rows": data.train.count, "partitions": data.partitions,
+            "validation_rows": None if data.validation is None else data.validation.count,
+            "plan": schedule.plan.as_dict(), "history": [r.as_dict() for r in state.history]}
+
+
+# --- phase 5: the epochs -------------------------------------------------------------------------
+
+def _train_epochs(state: TrainingState, schedule, data: PreparedData, config: TrainConfig, hooks: Callbacks,
+                  store: CheckpointStore | None, checkpoint_every: int) -> None:
+    """Run the schedule's epochs until ``config.epochs`` or early stopping; validate, checkpoint
+    and report each."""
+    epoch = state.epochs_done + 1
+    while epoch <= config.epochs and not state.stopped:
+        start = time.perf_counter()
+        results = schedule.train(state.params, epoch, hooks.step)
+        seconds = time.perf_counter() - start
+        for offset, result in enumerate(results):
+            record = _record(epoch + offset, result, seconds, len(results))
+            if data.validation is not None:
+                _validate(record, state, schedule, data.validation)
+            state.history.append(record)
+            if store is not None and (record.epoch % checkpoint_every == 0 or record.epoch == config.epochs
+                                      or state.stopped):
+                store.save(_checkpoint(state, config, data))
+            hooks.epoch_end(record, config.epochs)
+        epoch += len(results)
+
+
+def _record(epoch: int, result: EpochResult, seconds: float, epochs_in_job: int) -> EpochRecord:
+    """The history line of an epoch; a job that trained several epochs shares its time out equally."""
+    return EpochRecord(epoch, result.loss_sum / max(result.rows, 1), result.correct / max(result.rows, 1),
+                       result.rows, result.steps, result.batch_size, seconds / epochs_in_job,
+                       epochs_in_job=epochs_in_job if epochs_in_job > 1 else None)
+
+
+def _validate(record: EpochRecord, state: TrainingState, schedule, validation: TrainingData) -> None:
+    """Score the validation rows (one job, dropout off) into ``record``; early stopping watches it."""
+    scored = schedule.engine.gradient(state.params, validation.all_rows(), aggregate=schedule.aggregate)
+    record.val_loss = scored.loss_sum / scored.count
+    record.val_accuracy = scored.correct / scored.count
+    if state.stopper is not None:
+        state.stopper.update(record.epoch, record.val_loss, state.params)
+        record.best_epoch = state.stopper.best_epoch
+        state.stopped = state.stopper.should_stop
+
+
+def _checkpoint(state: TrainingState, config: TrainConfig, data: PreparedData) -> Checkpoint:
+    return Checkpoint(state.epochs_done, state.params.copy(), config.optimizer, state.optimizer.state_dict(),
+                      [r.as_dict() for r in state.history], state.network.to_config(), config.to_dict(),
+                      {"rows": data.train.count, "partitions": data.partitions},
+                      early_stopping=None if state.stopper is None else state.stopper.state_dict())
+
+
+# --- phase 6: the model --------------------------------------------------------------------------
+
+def _finish(state: TrainingState, config: TrainConfig, schedule, hooks: Callbacks, *, class_names,
+            run_id: str) -> TrainedModel:
+    """The trained model: with early stopping, the best epoch's weights and what stopping did."""
+    params, early, stopper = state.params, None, state.stopper
+    if stopper is not None and stopper.best_params is not None:
+        params = stopper.best_params.copy()
+        last = state.history[-1].epoch
+        early = {"best_epoch": stopper.best_epoch, "best_val_loss": stopper.best_loss,
+                 "stopped_epoch": last if state.stopped else None,
+                 "patience": config.early_stopping, "min_delta": config.min_delta}
+        hooks.message((f"Early stopping: no lower validation loss for {config.early_stopping} epochs, stopped "
+                       f"after epoch {last}" if state.stopped else
+                       f"Early stopping did not trigger in {config.epochs} epochs") +
+                      f"; restored the weights of epoch {stopper.best_epoch} (val loss {stopper.best_loss:.4f})")
+    return TrainedModel(state.network, params, config=config, history=[r.as_dict() for r in state.history],
+                        class_names=list(class_names) if class_names else None, run_id=run_id,
+                        early_stopping=early, schedule_plan=schedule.plan.as_dict())
+
+
+# --- parts the phases share ------------------------------------------------------------------------
+
+def build_network(config: TrainConfig, num_features: int, num_classes: int) -> Sequential:
+    """The MLP or CNN that ``config`` describes, for images of ``num_features`` values."""
+    if config.model == "mlp":
+        return build_mlp(num_features, config.hidden, num_classes, activation=config.activation,
+                         loss=config.loss, dtype=config.dtype, dropout=config.dropout)
+    image_shape = config.resolve_image_shape(num_features)
+    try:
+        return build_cnn(image_shape, [(k, config.kernel_size) for k in config.resolve_kernels(image_shape)],
+                         n_out=num_classes,
+                         dense=config.hidden, activation=config.activation,
+                         conv_activation=config.conv_activation_name, padding=config.padding, pool=config.pool,
+                         loss=config.loss, dtype=config.dtype, dropout=config.dropout)
+    except ValueError as e:  # a kernel or pooling window larger than what reaches it
+        raise ConfigError(f"model='cnn' does not fit {image_shape} images: {e}") from e
+
+
+def engine_for(config: TrainConfig, network: Sequential):
+    """The engine ``config`` asks for, computing ``network``."""
+    return make_engine(config.engine, network, aggregate=config.aggregate, patches=config.patches,
+                       patch_rows=config.patch_rows)
 
 
 def new_run_id() -> str:
@@ -577,95 +427,44 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
-def _hook(callbacks: Sequence[Callback], name: str, *args) -> None:
-    """Call the optional hook ``name`` of every callback that has it."""
-    for cb in callbacks:
-        method = getattr(cb, name, None)
-        if method is not None:
-            method(*args)
+class EarlyStopping:
+    """Tracks the validation loss: the best epoch, its weights, and epochs without improvement."""
+
+    def __init__(self, patience: int, min_delta: float = 0.0):
+        self.patience, self.min_delta = patience, min_delta
+        self.best_loss = math.inf
+        self.best_epoch: int | None = None
+        self.best_params: np.ndarray | None = None
+        self.wait = 0
+
+    def update(self, epoch: int, val_loss: float, params: np.ndarray) -> None:
+        if val_loss < self.best_loss - self.min_delta:
+            self.best_loss, self.best_epoch, self.best_params, self.wait = val_loss, epoch, params.copy(), 0
+        else:
+            self.wait += 1
+
+    @property
+    def should_stop(self) -> bool:
+        return self.wait >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "wait": self.wait,
+                "best_params": None if self.best_params is None else self.best_params.copy()}
+
+    def load_state_dict(self, state: dict, dtype) -> None:
+        self.best_loss, self.best_epoch, self.wait = float(state["best_loss"]), state["best_epoch"], int(state["wait"])
+        self.best_params = None if state.get("best_params") is None else state["best_params"].astype(dtype)
 
 
-def _tell(callbacks: Sequence[Callback], text: str) -> None:
-    _hook(callbacks, "on_message", text)
+def split_validation(df: DataFrame, fraction: float, seed: int, key_cols: Sequence[str]
+                     ) -> tuple[DataFrame, DataFrame]:
+    """``(training rows, validation rows)``: a row is held out when a seeded hash of its key
+    columns falls below ``fraction``, so the two are disjoint, together are ``df``, and a row's
+    side does not depend on the partitioning, the row order or the run."""
+    bucket = F.pmod(F.xxhash64(*[F.col(c) for c in key_cols], F.lit(seed), F.lit("validation")),
+                    F.lit(_SPLIT_BUCKETS))
+    held_out = bucket < F.lit(int(round(fraction * _SPLIT_BUCKETS)))
+    return df.filter(~held_out), df.filter(held_out)
 
 
-def _gradient_epoch(engine, data: TrainingData, params: np.ndarray, optimizer, config: TrainConfig,
-                    epoch: int) -> Iterator[LossAndGrad]:
-    """Synchronous schedules: one job per step, the optimizer steps on the driver."""
-    dropout = engine.network.has_dropout
-    for step, rows in enumerate(SCHEDULES[config.schedule](data, config, epoch), start=1):
-        result = (engine.gradient(params, rows, (config.seed, epoch, step)) if dropout else
-                  engine.gradient(params, rows))
-        if result.count:
-            _check_finite(result, epoch, step, config, "the loss or gradient")
-            optimizer.step(params, result.grad_sum / result.count)
-            _check_finite_weights(params, epoch, step, config)
-        yield result
-
-
-def _local_steps_per_epoch(config: TrainConfig, max_partition_rows: int) -> int:
-    """Local mini-batch steps the largest partition makes in one epoch of the averaging schedule."""
-    return max(1, math.ceil(max_partition_rows * config.sample / config.batch_size))
-
-
-def averaging_rounds(config: TrainConfig, max_partition_rows: int, local_steps: int | None = None) -> int:
-    """Jobs per epoch of the averaging schedule: the largest task's local steps / local steps
-    between averages (``local_steps``, default ``config.local_steps``, default a whole epoch)."""
-    local = _local_steps_per_epoch(config, max_partition_rows)
-    return math.ceil(local / (local_steps or config.local_steps or local))
-
-
-def _averaging_epoch(engine, data: TrainingData, params: np.ndarray, config: TrainConfig, epoch: int,
-                     max_partition_rows: int, schedule: SchedulePlan | None = None,
-                     partitions: int | None = None, grouped: dict | None = None) -> Iterator[LossAndGrad]:
-    """Model averaging: each job, every task (a partition, or ``schedule.models`` coalesced
-    groups of them) trains locally from the broadcast weights; the driver replaces the weights
-    by the row-weighted average of the tasks' results.
-
-    With ``schedule.epochs_per_job`` k > 1 the first epoch of each group of k runs ONE job that
-    trains all k (the weights are those after the group from then on); the group's later
-    epochs only hand back their sums, kept in ``grouped``, and cost no job."""
-    schedule = schedule or SchedulePlan("average", config.batch_size, None, config.local_steps)
-    if grouped is not None and epoch in grouped:
-        yield grouped.pop(epoch)
-        return
-    rows = epoch_rows(data, config.sample, config.seed, epoch)
-    tasks = _coalesced(schedule, partitions) if partitions is not None else None
-    if tasks is not None:
-        rows = rows.coalesce(tasks)
-    per_round = schedule.local_steps or _local_steps_per_epoch(config, max_partition_rows)
-    later = range(epoch + 1, min(config.epochs, epoch + schedule.epochs_per_job - 1) + 1)
-    for r in range(averaging_rounds(config, max_partition_rows, schedule.local_steps)):
-        plan = LocalPlan(epoch=epoch, round=r, steps=per_round, batch_size=config.batch_size, seed=config.seed,
-                         optimizer=config.optimizer, lr=config.lr_at(epoch),
-                         optimizer_args=dict(momentum=config.momentum, beta1=config.beta1, beta2=config.beta2),
-                         weight_decay=config.weight_decay, dropout=engine.network.has_dropout,
-                         more_lrs=tuple(config.lr_at(e) for e in later))
-        first, *rest = engine.local_epochs(params, rows, plan)
-        if rest:
-            grouped.update(zip(later, rest))
-        final = (rest or [first])[-1]  # the weights after the job's last epoch, and their row weight
-        result = LossAndGrad(first.loss_sum, final.grad_sum, first.correct, first.count)
-        if result.count:
-            _check_finite(result, epoch, r + 1, config, "the loss or the partitions' locally trained weights")
-            params[:] = (result.grad_sum / final.count).astype(params.dtype)
-            _check_finite_weights(params, epoch, r + 1, config)
-        yield result
-
-
-def _check_finite(result: LossAndGrad, epoch: int, step: int, config: TrainConfig, what: str) -> None:
-    if not (math.isfinite(result.loss_sum) and np.all(np.isfinite(result.grad_sum))):
-        raise TrainingDivergedError(
-            f"training diverged at epoch {epoch}, step {step}: {what} is NaN or infinite "
-            f"(lr={config.learning_rate}); lower the learning rate")
-
-
-def _check_finite_weights(params: np.ndarray, epoch: int, step: int, config: TrainConfig) -> None:
-    """After every update: a finite gradient times a huge learning rate can still overflow the
-    weights, and the last step of a run would otherwise hand back NaN or infinite weights."""
-    with np.errstate(all="ignore"):
-        finite = bool(np.isfinite(params).all())
-    if not finite:
-        raise TrainingDivergedError(
-            f"training diverged at epoch {epoch}, step {step}: the updated weights are NaN or infinite "
-            f"(lr={config.learning_rate}); lower the learning rate")
+_SPLIT_BUCKETS = 1 << 30

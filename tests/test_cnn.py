@@ -26,7 +26,8 @@ from dfnet.model import TrainedModel
 from dfnet.nn import build_cnn, patches_of_image
 from dfnet.optim import make_optimizer
 from dfnet.session import session_setting
-from dfnet.train import SCHEDULES, build_network, fit
+from dfnet.schedules import gradient_steps
+from dfnet.train import build_network, fit
 
 BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
 
@@ -220,7 +221,7 @@ def test_cnn_fit_equals_a_numpy_replay_of_its_steps(spark, digits_rows, schedule
     try:
         params, optimizer, steps = start.copy(), make_optimizer("adam", 0.01), 0
         for epoch in (1, 2):
-            for rows in SCHEDULES[schedule](data, config, epoch):
+            for rows in gradient_steps(data, config, epoch):
                 pdf = rows.toPandas()
                 if len(pdf) == 0:
                     continue

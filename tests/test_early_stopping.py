@@ -19,7 +19,8 @@ from dfnet.config import TrainConfig, auto_batch_size
 from dfnet.datasets import load_arrays, load_dataframe, to_dataframe
 from dfnet.errors import ConfigError
 from dfnet.model import TrainedModel
-from dfnet.train import MIN_ROWS_PER_MODEL, fit, plan_auto, split_validation
+from dfnet.schedules import MIN_ROWS_PER_MODEL, plan_auto
+from dfnet.train import fit, split_validation
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def digits(spark):
 
 
 def untimed(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in record.items() if k != "seconds"} for record in history]
+    return [{k: v for k, v in record.items() if k not in ("seconds", "epochs_in_job")} for record in history]
 
 
 def ids(df) -> set[int]:
@@ -131,7 +132,10 @@ def test_small_data_trains_several_epochs_per_job_bit_identically_to_one_job_eac
     config = TrainConfig(hidden=(32,), epochs=13, dropout=0.1, weight_decay=1e-3, seed=5)
     grouped = fit(digits, config, verbose=False)
     assert grouped.schedule_plan["epochs_per_job"] == 11
-    assert [h["seconds"] > 0.01 for h in grouped.history].count(True) <= 2  # two jobs: epochs 1 and 12
+    # Two jobs, for epochs 1-11 and 12-13: each epoch says so and has its share of its job's time.
+    assert [h["epochs_in_job"] for h in grouped.history] == [11] * 11 + [2] * 2
+    assert len({h["seconds"] for h in grouped.history[:11]}) == 1 and grouped.history[0]["seconds"] > 0
+    assert all(h["batch_size"] == grouped.schedule_plan["batch_size"] for h in grouped.history)
     single = fit(digits, config, checkpoint_dir=str(tmp_path / "ckpt"), verbose=False)
     assert single.schedule_plan["epochs_per_job"] == 1
     assert np.array_equal(grouped.params, single.params)

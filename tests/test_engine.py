@@ -13,7 +13,8 @@ from dfnet.engine.data import decode_images, encode_training_data
 from dfnet.engine.dataframe import DataFrameEngine
 from dfnet.nn import build_mlp
 from dfnet.optim import make_optimizer
-from dfnet.train import SCHEDULES, fit
+from dfnet.schedules import gradient_steps
+from dfnet.train import fit
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def test_one_epoch_of_fit_equals_numpy_steps_on_the_same_rows(spark, mnist_rows,
         params = start.copy()
         optimizer = make_optimizer("adam", 0.01)
         for epoch in (1, 2):
-            for rows in SCHEDULES[schedule](data, config, epoch):
+            for rows in gradient_steps(data, config, epoch):
                 pdf = rows.toPandas()
                 if len(pdf) == 0:
                     continue

@@ -16,7 +16,8 @@ from dfnet.errors import ConfigError
 from dfnet.nn.layers import Dropout, DropoutNoise
 from dfnet.nn.network import build_cnn, build_mlp
 from dfnet.optim import make_optimizer
-from dfnet.train import SCHEDULES, build_network, fit
+from dfnet.schedules import gradient_steps
+from dfnet.train import build_network, fit
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +132,7 @@ def test_synchronous_fit_with_dropout_and_weight_decay_equals_a_numpy_replay(spa
         opt = make_optimizer(optimizer, 0.02, weight_decay=0.05, decay_mask=net.decay_mask())
         steps = 0
         for epoch in (1, 2):
-            for step, rows in enumerate(SCHEDULES[schedule](data, config, epoch), start=1):
+            for step, rows in enumerate(gradient_steps(data, config, epoch), start=1):
                 pdf = rows.toPandas()
                 if len(pdf) == 0:
                     continue

@@ -1,9 +1,13 @@
 """How a training step is computed over data.
 
 Every engine offers ``prepare(df, ...) -> TrainingData`` (validated rows,
-cached in the engine's own form) and ``gradient(params, rows) -> LossAndGrad``
-(summed over the rows, one Spark job), and calls the same :mod:`dfnet.nn` code,
-so engines can be tested against each other and differ only in how data moves.
+cached in the engine's own form), ``gradient(params, rows, noise_key, *,
+aggregate) -> LossAndGrad`` (summed over the rows, one Spark job) and
+``aggregation_for(asked, tasks)`` (how a step of that many tasks adds its
+rows); the DataFrame engine also ``train_locally`` (model averaging). All call
+the same :mod:`dfnet.nn` code, so engines can be tested against each other and
+differ only in how data moves. Which steps run, and how they add up, is the
+schedule's business (:mod:`dfnet.schedules`).
 """
 
 from __future__ import annotations

@@ -1,50 +1,28 @@
 """The DataFrame engine: one training step is one Spark job.
 
-broadcast the flat weights -> a vectorized per-partition pass runs the batched
-forward and backward pass on each partition's Arrow batches and yields ONE row
-of partial sums per partition -> ``groupBy().agg`` adds the rows -> the driver
-receives the summed gradient, loss, correct count and row count.
+broadcast the flat weights -> ``mapInArrow`` runs the batched forward and
+backward pass on each partition's Arrow batches and yields ONE row of partial
+sums per partition -> the rows are added (``groupBy().agg``, or on the driver
+after an Arrow collect) -> the driver receives the summed gradient, loss,
+correct count and row count.
 
-The per-partition pass is ``mapInArrow``, the Arrow-batch form of
-``mapInPandas``: the packed images are read straight from the Arrow buffer
-with no pandas Series of bytes in between. Measured at 60,000 rows,
-784-64-10, ``local[2]``, warm JVM, interleaved medians of 8: 0.67 s per step
-against 0.80 s through ``mapInPandas`` (same aggregation).
+Why this shape (figures and their commands: docs/performance.md, "Engines" and
+"Aggregation"):
 
-A pass feeds ``loss_and_grad`` at most :data:`STEP_ROWS` images at a time:
-activations that fit the CPU caches made the CNN pass 1.3-1.4x and the MLP
-pass 1.2x faster than whole Arrow batches. The cached rows are images, or a
-CNN's first-layer patches (:mod:`dfnet.engine.patches`); one decode step per
-form (:class:`~dfnet.engine.data.ImageRows`,
-:class:`~dfnet.engine.patches.PatchRows`) serves both the gradient and the
-model-averaging pass.
-
-The partial sums travel as one ``array<double>`` per row, packed as
-``[gradient..., loss_sum, correct, count]``: a grouped-aggregate pandas UDF
-cannot share an ``agg()`` with built-in aggregates, so the scalars ride along.
-Each row also carries its partition id, and every sum adds the rows in
-partition order (:func:`ordered_sum`), on the driver and in the aggregation
-alike: float addition is not associative, and on a cluster the reduce side
-receives the rows in whatever order the tasks finished and were fetched, so
-without the order two runs of the same seed differed from the first epoch
-(by ~1e-9) and a retried or recomputed task changed the weights.
-
-How the rows are added (``benchmarks/aggregation.py``: one ready-made vector
-per partition, 51k-1M values, 2-32 partitions, ``local[2]``): the fastest
-``groupBy().agg`` is this grouped-aggregate pandas UDF with adaptive execution
-off and the result read through ``toArrow()``. It takes 0.49-0.95x the time of
-``.collect()`` plus a driver-side sum (which pickles every row; 1.38x only for
-51k values on 2 partitions), but 1.05-1.97x that of a collect through Arrow:
-the aggregation adds a stage that writes every partition's vector to shuffle
-files for ONE reduce task, the same bytes the Arrow collect streams straight
-to the driver. pyspark 4.1's grouped-aggregate Arrow UDF is slower than the
-pandas one (1.08-3.85x), and so are the JVM-native forms up to 235k values:
-8,192-value chunk rows with ``groupBy("chunk")`` and ``aggregate``/``zip_with``
-(4-12% faster only at 1M values on 8-32 partitions), ``posexplode`` + ``sum``
-1.4-2.1x. What the aggregation buys is driver memory: the collect holds all P
-partial vectors on the driver at once (32 partitions x 1M parameters = 256 MB
-a step), the aggregation hands it one. So ``groupBy().agg`` is the default and
-``aggregate="collect"`` the option for few partitions and a roomy driver.
+- ``mapInArrow`` rather than ``mapInPandas``: the packed images are read
+  straight from the Arrow buffers, with no pandas Series of bytes in between.
+- A pass feeds ``loss_and_grad`` :data:`STEP_ROWS` images at a time, so the
+  activations fit the CPU caches.
+- The partial sums travel as one ``array<double>`` per row packed as
+  ``[gradient..., loss_sum, correct, count]``: a grouped-aggregate pandas UDF
+  cannot share an ``agg()`` with built-in aggregates, so the scalars ride along.
+- Every sum adds the rows in partition order (:func:`ordered_sum`): float
+  addition is not associative, and on a cluster the reduce side receives the
+  rows in whatever order the tasks finished, so without it two runs of one
+  seed, or a retried task, changed the weights.
+- ``groupBy().agg`` bounds the driver's memory (it receives one vector, not P);
+  an Arrow collect skips a shuffle stage. :func:`resolve_aggregate` picks the
+  collect while P vectors stay small; the schedule that runs a step asks for it.
 """
 
 from __future__ import annotations
@@ -67,11 +45,8 @@ from .data import ImageRows, TrainingData, as_pixels, encode_training_data
 from .faults import inject_task_fault
 from .patches import PatchRows, explode_patches
 
-#: Images per ``loss_and_grad`` call in a gradient pass. A whole Arrow batch (up to 10,000 rows) at
-#: once keeps activations far larger than the CPU caches: one partition's 2,500 MNIST images
-#: through 5x5x8 + 5x5x16 convolutions took 0.65 s in one call against 0.46 s in calls of 250
-#: (0.34 s against 0.26 s with one convolution, 0.106 s against 0.085 s for 30,000 rows of a
-#: 784-64-10 MLP in calls of 256); one numpy thread, minimum of 3.
+#: Images per ``loss_and_grad`` call in a gradient pass: a whole Arrow batch (up to 10,000 rows)
+#: at once keeps activations far larger than the CPU caches (docs/performance.md, "Design figures").
 STEP_ROWS = 256
 PARTIAL_COL = "partial"
 PARTITION_COL = "partition"
@@ -188,8 +163,8 @@ def summed_in_chunks(loss_and_grad, inputs: np.ndarray, labels: np.ndarray, chun
     are given) over ``chunk_rows`` rows at a time, added in place to the float64
     running ``total`` packed as ``[gradient..., loss_sum, correct, count]`` (None: start from
     nothing, and None back for no rows): what a partition emits, one running sum over all its
-    batches, and the numpy floor of ``benchmarks/engines.py``. Adding in place instead of packing
-    every chunk into a new vector saved ~2% of a 30,000-row pass."""
+    batches, and the numpy floor of ``benchmarks/engines.py``. Adds in place rather than packing
+    every chunk into a new vector."""
     for start in range(0, len(labels), chunk_rows):
         end = start + chunk_rows
         part = (loss_and_grad(inputs[start:end], labels[start:end]) if keys is None else
@@ -259,6 +234,24 @@ def locally_trained_sums(network: Sequential, broadcast, plan: "LocalPlan", rows
 
 
 @dataclass(frozen=True)
+class EpochTotals:
+    """One epoch of local training, added over the tasks: loss and correct predictions (each
+    measured before its local step's update) over ``count`` rows."""
+
+    loss_sum: float
+    correct: int
+    count: int
+
+
+@dataclass(frozen=True)
+class LocallyTrained:
+    """What one job of the averaging schedule hands back."""
+
+    weights: np.ndarray | None  # float64 row-weighted mean of the tasks' final weights; None: no rows
+    epochs: list[EpochTotals]  # one per epoch the job trained
+
+
+@dataclass(frozen=True)
 class LocalPlan:
     """What every partition does in one round of the averaging schedule."""
 
@@ -284,11 +277,10 @@ def adaptive_execution_off(spark):
     """Run a step's query without adaptive query execution, then restore the session's setting.
 
     AQE runs the aggregation's shuffle as a job of its own before planning the
-    rest, so a step becomes two jobs; it has nothing to re-plan in a
-    one-row-per-partition sum. Measured at 60,000 rows, 784-64-10,
-    ``local[2]``: 0.335 s per step without AQE against 0.385 s with it. The
-    setting is the session's, so a query the user runs concurrently in the same
-    session during a step also runs without AQE.
+    rest, so a step becomes two jobs (docs/performance.md, "Design figures"); it
+    has nothing to re-plan in a one-row-per-partition sum. The setting is the
+    session's, so a query the user runs concurrently in the same session during
+    a step also runs without AQE.
     """
     return session_setting(spark, AQE_CONF, "false")
 
@@ -355,44 +347,46 @@ class DataFrameEngine:
                                     num_partitions=num_partitions, shuffle_seed=shuffle_seed,
                                     input_partitions_hint=input_partitions_hint)
 
-    def gradient(self, params: np.ndarray, rows: DataFrame,
-                 noise_key: tuple[int, int, int] | None = None) -> LossAndGrad:
+    def aggregation_for(self, asked: str, tasks: int) -> str:
+        """How a step of ``tasks`` tasks adds its partial rows: ``asked``, with ``auto`` resolved
+        by :func:`resolve_aggregate` (a schedule asks once, when it knows its task count)."""
+        return resolve_aggregate(asked, tasks, self.network.num_params)
+
+    def gradient(self, params: np.ndarray, rows: DataFrame, noise_key: tuple[int, int, int] | None = None, *,
+                 aggregate: str | None = None) -> LossAndGrad:
         """Sums over ``rows`` (an encoded frame, usually a sample or batch of it) at ``params``;
-        ``noise_key`` ``(seed, epoch, step)`` turns the network's dropout on (off: None)."""
-        return self._summed(params, rows, lambda b: partial_gradient_sums(self.network, b, self.rows, noise_key))
-
-    def local_training(self, params: np.ndarray, rows: DataFrame, plan: LocalPlan) -> LossAndGrad:
-        """One averaging round: the returned ``grad_sum`` field holds the row-weighted SUM of the
-        partitions' locally trained weights (divide by ``count`` for the average)."""
-        return self.local_epochs(params, rows, plan)[-1]
-
-    def local_epochs(self, params: np.ndarray, rows: DataFrame, plan: LocalPlan) -> list[LossAndGrad]:
-        """An averaging round that trains ``1 + len(plan.more_lrs)`` epochs in one job: one
-        :class:`LossAndGrad` per epoch (its loss, correct and row counts), each holding the
-        row-weighted sum of the final weights in ``grad_sum``."""
-        epochs = 1 + len(plan.more_lrs)
-        total = self._summed_vector(params, rows,
-                                    lambda b: locally_trained_sums(self.network, b, plan, self.rows))
-        if total is None:
-            return [LossAndGrad(0.0, np.zeros(self.network.num_params), 0, 0)] * epochs
-        weights, stats = total[:-_SCALARS * epochs], total[-_SCALARS * epochs:].reshape(epochs, _SCALARS)
-        return [LossAndGrad(float(loss), weights, int(round(correct)), int(round(count)))
-                for loss, correct, count in stats]
-
-    def _summed(self, params: np.ndarray, rows: DataFrame, make_fn) -> LossAndGrad:
-        total = self._summed_vector(params, rows, make_fn)
+        ``noise_key`` ``(seed, epoch, step)`` turns the network's dropout on (off: None);
+        ``aggregate`` (default: the engine's own) says how the partial rows are added."""
+        total = self._summed_vector(params, rows, lambda b: partial_gradient_sums(self.network, b, self.rows,
+                                                                                  noise_key), aggregate)
         if total is None:  # no rows in this sample or batch
             return LossAndGrad(0.0, np.zeros(self.network.num_params), 0, 0)
         return unpack(total)
 
-    def _summed_vector(self, params: np.ndarray, rows: DataFrame, make_fn) -> np.ndarray | None:
+    def train_locally(self, params: np.ndarray, rows: DataFrame, plan: LocalPlan, *,
+                      aggregate: str | None = None) -> "LocallyTrained":
+        """One job of the averaging schedule: every task trains ``1 + len(plan.more_lrs)`` epochs
+        from ``params`` (see :func:`locally_trained_sums`); back come the row-weighted mean of the
+        tasks' final weights and each epoch's totals."""
+        epochs = 1 + len(plan.more_lrs)
+        total = self._summed_vector(params, rows, lambda b: locally_trained_sums(self.network, b, plan, self.rows),
+                                    aggregate)
+        if total is None:
+            return LocallyTrained(None, [EpochTotals(0.0, 0, 0)] * epochs)
+        weights_sum, stats = total[:-_SCALARS * epochs], total[-_SCALARS * epochs:].reshape(epochs, _SCALARS)
+        totals = [EpochTotals(float(loss), int(round(correct)), int(round(count))) for loss, correct, count in stats]
+        # Every epoch of a job uses the same rows per task, so the last epoch's count weighs the weights.
+        return LocallyTrained(weights_sum / totals[-1].count if totals[-1].count else None, totals)
+
+    def _summed_vector(self, params: np.ndarray, rows: DataFrame, make_fn, aggregate: str | None
+                       ) -> np.ndarray | None:
         """One job: the packed partial rows of ``make_fn(broadcast)`` summed (None: no rows)."""
         spark = rows.sparkSession
         with ship_weights(spark, params) as weights:
             partials = rows.mapInArrow(make_fn(weights), PARTIAL_SCHEMA)
-            # "auto" is resolved by the trainer, which knows the task count (resolve_aggregate); left
-            # unresolved it aggregates, which bounds the driver's memory whatever the partitions.
-            if self.aggregate == "collect":
+            # An unresolved "auto" aggregates: that bounds the driver's memory whatever the task count
+            # (a schedule resolves it with aggregation_for, knowing its tasks).
+            if (aggregate or self.aggregate) == "collect":
                 total = sum_on_driver(to_arrow(partials))
             else:
                 with adaptive_execution_off(spark):

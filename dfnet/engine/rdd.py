@@ -89,7 +89,16 @@ class _RDDEngine:
         return to_records(df, self.network, features_col=features_col, label_col=label_col,
                           num_partitions=num_partitions)
 
-    def gradient(self, params: np.ndarray, rows: RDD) -> LossAndGrad:
+    def aggregation_for(self, asked: str, tasks: int) -> str:
+        """The RDD baselines add their tuples with one ``reduce``, whatever was asked."""
+        return "reduce"
+
+    def gradient(self, params: np.ndarray, rows: RDD, noise_key: tuple[int, int, int] | None = None, *,
+                 aggregate: str | None = None) -> LossAndGrad:
+        """Sums over ``rows`` at ``params`` (one job); the baselines have no dropout keys and one
+        way of adding (``aggregate`` is accepted for the common engine interface)."""
+        if noise_key is not None:
+            raise ValueError(f"the {self.name} engine has no dropout: its records carry no row keys")
         broadcast = rows.context.broadcast(params)
         try:
             total = self._summed(broadcast, rows)
