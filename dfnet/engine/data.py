@@ -2,9 +2,8 @@
 
 The user's images are array columns (``array<float>`` or ``array<double>``).
 Converting Spark arrays to Arrow lists and then to numpy rows costs more than
-the forward and backward pass itself (measured on 60,000 x 784: 0.80 s per
-mapInPandas pass for ``array<float>`` against 0.45 s for the same values as
-raw bytes), so training reads a cached copy in which each image is ONE binary
+the forward and backward pass itself (docs/design.md, "What was measured to
+choose it"), so training reads a cached copy in which each image is ONE binary
 value holding the packed float32/float64 pixels, decoded with a single
 ``np.frombuffer`` per Arrow batch.
 """
@@ -200,9 +199,8 @@ def stored_arrow_images(packed: pa.BinaryArray, num_features: int, dtype: str) -
     decoded row by row into pixels.
 
     The step converts levels to pixels chunk by chunk, just before the chunk's
-    forward pass, so a partition never holds a float copy of all its images:
-    at 60,000 rows, 784-64-10, ``local[2]``, a step took 0.240 s (median of 37)
-    against 0.271 s when every Arrow batch was converted whole first.
+    forward pass, so a partition never holds a float copy of all its images
+    (and is faster for it: docs/performance.md, "Engines").
     """
     dtype = np.dtype(dtype)
     n = len(packed)

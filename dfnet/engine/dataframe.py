@@ -6,8 +6,8 @@ sums per partition -> the rows are added (``groupBy().agg``, or on the driver
 after an Arrow collect) -> the driver receives the summed gradient, loss,
 correct count and row count.
 
-Why this shape (figures and their commands: docs/performance.md, "Engines" and
-"Aggregation"):
+Why this shape (figures: docs/design.md, "What was measured to choose it", and
+docs/performance.md, "Engines" and "Aggregation", with their commands):
 
 - ``mapInArrow`` rather than ``mapInPandas``: the packed images are read
   straight from the Arrow buffers, with no pandas Series of bytes in between.
@@ -46,7 +46,7 @@ from .faults import inject_task_fault
 from .patches import PatchRows, explode_patches
 
 #: Images per ``loss_and_grad`` call in a gradient pass: a whole Arrow batch (up to 10,000 rows)
-#: at once keeps activations far larger than the CPU caches (docs/performance.md, "Design figures").
+#: at once keeps activations far larger than the CPU caches (docs/design.md, "What was measured").
 STEP_ROWS = 256
 PARTIAL_COL = "partial"
 PARTITION_COL = "partition"
@@ -277,7 +277,7 @@ def adaptive_execution_off(spark):
     """Run a step's query without adaptive query execution, then restore the session's setting.
 
     AQE runs the aggregation's shuffle as a job of its own before planning the
-    rest, so a step becomes two jobs (docs/performance.md, "Design figures"); it
+    rest, so a step becomes two jobs (docs/design.md, "What was measured to choose it"); it
     has nothing to re-plan in a one-row-per-partition sum. The setting is the
     session's, so a query the user runs concurrently in the same session during
     a step also runs without AQE.

@@ -28,29 +28,9 @@ as stored (14.4 KB an MNIST image with 5x5 kernels when the pixels are 8-bit
 levels, four or eight times that as float32/float64 values, where the image
 encoding holds 784 bytes and cuts patches per local step).
 
-Measured with ``python benchmarks/patches.py``: MNIST's 5,000 training
-images, 5x5x8 conv -> 2x2 pool -> 32 -> 10, float32, 2 partitions,
-``local[2]``, warm JVM, interleaved medians of 7 (another job shared the 2
-cores). "cached" is Spark's storage size (its columnar cache compresses);
-"read" streams and decodes every row into the step's input tensors, no maths.
-
-| cache | rows | cached | build | full-batch step | averaging epoch | read |
-|---|---|---|---|---|---|---|
-| inline (images) | 5,000 | 1.2 MB | 0.49 s | 0.80 s | 0.86 s | 0.13 s |
-| explode, ``image-row`` | 120,000 | 16.3 MB | 2.73 s | 1.05 s | 1.16 s | 0.37 s |
-| explode, ``position`` | 2,880,000 | 20.9 MB | 3.39 s | 2.63 s | 2.78 s | 1.94 s |
-
-- ``image-row`` is the default: the same 72 MB of patch values (one byte
-  each) in 24x fewer rows reads 5x faster (per-row work in the JVM dominates
-  2.9 million small rows), so its steps are 2.5x faster.
-- ``explode`` costs 1.3x ``inline`` per step: every epoch it moves 18x the
-  bytes out of the cache (576 patches x 25 values against 784 pixels an
-  image), while cutting patches inline is cheap next to the convolution
-  itself. So ``inline`` is the default; ``explode`` keeps the patches as
-  DataFrame rows.
-- The UDF is an Arrow UDF: cutting, exploding and sorting the ``image-row``
-  rows into a no-op sink took 0.23 s against 1.52 s with a pandas UDF, which
-  must return one Python ``bytes`` object per patch row.
+Why ``image-row`` is the ``explode`` default, why ``inline`` is the default at
+all, and why the cutting UDF is an Arrow UDF: docs/cnn.md ("Where the patches
+are cut"), with the table of ``python benchmarks/patches.py``.
 """
 
 from __future__ import annotations
