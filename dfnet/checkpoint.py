@@ -13,9 +13,16 @@ are the random state.
 Layout: a checkpoint is a Parquet dataset of one row, ``<dir>/checkpoint-<epoch, 6 digits>.dfnet/``,
 whose one binary column holds these bytes::
 
-    DFNETCKPT 1\\n                                      magic and format version
+    DFNETCKPT 1\\n                                      magic and container version
     {"sha256": "<hex of payload>", "bytes": <payload length>}\\n
-    <payload: an uncompressed .npz (params, optimizer arrays, meta = JSON as uint8)>
+    <payload: an uncompressed .npz (params, optimizer arrays, early.best_params, meta = JSON as uint8)>
+
+``meta`` (format version 2) is ``{"format": "dfnet.checkpoint", "format_version": 2, "model": <the
+model record of dfnet.model, whose weights are the npz's params>, "epoch", "optimizer",
+"optimizer_scalars", "data": {"rows", "partitions"}, "early_stopping": <the stopper's state but
+its best weights>, "random"}``: the run's network, configuration, history, run id and class names
+are stored as every model is. Version 1 meta (network, config and history as keys of their own)
+still decodes, so a run checkpointed by an older dfnet resumes.
 
 All I/O goes through Spark's DataFrame readers and writers, on a classic session and on Spark
 Connect alike (no Hadoop FileSystem through py4j), so the directory may be anything Spark writes:
@@ -46,11 +53,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .compat import create_dataframe, to_arrow
-from .errors import CheckpointError
+from .errors import CheckpointError, ModelFormatError
 from .files import first_line, live_folders, prune_folder, spark_errors, spark_files, spark_path
+from .model import TrainedModel, model_record, read_record
 
+#: the container (header and hash); the payload's meta has a format version of its own
 MAGIC = b"DFNETCKPT 1\n"
-FORMAT_VERSION = 1
+FORMAT = "dfnet.checkpoint"
+FORMAT_VERSION = 2
+#: meta versions decode reads: 1 kept network, config and history as keys of their own
+READABLE_VERSIONS = (1, 2)
 DEFAULT_KEEP = 3
 #: Configuration fields a resumed run may change: more (or fewer) epochs. With a cosine
 #: learning-rate schedule the epochs are part of every epoch's rate, so they must match too.
@@ -77,6 +89,31 @@ class Checkpoint:
     #: early stopping's state (``EarlyStopping.state_dict()``: best epoch, loss and weights,
     #: epochs without improvement), None when the run does not stop early
     early_stopping: dict | None = field(default=None, compare=False)
+    #: the rest of the model record, for a checkpoint that is read as a model (:meth:`model`)
+    class_names: list[str] | None = None
+    run_id: str | None = None
+    schedule_plan: dict | None = None
+    #: early stopping's outcome (``TrainedModel.early_stopping``), known once the run ends
+    early_stopping_outcome: dict | None = None
+
+    @classmethod
+    def from_model(cls, model: TrainedModel, epoch: int, optimizer: str, optimizer_state: dict, data: dict, *,
+                   early_stopping: dict | None = None) -> "Checkpoint":
+        """The checkpoint of ``model`` after ``epoch`` epochs, with the optimizer's state and the data's shape."""
+        record, params = model.to_record()
+        return cls(epoch, params.copy(), optimizer, optimizer_state, record["history"], record["network"],
+                   record["config"], data, early_stopping=early_stopping, class_names=record["class_names"],
+                   run_id=record["run_id"], schedule_plan=record["schedule_plan"],
+                   early_stopping_outcome=record["early_stopping"])
+
+    def model_record(self) -> dict:
+        """The model record this checkpoint stores (its weights are :attr:`params`)."""
+        return model_record(self.network, self.config, self.history, self.class_names, self.run_id,
+                            self.early_stopping_outcome, self.schedule_plan)
+
+    def model(self) -> TrainedModel:
+        """The model at this checkpoint (its weights after :attr:`epoch` epochs), built and checked."""
+        return TrainedModel.from_record(self.model_record(), self.params, source=self.uri or "checkpoint")
 
 
 def checkpoint_name(epoch: int) -> str:
@@ -97,11 +134,10 @@ def encode(checkpoint: Checkpoint) -> bytes:
     early = dict(checkpoint.early_stopping or {})
     if early.get("best_params") is not None:
         arrays["early.best_params"] = np.asarray(early.pop("best_params"))
-    meta = {"format_version": FORMAT_VERSION, "epoch": checkpoint.epoch, "optimizer": checkpoint.optimizer,
-            "optimizer_scalars": scalars, "history": checkpoint.history, "network": checkpoint.network,
-            "config": checkpoint.config, "data": checkpoint.data,
-            "early_stopping": early or None,
-            "random": {"seed": checkpoint.config.get("seed"), "next_epoch": checkpoint.epoch + 1,
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": checkpoint.model_record(),
+            "epoch": checkpoint.epoch, "optimizer": checkpoint.optimizer, "optimizer_scalars": scalars,
+            "data": checkpoint.data, "early_stopping": early or None,
+            "random": {"seed": (checkpoint.config or {}).get("seed"), "next_epoch": checkpoint.epoch + 1,
                        "derivation": "every random choice is a function of (seed, epoch)"}}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     buffer = io.BytesIO()
@@ -131,21 +167,37 @@ def decode(blob: bytes, uri: str = "") -> Checkpoint:
         with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
         meta = json.loads(arrays.pop("meta").tobytes())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise CheckpointError(f"{uri}: checkpoint format {meta.get('format_version')!r}, this dfnet reads "
-                                  f"{FORMAT_VERSION}")
+        model = _model_fields(meta, uri)
         state = dict(meta["optimizer_scalars"])
         state.update({name.removeprefix("optimizer."): value for name, value in arrays.items()
                       if name.startswith("optimizer.")})
         early = meta.get("early_stopping")
         if early is not None:
             early = {**early, "best_params": arrays.get("early.best_params")}
-        return Checkpoint(int(meta["epoch"]), arrays["params"], meta["optimizer"], state, meta["history"],
-                          meta["network"], meta["config"], meta["data"], uri, early)
+        return Checkpoint(int(meta["epoch"]), arrays["params"], meta["optimizer"], state, model["history"],
+                          model["network"], model["config"], meta["data"], uri, early,
+                          class_names=model["class_names"], run_id=model["run_id"],
+                          schedule_plan=model["schedule_plan"], early_stopping_outcome=model["early_stopping"])
     except CheckpointError:
         raise
     except (ValueError, KeyError, TypeError, OSError) as e:  # a valid hash over bytes dfnet did not write
         raise CheckpointError(f"{uri}: unreadable checkpoint payload ({type(e).__name__}: {e})") from None
+
+
+def _model_fields(meta: dict, uri: str) -> dict:
+    """The model record's fields of a checkpoint's meta of any readable version."""
+    version = meta.get("format_version")
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
+        raise CheckpointError(f"{uri}: checkpoint format {version!r}, this dfnet reads versions "
+                              f"{', '.join(map(str, READABLE_VERSIONS))}")
+    if version >= 2 and meta.get("format") != FORMAT:
+        raise CheckpointError(f"{uri}: format {meta.get('format')!r}, not a {FORMAT!r} meta")
+    record = meta["model"] if version >= 2 else {"format_version": 1, "network": meta["network"],
+                                                  "config": meta["config"], "history": meta["history"]}
+    try:
+        return read_record(record, f"{uri} (its model)")
+    except ModelFormatError as e:
+        raise CheckpointError(str(e)) from None
 
 
 # --- the store -------------------------------------------------------------------------

@@ -1,8 +1,22 @@
-"""A trained network: architecture, flat weights, the config and history it came from.
+"""A trained network and its one codec: every store of a model (the run folder, the Spark ML data
+row, a checkpoint, the MLflow model) holds the same self-describing record.
 
-Saved as a folder: ``model.json`` (architecture, config, class names, history)
-and ``weights.npy`` (the flat parameter vector), each written to a temporary
-name and renamed into place, so a failure never leaves a half-written model.
+The record is a JSON object; the flat weights travel beside it in the store's own array form
+(``weights.npy``, an ``array<double>`` column, an npz member), as JSON would not keep them compact::
+
+    {"format": "dfnet.model", "format_version": 2,
+     "network": Sequential.to_config(), "config": TrainConfig.to_dict() or null,
+     "history": [{"epoch": 1, "loss": ...}, ...], "class_names": [...] or null, "run_id": ... or null,
+     "early_stopping": {"best_epoch": ..., ...} or null, "schedule_plan": {"schedule": ..., ...} or null}
+
+:meth:`TrainedModel.from_record` also reads version 1, the layout every store wrote before the one
+codec (the same fields, without the ``format`` tag; the Spark ML row and the checkpoint kept them
+in columns and meta keys of their own, which :mod:`dfnet.ml.io` and :mod:`dfnet.checkpoint` turn
+into a version 1 record).
+
+Saved as a folder: ``model.json`` (the record) and ``weights.npy`` (the flat parameter vector),
+each written to a temporary name and renamed into place, so a failure never leaves a half-written
+model.
 """
 
 from __future__ import annotations
@@ -23,7 +37,55 @@ from .evaluate import Evaluation, evaluate, predict
 from .files import stage_file
 from .nn.network import Sequential
 
-FORMAT_VERSION = 1
+#: the ``format`` tag of a model record
+FORMAT = "dfnet.model"
+FORMAT_VERSION = 2
+#: versions :func:`read_record` accepts; 1 is the layout of every store before the one codec
+READABLE_VERSIONS = (1, 2)
+#: the record's fields besides format and version, with the JSON types each may hold
+RECORD_FIELDS = {"network": (dict,), "config": (dict, type(None)), "history": (list,),
+                 "class_names": (list, type(None)), "run_id": (str, type(None)),
+                 "early_stopping": (dict, type(None)), "schedule_plan": (dict, type(None))}
+
+
+def model_record(network: dict, config: dict | None = None, history: Sequence[dict] = (),
+                 class_names: Sequence[str] | None = None, run_id: str | None = None,
+                 early_stopping: dict | None = None, schedule_plan: dict | None = None) -> dict:
+    """The current record of a model given as JSON values, so a store that has no
+    :class:`TrainedModel` (a checkpoint mid-run) writes the same record as one that has."""
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "network": network, "config": config,
+            "history": list(history), "class_names": list(class_names) if class_names else None,
+            "run_id": run_id, "early_stopping": early_stopping, "schedule_plan": schedule_plan}
+
+
+def read_record(record: dict | str | bytes, source: str) -> dict:
+    """The fields of a record of any readable version (``RECORD_FIELDS``, as JSON values, missing
+    ones as None or ``[]``), its format, version and field types checked but nothing built, so a
+    checkpoint can carry a record whose network it does not build; :class:`ModelFormatError`
+    naming ``source`` otherwise."""
+    try:
+        if isinstance(record, (bytes, bytearray)):
+            record = bytes(record).decode("utf-8")
+        if isinstance(record, str):
+            record = json.loads(record)
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise ModelFormatError(f"{source}: corrupt model record ({type(e).__name__}: {e})") from e
+    if not isinstance(record, dict):
+        raise ModelFormatError(f"{source}: a model record is a JSON object, this is a {type(record).__name__}")
+    version = record.get("format_version")
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
+        raise ModelFormatError(f"{source}: model format version {version!r}, this dfnet reads versions "
+                               f"{', '.join(map(str, READABLE_VERSIONS))}")
+    if version >= 2 and record.get("format") != FORMAT:
+        raise ModelFormatError(f"{source}: format {record.get('format')!r}, not a {FORMAT!r} record")
+    if "network" not in record:
+        raise ModelFormatError(f"{source}: corrupt model record (no 'network')")
+    fields = {name: record.get(name, [] if name == "history" else None) for name in RECORD_FIELDS}
+    for name, kinds in RECORD_FIELDS.items():
+        if not isinstance(fields[name], kinds):
+            raise ModelFormatError(f"{source}: corrupt model record ({name!r} is a {type(fields[name]).__name__}, "
+                                   f"not a {' or '.join(k.__name__ for k in kinds)})")
+    return fields
 
 
 @dataclass
@@ -103,18 +165,46 @@ class TrainedModel:
         return figures
 
     # --- persistence ---------------------------------------------------------------
+    def to_record(self) -> tuple[dict, np.ndarray]:
+        """The model's record (JSON-able, see the module docstring) and its flat weights."""
+        return model_record(self.network.to_config(), self.config.to_dict() if self.config else None,
+                            self.history, self.class_names, self.run_id, self.early_stopping,
+                            self.schedule_plan), self.params
+
+    @classmethod
+    def from_record(cls, record: dict | str | bytes, weights: np.ndarray | bytes, *, source: str,
+                    expect: Sequential | None = None) -> "TrainedModel":
+        """The model of a record of any readable version (a dict, or its JSON text) and its weights
+        (an array, or the bytes of a ``.npy`` file); ``source`` names the store in errors; with
+        ``expect``, a model of a different architecture is refused."""
+        fields = read_record(record, source)
+        try:
+            if isinstance(weights, (bytes, bytearray, memoryview)):
+                weights = np.load(io.BytesIO(weights), allow_pickle=False)
+            network = Sequential.from_config(fields["network"])
+            config = TrainConfig.from_dict(fields["config"]) if fields["config"] else None
+            weights = np.asarray(weights)
+        except (ValueError, KeyError, TypeError, AttributeError, EOFError, OSError) as e:
+            # ConfigError is a ValueError too.
+            raise ModelFormatError(f"{source}: corrupt model ({type(e).__name__}: {e})") from e
+        if weights.shape != (network.num_params,):
+            raise ModelFormatError(f"{source}: the weight vector holds {weights.size} values, the architecture "
+                                   f"needs {network.num_params}")
+        if expect is not None and expect.to_config() != network.to_config():
+            raise ModelFormatError(f"{source}: saved architecture {network.to_config()['layers']} differs from the "
+                                   f"expected {expect.to_config()['layers']}")
+        return cls(network, weights.astype(network.dtype), config, fields["history"], fields["class_names"],
+                   fields["run_id"], fields["early_stopping"], fields["schedule_plan"])
+
     def save(self, path: str | os.PathLike) -> Path:
+        """Write the model folder (``model.json`` + ``weights.npy``); returns its path."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        meta = {"format_version": FORMAT_VERSION, "network": self.network.to_config(),
-                "config": self.config.to_dict() if self.config else None,
-                "class_names": list(self.class_names) if self.class_names else None,
-                "history": self.history, "run_id": self.run_id, "early_stopping": self.early_stopping,
-                "schedule_plan": self.schedule_plan}
+        record, weights = self.to_record()
         # Serialise everything first, then rename both files into place, so a
         # failure never pairs new weights with an old architecture.
-        text = json.dumps(meta, indent=2).encode()
-        staged = [(stage_file(path / "weights.npy", lambda f: np.save(f, self.params)), path / "weights.npy"),
+        text = json.dumps(record, indent=2).encode()
+        staged = [(stage_file(path / "weights.npy", lambda f: np.save(f, weights)), path / "weights.npy"),
                   (stage_file(path / "model.json", lambda f: f.write(text)), path / "model.json")]
         for tmp, target in staged:
             os.replace(tmp, target)
@@ -122,41 +212,13 @@ class TrainedModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, expect: Sequential | None = None) -> "TrainedModel":
-        """Load a saved model; with ``expect``, refuse one of a different architecture."""
+        """Load a saved model folder; with ``expect``, refuse one of a different architecture."""
         path = Path(path)
         try:
-            meta_text = (path / "model.json").read_bytes()
+            record = (path / "model.json").read_bytes()
             weights = (path / "weights.npy").read_bytes()
         except FileNotFoundError as e:
             raise ModelFormatError(f"{path}: not a dfnet model folder (missing {Path(e.filename).name})") from e
         except OSError as e:
             raise ModelFormatError(f"{path}: cannot read the model files ({type(e).__name__}: {e})") from e
-        return cls.from_saved(meta_text, weights, source=str(path), expect=expect)
-
-    @classmethod
-    def from_saved(cls, meta_text: str | bytes, weights_npy: bytes, *, source: str,
-                   expect: Sequential | None = None) -> "TrainedModel":
-        """A model from the contents of a saved folder's ``model.json`` and ``weights.npy``, however
-        they were read (the local file system, or Spark's readers for any Hadoop path).
-        ``source`` names the folder in errors."""
-        try:
-            meta = json.loads(meta_text.decode("utf-8") if isinstance(meta_text, bytes) else meta_text)
-            if meta.get("format_version") != FORMAT_VERSION:
-                raise ModelFormatError(f"{source}: model format version {meta.get('format_version')!r}, "
-                                       f"this dfnet reads version {FORMAT_VERSION}")
-            params = np.load(io.BytesIO(weights_npy), allow_pickle=False)
-            network = Sequential.from_config(meta["network"])
-            config = TrainConfig.from_dict(meta["config"]) if meta.get("config") else None
-        except ModelFormatError:
-            raise
-        except (ValueError, KeyError, TypeError, AttributeError, EOFError, OSError) as e:
-            # ConfigError and JSONDecodeError are ValueErrors too.
-            raise ModelFormatError(f"{source}: corrupt model files ({type(e).__name__}: {e})") from e
-        if params.shape != (network.num_params,):
-            raise ModelFormatError(f"{source}: weights.npy holds {params.size} values, the architecture "
-                                   f"needs {network.num_params}")
-        if expect is not None and expect.to_config() != network.to_config():
-            raise ModelFormatError(f"{source}: saved architecture {network.to_config()['layers']} differs from the "
-                                   f"expected {expect.to_config()['layers']}")
-        return cls(network, params.astype(network.dtype), config, meta.get("history", []), meta.get("class_names"),
-                   meta.get("run_id"), meta.get("early_stopping"), meta.get("schedule_plan"))
+        return cls.from_record(record, weights, source=str(path), expect=expect)

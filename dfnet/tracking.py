@@ -27,6 +27,9 @@ features column (each row a list or array of ``num_features`` floats, the same
 values ``fit`` took) and returns ``prediction`` (long) and ``probability``
 (array<double>), equal to :meth:`dfnet.model.TrainedModel.predict`;
 ``mlflow.pyfunc.spark_udf(spark, uri)`` returns them as a struct column.
+Its data is a dfnet model folder (:meth:`~dfnet.model.TrainedModel.save`, the one model codec),
+so :func:`load_trained_model` gives back the :class:`~dfnet.model.TrainedModel` with every field
+it was logged with (history, class names, run id, early stopping, schedule plan).
 MLflow is an optional extra: ``pip install 'dfnet[mlflow]'``.
 """
 
@@ -248,6 +251,25 @@ def _load_pyfunc(data_path: str) -> DFNetPyfunc:
     folder = Path(data_path)
     config = json.loads((folder / PYFUNC_CONFIG).read_text())
     return DFNetPyfunc(TrainedModel.load(folder), config.get("features_col", "image"))
+
+
+def load_trained_model(model_uri: str) -> "TrainedModel":
+    """The :class:`~dfnet.model.TrainedModel` of an MLflow model that :func:`log_pyfunc_model` logged
+    (``runs:/<id>/model``, ``models:/<name>/<version>`` ...), read through the model codec, where
+    ``mlflow.pyfunc.load_model`` gives only its ``predict``."""
+    mlflow = require_mlflow()
+    from mlflow.models import Model
+
+    from .errors import ModelFormatError
+    from .model import TrainedModel
+
+    with tempfile.TemporaryDirectory(prefix="dfnet-mlflow-") as folder:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=folder))
+        flavor = Model.load(str(local)).flavors.get("python_function", {})
+        if flavor.get("loader_module") != __name__ or "data" not in flavor:
+            raise ModelFormatError(f"{model_uri}: not a dfnet MLflow model (its pyfunc loader is "
+                                   f"{flavor.get('loader_module')!r}, not {__name__!r})")
+        return TrainedModel.load(local / flavor["data"])
 
 
 def score_pandas(model: "TrainedModel", frame: pd.DataFrame, features_col: str = "image",

@@ -14,14 +14,9 @@ from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReader, 
 from pyspark.sql import DataFrame, SparkSession
 
 from ..compat import create_dataframe, ml_context, to_arrow
-from ..config import TrainConfig
 from ..errors import ModelFormatError, OutputExistsError
 from ..files import first_line, live_folders, prune_folder, spark_errors, spark_files
-from ..model import TrainedModel
-from ..nn.network import Sequential
-
-#: Written in path/data; a reader refuses other versions.
-DATA_FORMAT_VERSION = 1
+from ..model import FORMAT_VERSION, READABLE_VERSIONS, TrainedModel
 
 
 def _is_model(instance_or_class) -> bool:
@@ -76,7 +71,7 @@ class DFNetWriter(MLWriter):
         if _is_model(self.instance):
             data = f"data-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
             extra = {"numFeatures": self.instance.numFeatures, "numClasses": self.instance.numClasses,
-                     "dataFormatVersion": DATA_FORMAT_VERSION, "dataPath": data}
+                     "dataFormatVersion": FORMAT_VERSION, "dataPath": data}
         metadata = DefaultParamsWriter._get_metadata_to_save(self.instance, ml_context(spark), extra)
         if extra is not None:
             _model_data(spark, self.instance.trained_model, metadata).coalesce(1).write.parquet(_child(path, data))
@@ -85,17 +80,15 @@ class DFNetWriter(MLWriter):
 
 def _model_data(spark: SparkSession, trained: TrainedModel, metadata_json: str | None = None) -> DataFrame:
     """The one-row DataFrame of a model's data folder (built from Arrow: no Python object per
-    weight), with the metadata JSON that names it."""
+    weight): the model record as JSON, the weights, and the metadata JSON that names it."""
     import pyarrow as pa
 
+    record, weights = trained.to_record()
     table = pa.table({
-        "format_version": pa.array([DATA_FORMAT_VERSION], pa.int32()),
-        "network": pa.array([trained.network.to_json()], pa.string()),
-        "weights": pa.array([trained.params.astype(np.float64)], pa.list_(pa.float64())),
-        "config": pa.array([json.dumps(trained.config.to_dict()) if trained.config else None], pa.string()),
-        "history": pa.array([json.dumps(trained.history)], pa.string()),
-        "class_names": pa.array([list(trained.class_names) if trained.class_names else None], pa.list_(pa.string())),
-        "run_id": pa.array([trained.run_id], pa.string()),
+        # Kept as a column of its own so that a reader of the version 1 row refuses this one by name.
+        "format_version": pa.array([FORMAT_VERSION], pa.int32()),
+        "record": pa.array([json.dumps(record)], pa.string()),
+        "weights": pa.array([weights.astype(np.float64)], pa.list_(pa.float64())),
         "metadata": pa.array([metadata_json], pa.string()),
     })
     return create_dataframe(spark, table)
@@ -163,25 +156,28 @@ def _read_model_data(spark: SparkSession, path: str, data: str = "data") -> tupl
     row = {name: table.column(name)[0] for name in table.column_names}
     try:
         version = row["format_version"].as_py()
-        if version != DATA_FORMAT_VERSION:
-            raise ModelFormatError(f"{source}: data format version {version!r}, this dfnet reads "
-                                   f"{DATA_FORMAT_VERSION}")
-        network = Sequential.from_config(json.loads(row["network"].as_py()))
+        if version not in READABLE_VERSIONS:
+            raise ModelFormatError(f"{source}: data format version {version!r}, this dfnet reads versions "
+                                   f"{', '.join(map(str, READABLE_VERSIONS))}")
+        record = row["record"].as_py() if version >= 2 else _version_1_record(row)
         weights = row["weights"].values.to_numpy(zero_copy_only=False)
-        config_text = row["config"].as_py()
-        config = TrainConfig.from_dict(json.loads(config_text)) if config_text else None
-        history = json.loads(row["history"].as_py())
-        class_names = row["class_names"].as_py()
-        run_id = row["run_id"].as_py() if "run_id" in row else None  # saved before run ids existed
         metadata_text = row["metadata"].as_py() if "metadata" in row else None
         metadata = json.loads(metadata_text) if metadata_text else None
     except ModelFormatError:
         raise
     except (KeyError, ValueError, TypeError, AttributeError) as e:
         raise ModelFormatError(f"{source}: corrupt model data ({type(e).__name__}: {e})") from e
-    if weights.shape != (network.num_params,):
-        raise ModelFormatError(f"{source}: holds {weights.size} weights, the architecture needs {network.num_params}")
-    return TrainedModel(network, weights.astype(network.dtype), config, history, class_names, run_id), metadata
+    return TrainedModel.from_record(record, weights, source=source), metadata
+
+
+def _version_1_record(row: dict) -> dict:
+    """The model record of a version 1 data row, which kept each field in a column of its own
+    (JSON text for the network, config and history; no run_id before run ids existed)."""
+    config = row["config"].as_py()
+    return {"format_version": 1, "network": json.loads(row["network"].as_py()),
+            "config": json.loads(config) if config else None, "history": json.loads(row["history"].as_py()),
+            "class_names": row["class_names"].as_py(),
+            "run_id": row["run_id"].as_py() if "run_id" in row else None}
 
 
 def _read_dfnet_folder(spark: SparkSession, path: str) -> TrainedModel:
@@ -194,4 +190,4 @@ def _read_dfnet_folder(spark: SparkSession, path: str) -> TrainedModel:
         raise ModelFormatError(f"{path}: not a dfnet model folder ({first_line(e)})") from e
     if text is None or weights is None:
         raise ModelFormatError(f"{path}: not a dfnet model folder (model.json or weights.npy is missing)")
-    return TrainedModel.from_saved(text[0], bytes(weights[0]), source=path)
+    return TrainedModel.from_record(text[0], bytes(weights[0]), source=path)
