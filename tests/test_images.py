@@ -23,6 +23,7 @@ from dfnet.datasets import DATASETS, read_idx, to_dataframe
 from dfnet.errors import DFNetError, ImageFolderError
 from dfnet.images import (ImageFolder, as_training_frame, check_decoded, decode_binary, read_image_folder,
                           to_features)
+from dfnet.images.layout import class_folder, list_folder, root_path
 
 FASHION = [name.replace("/", "-") for name in DATASETS["fashion-mnist"].class_names]  # "T-shirt/top" is no folder name
 SCHEMA = "struct<id:bigint,image:array<float>,label:int,path:string>"
@@ -370,14 +371,30 @@ def test_pillow_is_asked_for_by_name_when_missing(spark, grey_folder, monkeypatc
 def test_listing_the_class_folders_reads_no_file_content(spark, grey_folder):
     spark.conf.set("spark.sql.sources.binaryFile.maxLength", "1")  # any file read would fail
     try:
-        uri, root_path = images._root_path(spark, str(grey_folder))
+        uri, root = root_path(spark, str(grey_folder))
         reader = spark.read.format("binaryFile").option("recursiveFileLookup", "true")
-        layout = images._list_folder(spark, reader, uri, root_path, str(grey_folder), images.IMAGE_EXTENSIONS)
+        layout = list_folder(spark, reader, uri, root, str(grey_folder), images.IMAGE_EXTENSIONS)
         assert layout.class_names == ["Ankle boot", "Bag", "T-shirt-top", "Trouser"] and layout.images == 200
         with pytest.raises(Exception, match="exceeds the max length"):
             reader.load(uri).select("content").collect()
     finally:
         spark.conf.unset("spark.sql.sources.binaryFile.maxLength")
+
+
+def test_one_class_folder_rule_for_the_listing_and_both_readers(spark):
+    rels = ["Bag/1.png", "Bag/deep/2.png", "x.png", "train/Bag/3.png", "test/Coat/deep/4.png", "train/5.png"]
+    df = spark.createDataFrame([(r,) for r in rels], "rel string")
+    rel = df["rel"]
+    got = df.select("rel", class_folder(rel, False).alias("flat"), class_folder(rel, True).alias("split"),
+                    class_folder(rel, None).alias("unknown")).collect()
+    assert {r["rel"]: (r["flat"], r["split"], r["unknown"]) for r in got} == {
+        "Bag/1.png": ("Bag", None, "Bag"),
+        "Bag/deep/2.png": ("Bag", None, "Bag"),
+        "x.png": (None, None, None),  # directly in the root: in no class folder
+        "train/Bag/3.png": ("train", "Bag", "Bag"),
+        "test/Coat/deep/4.png": ("test", "Coat", "Coat"),
+        "train/5.png": ("train", None, "train"),
+    }
 
 
 def test_a_read_runs_two_aggregates_and_the_splits_read_the_persisted_images(spark, grey_folder):
