@@ -494,8 +494,9 @@ def predict_command(args: argparse.Namespace) -> int:
         raise DFNetError(f"{args.model} was trained on the image folder {run.get('image_folder')}: name the images "
                          f"to score with --image-folder PATH (or a table with --input-table)")
     if not args.input_table and not args.image_folder and not dataset:
-        raise DFNetError(f"{args.model} is a model folder without the run's metrics.json: name the rows to score "
-                         f"with --dataset or --input-table")
+        what = "a run folder whose metrics.json names no data set" if run else \
+            "a model folder without the run's metrics.json"
+        raise DFNetError(f"{args.model} is {what}: name the rows to score with --dataset or --input-table")
     run_id = args.run_id or model.run_id
     if not run_id:
         raise DFNetError(f"{args.model}: the model has no run id (saved by an older dfnet); pass --run-id")

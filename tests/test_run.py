@@ -105,6 +105,15 @@ def test_the_library_writes_the_tables_dfnet_train_writes(spark, two_runs):
     assert spark.table(lib_tables["predictions"]).count() == result.evaluation.count == 360
 
 
+def test_dfnet_predict_scores_with_a_run_folder_written_from_python(spark, two_runs):
+    _, result, _, _ = two_runs
+    drop_tables(spark, "run_lib_scored")
+    code, out, err = run_cli(["predict", "--model", str(result.folder), "--table", "run_lib_scored", "--no-image"])
+    assert code == 0, err
+    assert f"Wrote 360 rows of predictions (run_id {result.run_id}) for digits test" in out
+    assert f"(accuracy {result.evaluation.accuracy:.4f})" in out
+
+
 class EpochCounter:
     def __init__(self):
         self.epochs = 0
