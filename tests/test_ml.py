@@ -8,8 +8,11 @@ epoch) on 1,000 digits, so the file stays fast.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import os
+import pydoc
 import re
 
 import numpy as np
@@ -29,10 +32,12 @@ from jobcount import jobs_run_by
 
 from dfnet import DFNetClassifier, DFNetModel, TrainedModel
 from dfnet.cli import main as cli_main
+from dfnet.config import TrainConfig, field_help
 from dfnet.datasets import load_arrays, to_dataframe
 from dfnet.evaluate import COLUMNAR_UDF_INPUT
 from dfnet.errors import ConfigError, DataValidationError, ModelFormatError, OutputExistsError
-from dfnet.nn import build_cnn
+from dfnet.ml.params import NOT_PARAMS, PARAM_FIELDS
+from dfnet.nn import build_cnn, build_mlp
 
 TRAIN_ROWS, TEST_ROWS = 1000, 500
 MLP = [784, 32, 10]
@@ -300,19 +305,40 @@ def test_a_failed_overwrite_leaves_the_old_model(pipeline_model, tmp_path):
     assert os.listdir(tmp_path) == ["model"]
 
 
-def test_estimator_saves_and_loads_its_params(tmp_path):
+def test_estimator_saves_and_loads_its_params(spark, tmp_path):
     estimator = DFNetClassifier(layers=MLP, stepSize=0.003, schedule="average", featuresCol="pixels",
-                                thresholds=[1.0] * 10)
+                                thresholds=[1.0] * 10, beta1=0.8, aggregate="collect", patience=4)
     path = str(tmp_path / "estimator")
     estimator.write().save(path)
     loaded = DFNetClassifier.load(path)
     assert loaded.uid == estimator.uid
     assert {p.name: v for p, v in loaded.extractParamMap().items()} == \
         {p.name: v for p, v in estimator.extractParamMap().items()}
+    assert loaded.train_config() == estimator.train_config()
+    assert (loaded.getBeta1(), loaded.getAggregate(), loaded.getPatience()) == (0.8, "collect", 4)
     with pytest.raises(OutputExistsError):
         estimator.write().save(path)
     with pytest.raises(ModelFormatError, match="holds a dfnet.ml.DFNetClassifier, not a dfnet.ml.DFNetModel"):
         DFNetModel.load(path)
+
+
+def test_an_estimator_saved_before_the_params_were_generated_loads(spark, tmp_path):
+    """The metadata line an earlier dfnet wrote (hand-written Params, MLlib's HasMaxIter/HasSeed mixins)."""
+    defaults = {"featuresCol": "features", "labelCol": "label", "predictionCol": "prediction",
+                "probabilityCol": "probability", "rawPredictionCol": "rawPrediction", "maxIter": 30, "seed": 0,
+                "optimizer": "adam", "lrSchedule": "cosine", "schedule": "auto", "sampleFraction": 1.0,
+                "activation": "relu", "loss": "cross-entropy", "weightInit": "auto", "dtype": "float32",
+                "weightDecay": 0.0, "dropout": 0.0, "validationSplit": 0.0, "minDelta": 0.0, "verbose": False,
+                "mlflow": False}
+    params = {"layers": MLP, "maxIter": 5, "stepSize": 0.01, "batchSize": 64, "weightInit": "he", "patience": 3}
+    metadata = {"class": "dfnet.ml.DFNetClassifier", "timestamp": 1, "sparkVersion": "4.0.0",
+                "uid": "DFNetClassifier_0123456789ab", "paramMap": params, "defaultParamMap": defaults}
+    path = str(tmp_path / "earlier")
+    spark.createDataFrame([(json.dumps(metadata),)], "value string").write.text(path + "/metadata")
+    loaded = DFNetClassifier.load(path)
+    assert {name: loaded.getOrDefault(name) for name in params} == params
+    assert loaded.train_config() == TrainConfig(hidden=(32,), epochs=5, lr=0.01, batch_size=64, init="he",
+                                                early_stopping=3)
 
 
 def test_from_trained_and_trained_model_convert_both_ways(pipeline_model, frames):
@@ -395,6 +421,112 @@ def test_module_example_runs(spark, tmp_path):
     result = doctest.testmod(dfnet.ml, extraglobs={"spark": spark, "temp_path": str(tmp_path)},
                              optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 6 and result.failed == 0
+
+
+# --- Params generated from TrainConfig -------------------------------------------------------------
+
+#: A valid value other than the default for each TrainConfig field that has a Param.
+NON_DEFAULT = {
+    "epochs": 7, "lr": 0.02, "seed": 11, "optimizer": "momentum", "lr_schedule": "constant", "momentum": 0.5,
+    "beta1": 0.8, "beta2": 0.99, "schedule": "minibatch", "batch_size": 64, "sample": 0.5, "local_steps": 4,
+    "partitions": 3, "aggregate": "collect", "activation": "tanh", "loss": "mse", "init": "he", "dtype": "float64",
+    "weight_decay": 1e-4, "dropout": 0.25, "validation_split": 0.2, "early_stopping": 5, "min_delta": 0.01,
+}
+#: The Params every earlier dfnet had (saved estimators and users' code name them): Param -> field.
+EARLIER_PARAMS = {
+    "maxIter": "epochs", "stepSize": "lr", "seed": "seed", "optimizer": "optimizer", "lrSchedule": "lr_schedule",
+    "schedule": "schedule", "batchSize": "batch_size", "sampleFraction": "sample", "localSteps": "local_steps",
+    "activation": "activation", "loss": "loss", "weightInit": "init", "partitions": "partitions", "dtype": "dtype",
+    "weightDecay": "weight_decay", "dropout": "dropout", "validationSplit": "validation_split",
+    "patience": "early_stopping", "minDelta": "min_delta",
+}
+
+
+def test_every_train_config_field_has_a_param_or_a_reason():
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(PARAM_FIELDS.values()) | set(NOT_PARAMS) == fields
+    assert not set(PARAM_FIELDS.values()) & set(NOT_PARAMS)
+    assert set(NON_DEFAULT) == set(PARAM_FIELDS.values())  # a new row needs a value here
+    assert EARLIER_PARAMS.items() <= PARAM_FIELDS.items()
+
+
+@pytest.mark.parametrize("name, field", PARAM_FIELDS.items())
+def test_each_param_sets_its_train_config_field_and_back(name, field):
+    value = NON_DEFAULT[field]
+    estimator = DFNetClassifier(**{name: value})
+    assert estimator.train_config() == TrainConfig(**{field: value})
+    assert DFNetClassifier().setParams(**{name: value}).train_config() == TrainConfig(**{field: value})
+    trained = TrainedModel(build_mlp(2, (3,), 2), np.zeros(17), TrainConfig(**{field: value}))
+    assert getattr(DFNetModel.from_trained(trained), "get" + name[0].upper() + name[1:])() == value
+
+
+def test_param_defaults_are_train_config_defaults():
+    estimator, config = DFNetClassifier(), TrainConfig()
+    assert estimator.train_config() == config
+    for name, field in PARAM_FIELDS.items():
+        default = getattr(config, field)
+        assert estimator.hasDefault(name) == (default is not None), name
+        assert estimator._optional(estimator.getParam(name)) == default, name
+    assert inspect.signature(DFNetClassifier).parameters["maxIter"].default == config.epochs
+    assert inspect.signature(DFNetClassifier).parameters["stepSize"].default is None
+
+
+SAMPLE_VALUES = {"int": 2, "float": 0.5, "str": "x", "bool": True, "list[int]": [2, 3], "list[float]": [0.5, 0.5]}
+
+
+def test_every_param_has_a_getter_a_setter_returning_self_and_a_keyword():
+    estimator = DFNetClassifier()
+    keywords = inspect.signature(DFNetClassifier).parameters
+    assert set(keywords) == {p.name for p in estimator.params}
+    for param in estimator.params:
+        suffix = param.name[0].upper() + param.name[1:]
+        kind = str(keywords[param.name].annotation).replace(" | None", "").replace("<class '", "").rstrip("'>")
+        value = SAMPLE_VALUES[kind]
+        assert getattr(estimator, "set" + suffix)(value) is estimator, param.name
+        assert getattr(estimator, "get" + suffix)() == value, param.name
+        assert getattr(DFNetModel(), "get" + suffix)
+
+
+def test_generated_docs_say_what_each_param_is():
+    for param in DFNetClassifier().params:
+        assert len(param.doc) > 10, param.name
+    assert DFNetClassifier.maxIter.doc == "TrainConfig.epochs: " + field_help("epochs")
+    assert "an integer >= 1" in DFNetClassifier.maxIter.doc and "'sgd', 'momentum', 'adam'" in \
+        DFNetClassifier.optimizer.doc
+    assert DFNetClassifier.getMaxIter.__doc__.startswith("The value of maxIter")
+    text = pydoc.render_doc(DFNetClassifier, renderer=pydoc.plaintext)
+    assert "maxIter: int = 30" in text and "stepSize: float | None = None" in text
+    assert "setBeta1(self, /, value: float | None) -> 'DFNetClassifier'" in text
+
+
+def test_unknown_keywords_are_named():
+    with pytest.raises(TypeError, match=r"DFNetClassifier has no Param 'maxIters' \(did you mean 'maxIter'\?\); "
+                                        r"its Params: activation, .*maxIter"):
+        DFNetClassifier(maxIters=3)
+    estimator = DFNetClassifier(maxIter=4)
+    with pytest.raises(TypeError, match="no Param 'epochs'"):
+        estimator.setParams(stepSize=0.5, epochs=3)
+    assert (estimator.getMaxIter(), estimator.getStepSize()) == (4, None)  # nothing set before the error
+    with pytest.raises(TypeError, match="forces keyword arguments"):
+        DFNetClassifier(MLP)
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"maxIter": 0}, "maxIter=0: must be >= 1"),
+    ({"beta1": 1.5}, "beta1=1.5: must be < 1"),
+    ({"aggregate": "reduce"}, "aggregate='reduce': must be one of ['auto', 'agg', 'collect']"),
+    ({"weightInit": "zeros"}, "weightInit='zeros': must be one of"),
+])
+def test_train_config_errors_name_the_param(params, words):
+    with pytest.raises(ConfigError) as info:
+        DFNetClassifier(**params).train_config()
+    assert words in str(info.value)
+
+
+def test_none_clears_a_param():
+    estimator = DFNetClassifier(stepSize=0.1, maxIter=3)
+    assert estimator.setStepSize(None).setParams(maxIter=None) is estimator
+    assert (estimator.getStepSize(), estimator.isSet(estimator.maxIter), estimator.getMaxIter()) == (None, False, 30)
 
 
 # --- bad input ------------------------------------------------------------------------------
