@@ -9,8 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from dfnet.config import DEFAULT_LR, PRESETS, TrainConfig
+from dfnet.config import CONSTRAINTS, DEFAULT_LR, HIDDEN_ACTIVATIONS, PRESETS, TrainConfig, field_help
 from dfnet.errors import ConfigError
+from dfnet.nn.layers import ACTIVATIONS
 from dfnet.optim import Adam
 
 # (field, bad value, words the message must contain besides the field and the value)
@@ -243,3 +244,22 @@ def test_unset_kernels_give_two_blocks_from_24_pixels_and_one_block_below():
     assert convs(8 * 8) == [10]  # the digits: a second block does not fit
     assert convs(32 * 32 * 3, image_shape=(32, 32, 3)) == [16, 32]
     assert convs(28 * 28, kernels=(6,)) == [6]  # an explicit choice is kept
+
+
+def test_every_field_has_a_doc_and_a_rule():
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    assert set(CONSTRAINTS) == set(fields)
+    for name in fields:
+        doc, rule = field_help(name).rsplit("; ", 1)
+        assert len(doc) > 10 and rule == CONSTRAINTS[name].rule, name
+    assert field_help("epochs") == "passes over the training rows; an integer >= 1"
+    assert field_help("sample").endswith("; a number in (0, 1]")
+    assert field_help("lr").endswith("; a number > 0, or None")
+    assert field_help("optimizer").endswith("; one of 'sgd', 'momentum', 'adam'")
+
+
+def test_hidden_activations_are_the_registry_but_softmax():
+    assert HIDDEN_ACTIVATIONS == ("sigmoid", "relu", "tanh")
+    assert set(HIDDEN_ACTIVATIONS) == set(ACTIVATIONS) - {"softmax"}
+    with pytest.raises(ConfigError, match="activation='softmax': must be one of"):
+        TrainConfig(activation="softmax").validate()
