@@ -30,13 +30,15 @@ volume)::
 
     path/metadata/          one JSON line: class, uid, Params (pyspark.ml's DefaultParamsWriter
                             format), and ``dataPath``, the model's data folder
-    path/data-<ns>-<hex>/   Parquet, one row: format_version, network (JSON of
-                            Sequential.to_config()), weights array<double> (the flat
-                            vector; float32 weights are exact in double), config
-                            (TrainConfig JSON), history (JSON), class_names array<string>,
-                            run_id, and the metadata line again
+    path/data-<ns>-<hex>/   Parquet, one row: format_version (2), record (the model record
+                            of dfnet's one codec as JSON, see dfnet.model: network, config,
+                            history, class names, run id, early stopping, schedule plan),
+                            weights array<double> (the flat vector; float32 weights are
+                            exact in double), and the metadata line again
 
-Models saved as ``path/data/`` (before the data folder had a fresh name per save) still load.
+Models saved by earlier dfnet versions still load: their row (format_version 1) held network,
+config and history as JSON columns, class_names and run_id, in ``path/data/`` (before the data
+folder had a fresh name per save) or ``path/data-<ns>-<hex>/``.
 ``DFNetModel.load`` also reads dfnet's own model folder (``model.json`` +
 ``weights.npy``, as ``dfnet train`` writes to ``RUN/model``), with Spark's
 ``text`` and ``binaryFile`` readers. Saving onto an existing path fails with
