@@ -64,8 +64,7 @@ def test_printed_epoch_lines_match_the_history(digits_run):
         assert (int(epoch), int(total)) == (record["epoch"], 2)
         assert float(loss) == pytest.approx(record["loss"], abs=5e-5)
         assert float(acc) == pytest.approx(record["accuracy"], abs=5e-5)
-        assert int(batch) == round(record["rows"] / record["steps"])
-        assert int(batch) == record["rows"]  # per job: one averaging job over all training rows
+        assert int(batch) == round(record["batch_size"]) == 128  # averaging: the local batch, --batch-size
         assert float(seconds) == pytest.approx(record["seconds"], abs=5e-3)
         assert float(val_loss) == pytest.approx(record["val_loss"], abs=5e-5)
         assert float(val_acc) == pytest.approx(record["val_accuracy"], abs=5e-5)
