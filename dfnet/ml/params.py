@@ -198,8 +198,8 @@ _LEADING = ("featuresCol", "labelCol", "predictionCol", "probabilityCol", "rawPr
 
 def keyword_signature(cls: type, returns: Any = inspect.Signature.empty) -> inspect.Signature:
     """``(self, *, X: type = default, ...)`` over every Param of ``cls``, for ``__init__`` and
-    ``setParams`` (pyspark's ``keyword_only`` methods take ``**kwargs``; this is what ``help`` and
-    IDEs show)."""
+    ``setParams`` (pyspark's ``keyword_only`` methods take ``**kwargs``; this is what ``help``,
+    ``inspect.signature`` and Jupyter show; static analysers see only ``**params``)."""
     defaults = {param.name: value for param, value in cls()._defaultParamMap.items()}
     params = {param.name: param for param in _params_of(cls)}
     order = [*_LEADING, *PARAM_FIELDS, *sorted(set(params) - set(_LEADING) - set(PARAM_FIELDS))]
