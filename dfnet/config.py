@@ -206,12 +206,9 @@ AUTO_BATCH_STEPS, AUTO_BATCH_MIN, AUTO_BATCH_MAX = 256, 32, 128
 def auto_batch_size(rows_per_model: int) -> int:
     """The default batch: the power of two nearest ``rows_per_model / 256``, within [32, 128].
 
-    Small data needs many optimizer steps per epoch (1,437 digits: 45 steps of
-    32), while every step costs a fixed ~0.5 ms of driver-free numpy (the
-    optimizer's update of all parameters), which batches of 128 amortise on
-    large data (Fashion-MNIST's 30,000 rows per model: 0.45 s against 1.16 s an
-    epoch at batch 32, and 88% test accuracy one epoch sooner). Measured with
-    ``benchmarks/defaults.py``.
+    Small data needs many optimizer steps per epoch, while every step costs a
+    fixed update of all parameters, which larger batches amortise on large data
+    (docs/performance.md, "The defaults against what a user would pick instead").
     """
     target = max(1.0, rows_per_model / AUTO_BATCH_STEPS)
     return int(min(AUTO_BATCH_MAX, max(AUTO_BATCH_MIN, 2 ** round(math.log2(target)))))
@@ -219,9 +216,8 @@ def auto_batch_size(rows_per_model: int) -> int:
 
 #: The default convolution blocks (``kernels`` unset): two blocks of 16 and 32 filters for images
 #: of at least AUTO_TWO_BLOCKS_SIDE pixels on the shorter side, one block of 10 below, where a
-#: second 3x3 convolution and 2x2 pooling would leave under 4x4 maps. Measured with
-#: ``benchmarks/defaults.py`` on 5,000 MNIST images (dropout 0.25, early stopping 5): one block of 10
-#: 96.0%, two blocks of 16 and 32 97.9%; the 8x8 digits fit only one block.
+#: second 3x3 convolution and 2x2 pooling would leave under 4x4 maps (accuracy of both on MNIST:
+#: docs/performance.md, "The defaults against what a user would pick instead").
 AUTO_TWO_BLOCKS_SIDE = 24
 AUTO_KERNELS_SMALL = (10,)
 AUTO_KERNELS_LARGE = (16, 32)
