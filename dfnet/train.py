@@ -19,7 +19,6 @@ from typing import Sequence
 
 import numpy as np
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 from .checkpoint import DEFAULT_KEEP, Checkpoint, CheckpointStore, check_compatible
 from .compat import check_supported
@@ -33,8 +32,9 @@ from .optim import Optimizer, make_optimizer
 from .progress import Callback, Callbacks, EpochRecord, ProgressPrinter
 from .schedules import EpochResult, describe, make_schedule, plan_schedule
 from .session import task_slots
+from .splits import hashed_split
 
-__all__ = ["fit", "build_network", "engine_for", "new_run_id", "EarlyStopping", "split_validation",
+__all__ = ["fit", "build_network", "engine_for", "new_run_id", "EarlyStopping",
            "EpochRecord", "ProgressPrinter", "Callback"]
 
 
@@ -274,7 +274,7 @@ def _prepare(engine, inputs: Inputs, *, features_col: str, label_col: str, clean
     """Split off the validation rows, then cache both sides in the engine's form (released by ``cleanup``)."""
     config, train, validation = inputs.config, inputs.train, inputs.validation
     if config.validation_split:
-        train, validation = split_validation(train, config.validation_split, config.seed, inputs.key_cols)
+        train, validation = hashed_split(train, config.validation_split, config.seed, inputs.key_cols)
     elif validation is not None:
         validate_frame(validation, features_col, label_col, inputs.num_features, inputs.num_classes)
     options = {}
@@ -454,17 +454,3 @@ class EarlyStopping:
     def load_state_dict(self, state: dict, dtype) -> None:
         self.best_loss, self.best_epoch, self.wait = float(state["best_loss"]), state["best_epoch"], int(state["wait"])
         self.best_params = None if state.get("best_params") is None else state["best_params"].astype(dtype)
-
-
-def split_validation(df: DataFrame, fraction: float, seed: int, key_cols: Sequence[str]
-                     ) -> tuple[DataFrame, DataFrame]:
-    """``(training rows, validation rows)``: a row is held out when a seeded hash of its key
-    columns falls below ``fraction``, so the two are disjoint, together are ``df``, and a row's
-    side does not depend on the partitioning, the row order or the run."""
-    bucket = F.pmod(F.xxhash64(*[F.col(c) for c in key_cols], F.lit(seed), F.lit("validation")),
-                    F.lit(_SPLIT_BUCKETS))
-    held_out = bucket < F.lit(int(round(fraction * _SPLIT_BUCKETS)))
-    return df.filter(~held_out), df.filter(held_out)
-
-
-_SPLIT_BUCKETS = 1 << 30

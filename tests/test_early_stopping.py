@@ -20,7 +20,8 @@ from dfnet.datasets import load_arrays, load_dataframe, to_dataframe
 from dfnet.errors import ConfigError
 from dfnet.model import TrainedModel
 from dfnet.schedules import MIN_ROWS_PER_MODEL, plan_auto
-from dfnet.train import fit, split_validation
+from dfnet.splits import hashed_split
+from dfnet.train import fit
 
 
 @pytest.fixture(scope="module")
@@ -39,17 +40,17 @@ def ids(df) -> set[int]:
 
 
 def test_validation_split_is_disjoint_complete_and_stable_across_layouts(digits):
-    train, val = split_validation(digits, 0.2, seed=3, key_cols=["id"])
+    train, val = hashed_split(digits, 0.2, seed=3, key_cols=["id"])
     t, v = ids(train), ids(val)
     assert not t & v and t | v == ids(digits)
     assert 0.15 < len(v) / 1437 < 0.25
     # The same rows whatever the partitioning and order, and another seed holds out others.
     shuffled = digits.repartition(5).orderBy(F.rand(1))
-    assert ids(split_validation(shuffled, 0.2, seed=3, key_cols=["id"])[1]) == v
-    assert ids(split_validation(digits, 0.2, seed=4, key_cols=["id"])[1]) != v
+    assert ids(hashed_split(shuffled, 0.2, seed=3, key_cols=["id"])[1]) == v
+    assert ids(hashed_split(digits, 0.2, seed=4, key_cols=["id"])[1]) != v
     # Without key columns the image and label are the key: stable too.
-    by_content = ids(split_validation(digits, 0.2, seed=3, key_cols=["image", "label"])[1])
-    assert by_content == ids(split_validation(shuffled, 0.2, seed=3, key_cols=["image", "label"])[1])
+    by_content = ids(hashed_split(digits, 0.2, seed=3, key_cols=["image", "label"])[1])
+    assert by_content == ids(hashed_split(shuffled, 0.2, seed=3, key_cols=["image", "label"])[1])
 
 
 def test_early_stopping_needs_validation_rows(digits):
@@ -76,7 +77,7 @@ def test_cli_early_stopping_stops_long_before_its_epochs_and_keeps_the_best_weig
     assert "Early stopping: no lower validation loss for 5 epochs" in stdout
     # The saved model's loss on the held-out rows, computed here in numpy, is the best epoch's.
     model = TrainedModel.load(out / "model")
-    _, val = split_validation(load_dataframe(spark, "digits", "train"), 0.1, seed=0, key_cols=["id"])
+    _, val = hashed_split(load_dataframe(spark, "digits", "train"), 0.1, seed=0, key_cols=["id"])
     pdf = val.toPandas()
     X = np.stack(pdf["image"].to_numpy()).astype(np.float32)
     scored = model.network.loss_and_grad(model.params, X, pdf["label"].to_numpy())
