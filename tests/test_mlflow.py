@@ -104,6 +104,18 @@ def test_pyfunc_model_predicts_what_dfnet_predicts(mlflow_run, spark):
     np.testing.assert_allclose(np.stack(scored["probability"]), np.stack(expected["probability"]), rtol=1e-6)
 
 
+def test_logged_model_is_the_run_folder_model_field_for_field(mlflow_run):
+    """Both stores hold the one model record: the MLflow model gives back what RUN/model holds."""
+    from dfnet.tracking import load_trained_model
+
+    _, output = mlflow_run
+    model_uri = json.loads((output / "metrics.json").read_text())["mlflow"]["model_uri"]
+    ours, logged = TrainedModel.load(output / "model"), load_trained_model(model_uri)
+    assert logged.to_record()[0] == ours.to_record()[0]
+    assert logged.params.dtype == ours.params.dtype and np.array_equal(logged.params, ours.params)
+    assert logged.schedule_plan is not None and logged.run_id
+
+
 def test_pyfunc_refuses_rows_of_the_wrong_width(mlflow_run):
     _, output = mlflow_run
     model_uri = json.loads((output / "metrics.json").read_text())["mlflow"]["model_uri"]
