@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import shutil
 from pathlib import Path
@@ -201,8 +202,6 @@ def test_checkpoint_as_train_builds_it_still_encodes():
 
 
 def _checkpoint_meta(blob: bytes) -> dict:
-    import io
-
     payload = blob[blob.index(b"\n", len(b"DFNETCKPT 1\n")) + 1:]
     with np.load(io.BytesIO(payload)) as npz:
         return json.loads(npz["meta"].tobytes())
@@ -210,9 +209,6 @@ def _checkpoint_meta(blob: bytes) -> dict:
 
 def _reencode(blob: bytes, change) -> bytes:
     """The checkpoint with its meta changed and its header's hash made right again."""
-    import io
-
-    arrays = {}
     payload = blob[blob.index(b"\n", len(b"DFNETCKPT 1\n")) + 1:]
     with np.load(io.BytesIO(payload)) as npz:
         arrays = {name: npz[name] for name in npz.files}
