@@ -39,7 +39,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .config import (ACTIVATIONS, AGGREGATES, DEFAULT_LR, ENGINES, LR_SCHEDULES, MODELS, OPTIMIZERS, PADDINGS, PATCHES, PATCH_ROWS,
+from .config import (HIDDEN_ACTIVATIONS, AGGREGATES, DEFAULT_LR, ENGINES, LR_SCHEDULES, MODELS, OPTIMIZERS, PADDINGS, PATCHES, PATCH_ROWS,
                      PRESET_DATA, PRESETS, SCHEDULES, TrainConfig)
 from .datasets import DATASETS
 from .errors import DFNetError
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dataframe (default), or the RDD baselines rdd (per record) and rdd-batched")
     model.add_argument("--hidden", type=_int_list, default=None,
                        help="dense hidden layer sizes, e.g. 64 or 128,64 (after the convolutions of a cnn)")
-    model.add_argument("--activation", choices=ACTIVATIONS, default=None)
+    model.add_argument("--activation", choices=HIDDEN_ACTIVATIONS, default=None)
     conv = t.add_argument_group("convolutions (--model cnn)")
     conv.add_argument("--kernels", type=_int_list, default=None,
                       help="filters of each convolution block, e.g. 10 or 16,32 (default: 16,32 for images of "
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--kernel-size", type=int, default=None, help="square kernel side (default 3)")
     conv.add_argument("--pool", type=_pool, default=None,
                       help="max-pooling window after each convolution, or none (default 2)")
-    conv.add_argument("--conv-activation", choices=ACTIVATIONS, default=None,
+    conv.add_argument("--conv-activation", choices=HIDDEN_ACTIVATIONS, default=None,
                       help="activation of the convolution maps (default: --activation)")
     conv.add_argument("--padding", choices=PADDINGS, default=None, help="valid (default) or same")
     conv.add_argument("--image-shape", type=_int_list, default=None,
