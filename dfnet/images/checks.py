@@ -25,7 +25,7 @@ _BAD_BUCKETS = 1024  # the bad files' examples are gathered in this many groups,
 
 @dataclass
 class ImageCheck:
-    """What :func:`check_decoded` found in one aggregate job over the intermediate.
+    """What one checking job (:func:`check_decoded`, :func:`decode_and_check`) found in the intermediate.
 
     Attributes
     ----------
@@ -47,7 +47,7 @@ class ImageCheck:
         ``bad_count`` and ``bad`` when ``skip_bad_images`` left them out; else 0 and [].
     good_rows_by : dict
         Readable rows per value of the column :func:`decode_and_check` was asked to count by
-        (the folder reader's ``split``); empty otherwise.
+        (``split`` when reading a folder, ``labelled`` when reading files to score); else empty.
     """
 
     frame: DataFrame
@@ -67,12 +67,14 @@ class ImageCheck:
         return self.rows - self.bad_count
 
     def unpersist(self) -> None:
-        """Release the decoded intermediate if it was persisted (as :func:`as_training_frame` does)."""
+        """Release the decoded intermediate if it was persisted (as :func:`decode_and_check` does)."""
         (self.source if self.source is not None else self.frame).unpersist()
 
 
 @dataclass
 class _Summary:
+    """The counts of :func:`_summarize`'s job, before they are resolved into an :class:`ImageCheck`."""
+
     rows: int = 0
     bad_count: int = 0
     bad: list = field(default_factory=list)
@@ -132,6 +134,8 @@ def _sizes_message(sizes: list[tuple[int, int, int, str]]) -> str:
 
 def _resolve(df: DataFrame, summary: _Summary, image_size, channels, skip_bad_images: bool,
              what: str) -> ImageCheck:
+    """The check a summary gives, or an ImageFolderError: a bad file (unless skipped), sizes that
+    differ without ``image_size``, no readable image to give the shape."""
     if summary.bad_count and not skip_bad_images:
         raise ImageFolderError(_bad_message(summary))
     sizes = sorted(((h, w, n, ex) for (h, w), (n, ex) in summary.sizes.items()), key=lambda s: (-s[2], s[0], s[1]))
