@@ -19,10 +19,11 @@ whose one binary column holds these bytes::
 
 ``meta`` (format version 2) is ``{"format": "dfnet.checkpoint", "format_version": 2, "model": <the
 model record of dfnet.model, whose weights are the npz's params>, "epoch", "optimizer",
-"optimizer_scalars", "data": {"rows", "partitions"}, "early_stopping": <the stopper's state but
+"optimizer_scalars", "data": {"rows", "partitions"}, "stopper_state": <early stopping's state but
 its best weights>, "random"}``: the run's network, configuration, history, run id and class names
 are stored as every model is. Version 1 meta (network, config and history as keys of their own)
-still decodes, so a run checkpointed by an older dfnet resumes.
+and its ``early_stopping`` key (the stopper's state) still decode, so a run checkpointed by an
+older dfnet resumes.
 
 All I/O goes through Spark's DataFrame readers and writers, on a classic session and on Spark
 Connect alike (no Hadoop FileSystem through py4j), so the directory may be anything Spark writes:
@@ -88,28 +89,28 @@ class Checkpoint:
     uri: str = field(default="", compare=False)  # where it was read from or written to
     #: early stopping's state (``EarlyStopping.state_dict()``: best epoch, loss and weights,
     #: epochs without improvement), None when the run does not stop early
-    early_stopping: dict | None = field(default=None, compare=False)
+    stopper_state: dict | None = field(default=None, compare=False)
     #: the rest of the model record, for a checkpoint that is read as a model (:meth:`model`)
     class_names: list[str] | None = None
     run_id: str | None = None
     schedule_plan: dict | None = None
-    #: early stopping's outcome (``TrainedModel.early_stopping``), known once the run ends
-    early_stopping_outcome: dict | None = None
+    #: what early stopping did (``TrainedModel.early_stopping_result``), known once the run ends
+    early_stopping_result: dict | None = None
 
     @classmethod
     def from_model(cls, model: TrainedModel, epoch: int, optimizer: str, optimizer_state: dict, data: dict, *,
-                   early_stopping: dict | None = None) -> "Checkpoint":
+                   stopper_state: dict | None = None) -> "Checkpoint":
         """The checkpoint of ``model`` after ``epoch`` epochs, with the optimizer's state and the data's shape."""
         record, params = model.to_record()
         return cls(epoch, params.copy(), optimizer, optimizer_state, record["history"], record["network"],
-                   record["config"], data, early_stopping=early_stopping, class_names=record["class_names"],
+                   record["config"], data, stopper_state=stopper_state, class_names=record["class_names"],
                    run_id=record["run_id"], schedule_plan=record["schedule_plan"],
-                   early_stopping_outcome=record["early_stopping"])
+                   early_stopping_result=record["early_stopping_result"])
 
     def model_record(self) -> dict:
         """The model record this checkpoint stores (its weights are :attr:`params`)."""
         return model_record(self.network, self.config, self.history, self.class_names, self.run_id,
-                            self.early_stopping_outcome, self.schedule_plan)
+                            self.early_stopping_result, self.schedule_plan)
 
     def model(self) -> TrainedModel:
         """The model at this checkpoint (its weights after :attr:`epoch` epochs), built and checked."""
@@ -131,12 +132,12 @@ def encode(checkpoint: Checkpoint) -> bytes:
             arrays[f"optimizer.{key}"] = value
         else:
             scalars[key] = value
-    early = dict(checkpoint.early_stopping or {})
+    early = dict(checkpoint.stopper_state or {})
     if early.get("best_params") is not None:
         arrays["early.best_params"] = np.asarray(early.pop("best_params"))
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": checkpoint.model_record(),
             "epoch": checkpoint.epoch, "optimizer": checkpoint.optimizer, "optimizer_scalars": scalars,
-            "data": checkpoint.data, "early_stopping": early or None,
+            "data": checkpoint.data, "stopper_state": early or None,
             "random": {"seed": (checkpoint.config or {}).get("seed"), "next_epoch": checkpoint.epoch + 1,
                        "derivation": "every random choice is a function of (seed, epoch)"}}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
@@ -171,13 +172,13 @@ def decode(blob: bytes, uri: str = "") -> Checkpoint:
         state = dict(meta["optimizer_scalars"])
         state.update({name.removeprefix("optimizer."): value for name, value in arrays.items()
                       if name.startswith("optimizer.")})
-        early = meta.get("early_stopping")
+        early = meta.get("stopper_state", meta.get("early_stopping"))  # version 1: early_stopping
         if early is not None:
             early = {**early, "best_params": arrays.get("early.best_params")}
         return Checkpoint(int(meta["epoch"]), arrays["params"], meta["optimizer"], state, model["history"],
                           model["network"], model["config"], meta["data"], uri, early,
                           class_names=model["class_names"], run_id=model["run_id"],
-                          schedule_plan=model["schedule_plan"], early_stopping_outcome=model["early_stopping"])
+                          schedule_plan=model["schedule_plan"], early_stopping_result=model["early_stopping_result"])
     except CheckpointError:
         raise
     except (ValueError, KeyError, TypeError, OSError) as e:  # a valid hash over bytes dfnet did not write

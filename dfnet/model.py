@@ -7,10 +7,11 @@ The record is a JSON object; the flat weights travel beside it in the store's ow
     {"format": "dfnet.model", "format_version": 2,
      "network": Sequential.to_config(), "config": TrainConfig.to_dict() or null,
      "history": [{"epoch": 1, "loss": ...}, ...], "class_names": [...] or null, "run_id": ... or null,
-     "early_stopping": {"best_epoch": ..., ...} or null, "schedule_plan": {"schedule": ..., ...} or null}
+     "early_stopping_result": {"best_epoch": ..., ...} or null, "schedule_plan": {"schedule": ..., ...} or null}
 
 :meth:`TrainedModel.from_record` also reads version 1, the layout every store wrote before the one
-codec (the same fields, without the ``format`` tag; the Spark ML row and the checkpoint kept them
+codec (the same fields, without the ``format`` tag and with ``early_stopping`` for
+``early_stopping_result``; the Spark ML row and the checkpoint kept them
 in columns and meta keys of their own, which :mod:`dfnet.ml.io` and :mod:`dfnet.checkpoint` turn
 into a version 1 record).
 
@@ -45,17 +46,19 @@ READABLE_VERSIONS = (1, 2)
 #: the record's fields besides format and version, with the JSON types each may hold
 RECORD_FIELDS = {"network": (dict,), "config": (dict, type(None)), "history": (list,),
                  "class_names": (list, type(None)), "run_id": (str, type(None)),
-                 "early_stopping": (dict, type(None)), "schedule_plan": (dict, type(None))}
+                 "early_stopping_result": (dict, type(None)), "schedule_plan": (dict, type(None))}
+#: fields version 1 named differently: version 1 name -> the current one
+VERSION_1_NAMES = {"early_stopping": "early_stopping_result"}
 
 
 def model_record(network: dict, config: dict | None = None, history: Sequence[dict] = (),
                  class_names: Sequence[str] | None = None, run_id: str | None = None,
-                 early_stopping: dict | None = None, schedule_plan: dict | None = None) -> dict:
+                 early_stopping_result: dict | None = None, schedule_plan: dict | None = None) -> dict:
     """The current record of a model given as JSON values, so a store that has no
     :class:`TrainedModel` (a checkpoint mid-run) writes the same record as one that has."""
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "network": network, "config": config,
             "history": list(history), "class_names": list(class_names) if class_names else None,
-            "run_id": run_id, "early_stopping": early_stopping, "schedule_plan": schedule_plan}
+            "run_id": run_id, "early_stopping_result": early_stopping_result, "schedule_plan": schedule_plan}
 
 
 def read_record(record: dict | str | bytes, source: str) -> dict:
@@ -80,6 +83,8 @@ def read_record(record: dict | str | bytes, source: str) -> dict:
         raise ModelFormatError(f"{source}: format {record.get('format')!r}, not a {FORMAT!r} record")
     if "network" not in record:
         raise ModelFormatError(f"{source}: corrupt model record (no 'network')")
+    if version == 1:
+        record = {VERSION_1_NAMES.get(name, name): value for name, value in record.items()}
     fields = {name: record.get(name, [] if name == "history" else None) for name in RECORD_FIELDS}
     for name, kinds in RECORD_FIELDS.items():
         if not isinstance(fields[name], kinds):
@@ -97,9 +102,10 @@ class TrainedModel:
     class_names: Sequence[str] | None = None
     #: names this training run in the history, metrics and prediction tables (set by ``fit``)
     run_id: str | None = None
-    #: early stopping's outcome: best_epoch (whose weights these are), best_val_loss,
+    #: what early stopping did: best_epoch (whose weights these are), best_val_loss,
     #: stopped_epoch (None when it did not trigger), patience, min_delta; None without it
-    early_stopping: dict | None = None
+    #: (``TrainConfig.early_stopping`` is the patience that was asked for)
+    early_stopping_result: dict | None = None
     #: what the schedule ran: schedule, models, local_steps, jobs_per_epoch, reason
     schedule_plan: dict | None = None
 
@@ -168,7 +174,7 @@ class TrainedModel:
     def to_record(self) -> tuple[dict, np.ndarray]:
         """The model's record (JSON-able, see the module docstring) and its flat weights."""
         return model_record(self.network.to_config(), self.config.to_dict() if self.config else None,
-                            self.history, self.class_names, self.run_id, self.early_stopping,
+                            self.history, self.class_names, self.run_id, self.early_stopping_result,
                             self.schedule_plan), self.params
 
     @classmethod
@@ -194,7 +200,7 @@ class TrainedModel:
             raise ModelFormatError(f"{source}: saved architecture {network.to_config()['layers']} differs from the "
                                    f"expected {expect.to_config()['layers']}")
         return cls(network, weights.astype(network.dtype), config, fields["history"], fields["class_names"],
-                   fields["run_id"], fields["early_stopping"], fields["schedule_plan"])
+                   fields["run_id"], fields["early_stopping_result"], fields["schedule_plan"])
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model folder (``model.json`` + ``weights.npy``); returns its path."""

@@ -223,7 +223,7 @@ class TrainRun:
                  *, dataset: str | None, classes: Sequence[int] | None, class_names: Sequence[str] | None,
                  extra: dict) -> dict:
         """What ``metrics.json`` holds (its keys are read by users and by ``dfnet predict``: keep them)."""
-        early = model.early_stopping
+        early = model.early_stopping_result
         tracker = self.tracker
         return {**evaluation.as_dict(), "dataset": dataset, **extra, "classes": list(classes) if classes else None,
                 "class_names": list(class_names) if class_names else None, "train_seconds": train_seconds,

@@ -154,8 +154,8 @@ class MLflowLogger:
     def on_train_end(self, model: "TrainedModel") -> None:
         try:
             self._client.log_text(self.run_id, json.dumps(model.history, indent=2), "history.json")
-            if model.early_stopping:
-                early = {k: v for k, v in model.early_stopping.items() if v is not None}
+            if model.early_stopping_result:
+                early = {k: v for k, v in model.early_stopping_result.items() if v is not None}
                 self._log_batch(metrics={f"early_stopping_{k}": float(v) for k, v in early.items()
                                          if k in ("best_epoch", "best_val_loss", "stopped_epoch")})
             if self.log_model:

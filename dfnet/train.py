@@ -15,7 +15,7 @@ import secrets
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from pyspark.sql import DataFrame
@@ -30,7 +30,7 @@ from .model import TrainedModel
 from .nn.network import Sequential, build_cnn, build_mlp
 from .optim import Optimizer, make_optimizer
 from .progress import Callback, Callbacks, EpochRecord, ProgressPrinter
-from .schedules import EpochResult, describe, make_schedule, plan_schedule
+from .schedules import EpochResult, SchedulePlan, describe, make_schedule, plan_schedule
 from .session import task_slots
 from .splits import hashed_split
 
@@ -112,7 +112,9 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
             hooks.message(describe(inputs.config.schedule, schedule.plan, data.train.count,
                                    None if data.validation is None else data.validation.count))
             hooks.hook("on_train_begin", inputs.config, _facts(run_id, data, schedule, state))
-            _train_epochs(state, schedule, data, inputs.config, hooks, store, checkpoint_every)
+            checkpoint = _checkpointer(store, checkpoint_every, inputs.config, data, schedule.plan, run_id=run_id,
+                                       class_names=class_names)
+            _train_epochs(state, schedule, data, inputs.config, hooks, checkpoint)
         except BaseException as error:
             hooks.hook("on_train_failed", error)
             raise
@@ -246,8 +248,8 @@ def _initial_state(config: TrainConfig, network: Sequential, initial_params, sto
     state.params = resumed.params.astype(network.dtype)
     state.optimizer.load_state_dict(resumed.optimizer_state)
     state.history = [EpochRecord(**h) for h in resumed.history]
-    if stopper is not None and resumed.early_stopping is not None:
-        stopper.load_state_dict(resumed.early_stopping, network.dtype)
+    if stopper is not None and resumed.stopper_state is not None:
+        stopper.load_state_dict(resumed.stopper_state, network.dtype)
     state.resumed, state.stopped = resumed, stopper is not None and stopper.should_stop
     return state
 
@@ -332,7 +334,7 @@ def _facts(run_id: str, data: PreparedData, schedule, state: TrainingState) -> d
 # --- phase 5: the epochs -------------------------------------------------------------------------
 
 def _train_epochs(state: TrainingState, schedule, data: PreparedData, config: TrainConfig, hooks: Callbacks,
-                  store: CheckpointStore | None, checkpoint_every: int) -> None:
+                  checkpoint: Callable[[TrainingState], None]) -> None:
     """Run the schedule's epochs until ``config.epochs`` or early stopping; validate, checkpoint
     and report each."""
     epoch = state.epochs_done + 1
@@ -345,9 +347,7 @@ def _train_epochs(state: TrainingState, schedule, data: PreparedData, config: Tr
             if data.validation is not None:
                 _validate(record, state, schedule, data.validation)
             state.history.append(record)
-            if store is not None and (record.epoch % checkpoint_every == 0 or record.epoch == config.epochs
-                                      or state.stopped):
-                store.save(_checkpoint(state, config, data))
+            checkpoint(state)
             hooks.epoch_end(record, config.epochs)
         epoch += len(results)
 
@@ -370,11 +370,22 @@ def _validate(record: EpochRecord, state: TrainingState, schedule, validation: T
         state.stopped = state.stopper.should_stop
 
 
-def _checkpoint(state: TrainingState, config: TrainConfig, data: PreparedData) -> Checkpoint:
-    return Checkpoint(state.epochs_done, state.params.copy(), config.optimizer, state.optimizer.state_dict(),
-                      [r.as_dict() for r in state.history], state.network.to_config(), config.to_dict(),
-                      {"rows": data.train.count, "partitions": data.partitions},
-                      early_stopping=None if state.stopper is None else state.stopper.state_dict())
+def _checkpointer(store: CheckpointStore | None, every: int, config: TrainConfig, data: PreparedData,
+                  plan: SchedulePlan, *, run_id: str, class_names) -> Callable[[TrainingState], None]:
+    """What saves the state after an epoch: every ``every`` epochs, the last and a stopping one
+    (nothing without a store)."""
+    def checkpoint(state: TrainingState) -> None:
+        epoch = state.epochs_done
+        if store is None or not (epoch % every == 0 or epoch == config.epochs or state.stopped):
+            return
+        store.save(Checkpoint(
+            epoch, state.params.copy(), config.optimizer, state.optimizer.state_dict(),
+            [r.as_dict() for r in state.history], state.network.to_config(), config.to_dict(),
+            {"rows": data.train.count, "partitions": data.partitions},
+            stopper_state=None if state.stopper is None else state.stopper.state_dict(),
+            class_names=list(class_names) if class_names else None, run_id=run_id, schedule_plan=plan.as_dict()))
+
+    return checkpoint
 
 
 # --- phase 6: the model --------------------------------------------------------------------------
@@ -395,7 +406,7 @@ def _finish(state: TrainingState, config: TrainConfig, schedule, hooks: Callback
                       f"; restored the weights of epoch {stopper.best_epoch} (val loss {stopper.best_loss:.4f})")
     return TrainedModel(state.network, params, config=config, history=[r.as_dict() for r in state.history],
                         class_names=list(class_names) if class_names else None, run_id=run_id,
-                        early_stopping=early, schedule_plan=schedule.plan.as_dict())
+                        early_stopping_result=early, schedule_plan=schedule.plan.as_dict())
 
 
 # --- parts the phases share ------------------------------------------------------------------------

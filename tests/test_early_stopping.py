@@ -89,15 +89,15 @@ def test_resume_with_early_stopping_is_bit_identical(digits, tmp_path):
     config = TrainConfig(hidden=(32,), epochs=60, lr=0.02, lr_schedule="constant", early_stopping=2,
                          validation_split=0.25, seed=2)
     whole = fit(digits, config, checkpoint_dir=str(tmp_path / "all"), checkpoint_keep=None, verbose=False)
-    stopped = whole.early_stopping["stopped_epoch"]
+    stopped = whole.early_stopping_result["stopped_epoch"]
     assert stopped is not None and stopped < 60
-    for cut in (whole.early_stopping["best_epoch"], stopped - 1):  # mid-patience, and with the best behind
+    for cut in (whole.early_stopping_result["best_epoch"], stopped - 1):  # mid-patience, and with the best behind
         folder = tmp_path / f"from{cut}"
         folder.mkdir()
         shutil.copytree(tmp_path / "all" / checkpoint_name(cut), folder / checkpoint_name(cut))
         resumed = fit(digits, config, checkpoint_dir=str(folder), resume=True, verbose=False)
         assert np.array_equal(resumed.params, whole.params)
-        assert resumed.early_stopping == whole.early_stopping
+        assert resumed.early_stopping_result == whole.early_stopping_result
         assert untimed(resumed.history) == untimed(whole.history)
     # Resuming a run that has already stopped trains nothing more and gives the same weights.
     again = fit(digits, config, checkpoint_dir=str(tmp_path / "all"), resume=True, verbose=False)

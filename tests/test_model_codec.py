@@ -45,7 +45,7 @@ def full_model(dtype: str = "float32") -> TrainedModel:
         history=[{"epoch": e, "loss": 1.0 / e, "accuracy": 0.5, "rows": 12, "steps": 1, "batch_size": 12.0,
                   "seconds": 0.25, "val_loss": 1.5 / e, "val_accuracy": 0.25, "best_epoch": e} for e in (1, 2)],
         class_names=["cat", "dog", "eel"], run_id="run-7",
-        early_stopping={"best_epoch": 2, "best_val_loss": 0.75, "stopped_epoch": None, "patience": 2,
+        early_stopping_result={"best_epoch": 2, "best_val_loss": 0.75, "stopped_epoch": None, "patience": 2,
                         "min_delta": 0.01},
         schedule_plan={"schedule": "average", "batch_size": 32, "models": 2, "local_steps": None,
                        "reason": "as asked", "epochs_per_job": 1, "jobs_per_epoch": 1})
@@ -77,7 +77,7 @@ def assert_legacy_model(model: TrainedModel, expected: dict, *, outcome: bool = 
     assert list(model.class_names) == expected["class_names"] == CLASS_NAMES
     assert model.run_id == expected["run_id"] == "legacy"
     if outcome:  # the version 1 Spark ML row never held these
-        assert model.early_stopping == expected["early_stopping"]
+        assert model.early_stopping_result == expected["early_stopping"]
         assert model.schedule_plan == expected["schedule_plan"]
 
 
@@ -87,7 +87,7 @@ def test_a_record_describes_itself_and_is_plain_json():
     record, weights = full_model().to_record()
     assert record["format"] == FORMAT == "dfnet.model" and record["format_version"] == FORMAT_VERSION == 2
     assert set(record) == {"format", "format_version", "network", "config", "history", "class_names", "run_id",
-                           "early_stopping", "schedule_plan"}
+                           "early_stopping_result", "schedule_plan"}
     assert json.loads(json.dumps(record)) == record
     assert weights.shape == (full_model().network.num_params,)
 
@@ -114,7 +114,7 @@ def test_version_1_records_are_read():
     # before run ids, early stopping and plans existed
     oldest = {k: old[k] for k in ("format_version", "network", "config", "history", "class_names")}
     loaded = TrainedModel.from_record(oldest, weights, source="s")
-    assert (loaded.run_id, loaded.early_stopping, loaded.schedule_plan) == (None, None, None)
+    assert (loaded.run_id, loaded.early_stopping_result, loaded.schedule_plan) == (None, None, None)
 
 
 def record_with(**changes) -> dict:
@@ -171,20 +171,20 @@ def test_read_record_builds_nothing():
     """A checkpoint's record may name a network this dfnet does not build; reading it only checks its form."""
     fields = read_record({"format": FORMAT, "format_version": 2, "network": {"layers": []}}, "s")
     assert fields == {"network": {"layers": []}, "config": None, "history": [], "class_names": None,
-                      "run_id": None, "early_stopping": None, "schedule_plan": None}
+                      "run_id": None, "early_stopping_result": None, "schedule_plan": None}
 
 
 def test_checkpoint_blob_carries_the_model_record():
     model = full_model()
     early = {"best_loss": 0.75, "best_epoch": 2, "wait": 0, "best_params": model.params * 2}
     checkpoint = Checkpoint.from_model(model, 2, "adam", {"steps": 4, "m": np.ones(3)}, {"rows": 12, "partitions": 2},
-                                       early_stopping=early)
+                                       stopper_state=early)
     copy = decode(encode(checkpoint), "ck")
     assert_same_model(copy.model(), model)
     assert copy.epoch == 2 and copy.data == {"rows": 12, "partitions": 2} and copy.optimizer == "adam"
     assert copy.optimizer_state["steps"] == 4 and np.array_equal(copy.optimizer_state["m"], np.ones(3))
-    assert np.array_equal(copy.early_stopping.pop("best_params"), early["best_params"])
-    assert copy.early_stopping == {"best_loss": 0.75, "best_epoch": 2, "wait": 0}
+    assert np.array_equal(copy.stopper_state.pop("best_params"), early["best_params"])
+    assert copy.stopper_state == {"best_loss": 0.75, "best_epoch": 2, "wait": 0}
     meta = _checkpoint_meta(encode(checkpoint))
     assert meta["format"] == "dfnet.checkpoint" and meta["format_version"] == 2
     assert meta["model"] == model.to_record()[0]
@@ -195,9 +195,9 @@ def test_checkpoint_as_train_builds_it_still_encodes():
     model = full_model()
     record, params = model.to_record()
     checkpoint = Checkpoint(3, params, "sgd", {"steps": 0}, record["history"], record["network"], record["config"],
-                            {"rows": 12, "partitions": 2}, early_stopping=None)
+                            {"rows": 12, "partitions": 2}, stopper_state=None)
     loaded = decode(encode(checkpoint)).model()
-    assert (loaded.class_names, loaded.run_id, loaded.early_stopping, loaded.schedule_plan) == (None,) * 4
+    assert (loaded.class_names, loaded.run_id, loaded.early_stopping_result, loaded.schedule_plan) == (None,) * 4
     assert loaded.history == model.history and loaded.config == model.config
 
 
@@ -326,7 +326,7 @@ def test_legacy_spark_ml_model_loads_to_the_recorded_values(spark, expected):
 
     loaded = DFNetModel.load(str(LEGACY / "spark_ml_model"))
     assert_legacy_model(loaded.trained_model, expected, outcome=False)
-    assert (loaded.trained_model.early_stopping, loaded.trained_model.schedule_plan) == (None, None)
+    assert (loaded.trained_model.early_stopping_result, loaded.trained_model.schedule_plan) == (None, None)
     assert loaded.getLayers() == [64, 4, 10]
 
 
@@ -356,7 +356,7 @@ def test_legacy_checkpoints_decode_to_the_recorded_values(spark, expected):
         assert sha256(checkpoint.params) == want["params_sha256"] and str(checkpoint.params.dtype) == want["params_dtype"]
         assert (checkpoint.optimizer, checkpoint.history, checkpoint.network, checkpoint.config, checkpoint.data) == \
             (want["optimizer"], want["history"], want["network"], want["config"], want["data"])
-        early = dict(checkpoint.early_stopping)
+        early = dict(checkpoint.stopper_state)
         best = early.pop("best_params")
         assert early == want["early_stopping"]
         assert (None if best is None else sha256(best)) == want["early_best_params_sha256"]
@@ -382,4 +382,4 @@ def test_legacy_checkpoint_resumes_to_the_legacy_model(spark, legacy, expected):
     assert model.history[:2] == expected["history"][:2]
     assert outcome(model.history) == outcome(expected["history"])
     assert sha256(model.params) == expected["params_sha256"]
-    assert model.early_stopping == expected["early_stopping"]
+    assert model.early_stopping_result == expected["early_stopping"]
