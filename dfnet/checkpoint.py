@@ -56,7 +56,7 @@ import numpy as np
 from .compat import create_dataframe, to_arrow
 from .errors import CheckpointError, ModelFormatError
 from .files import first_line, live_folders, prune_folder, spark_errors, spark_files, spark_path
-from .model import TrainedModel, model_record, read_record
+from .model import TrainedModel, check_format, model_record, read_record
 
 #: the container (header and hash); the payload's meta has a format version of its own
 MAGIC = b"DFNETCKPT 1\n"
@@ -187,12 +187,8 @@ def decode(blob: bytes, uri: str = "") -> Checkpoint:
 
 def _model_fields(meta: dict, uri: str) -> dict:
     """The model record's fields of a checkpoint's meta of any readable version."""
-    version = meta.get("format_version")
-    if version not in READABLE_VERSIONS or isinstance(version, bool):
-        raise CheckpointError(f"{uri}: checkpoint format {version!r}, this dfnet reads versions "
-                              f"{', '.join(map(str, READABLE_VERSIONS))}")
-    if version >= 2 and meta.get("format") != FORMAT:
-        raise CheckpointError(f"{uri}: format {meta.get('format')!r}, not a {FORMAT!r} meta")
+    version = check_format(meta, FORMAT, versions=READABLE_VERSIONS, source=uri, what="checkpoint",
+                           error=CheckpointError)
     record = meta["model"] if version >= 2 else {"format_version": 1, "network": meta["network"],
                                                   "config": meta["config"], "history": meta["history"]}
     try:

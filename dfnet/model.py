@@ -61,6 +61,20 @@ def model_record(network: dict, config: dict | None = None, history: Sequence[di
             "run_id": run_id, "early_stopping_result": early_stopping_result, "schedule_plan": schedule_plan}
 
 
+def check_format(document: dict, tag: str, *, versions: tuple[int, ...] = READABLE_VERSIONS, source: str,
+                 what: str, error: type[Exception] = ModelFormatError) -> int:
+    """The format version of a dfnet JSON ``document`` (a model record, a checkpoint's meta), one
+    of ``versions``, whose ``format`` is ``tag`` from version 2 on; ``error`` naming ``source``
+    and ``what`` it is otherwise."""
+    version = document.get("format_version")
+    if version not in versions or isinstance(version, bool):
+        raise error(f"{source}: {what} format version {version!r}, this dfnet reads versions "
+                    f"{', '.join(map(str, versions))}")
+    if version >= 2 and document.get("format") != tag:
+        raise error(f"{source}: format {document.get('format')!r}, expected {tag!r}")
+    return version
+
+
 def read_record(record: dict | str | bytes, source: str) -> dict:
     """The fields of a record of any readable version (``RECORD_FIELDS``, as JSON values, missing
     ones as None or ``[]``), its format, version and field types checked but nothing built, so a
@@ -75,12 +89,7 @@ def read_record(record: dict | str | bytes, source: str) -> dict:
         raise ModelFormatError(f"{source}: corrupt model record ({type(e).__name__}: {e})") from e
     if not isinstance(record, dict):
         raise ModelFormatError(f"{source}: a model record is a JSON object, this is a {type(record).__name__}")
-    version = record.get("format_version")
-    if version not in READABLE_VERSIONS or isinstance(version, bool):
-        raise ModelFormatError(f"{source}: model format version {version!r}, this dfnet reads versions "
-                               f"{', '.join(map(str, READABLE_VERSIONS))}")
-    if version >= 2 and record.get("format") != FORMAT:
-        raise ModelFormatError(f"{source}: format {record.get('format')!r}, not a {FORMAT!r} record")
+    version = check_format(record, FORMAT, source=source, what="model")
     if "network" not in record:
         raise ModelFormatError(f"{source}: corrupt model record (no 'network')")
     if version == 1:

@@ -128,7 +128,7 @@ def record_with(**changes) -> dict:
     (record_with(format_version=None), ["model format version None"]),
     (record_with(format_version="2"), ["model format version '2'"]),
     (record_with(format_version=True), ["model format version True"]),
-    (record_with(format=...), ["format None, not a 'dfnet.model' record"]),
+    (record_with(format=...), ["format None, expected 'dfnet.model'"]),
     (record_with(format="dfnet.checkpoint"), ["format 'dfnet.checkpoint'"]),
     (record_with(network=...), ["no 'network'"]),
     (record_with(history={"epoch": 1}), ["'history' is a dict, not a list"]),
@@ -223,8 +223,8 @@ def _reencode(blob: bytes, change) -> bytes:
 
 
 @pytest.mark.parametrize("change, words", [
-    (lambda m: m.update(format_version=9), ["checkpoint format 9", "reads versions 1, 2"]),
-    (lambda m: m.pop("format"), ["format None, not a 'dfnet.checkpoint' meta"]),
+    (lambda m: m.update(format_version=9), ["checkpoint format version 9", "reads versions 1, 2"]),
+    (lambda m: m.pop("format"), ["format None, expected 'dfnet.checkpoint'"]),
     (lambda m: m["model"].update(format_version=9), ["(its model): model format version 9"]),
     (lambda m: m["model"].update(history="many"), ["(its model): corrupt model record ('history'"]),
 ], ids=["meta-version", "meta-tag", "record-version", "record-field"])
