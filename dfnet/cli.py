@@ -200,11 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Spark Connect server, e.g. sc://host:15002 (default: $SPARK_REMOTE; neither: a classic session on --master)")
     p.add_argument("--verbose", action="store_true", help="show Spark's own start-up notes and warnings")
     _table_options(p, predictions="--table", history=False)
-    b = sub.add_parser("bench", help="run one of the benchmarks in benchmarks/ (source checkout only)",
-                       description="Runs benchmarks/<name>.py with the remaining arguments; see each "
-                                   "script's --help. Results go to benchmarks/results/.")
-    b.add_argument("name", nargs="?", help="benchmark name; omit to list them")
-    b.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
+    _bench_parser(sub)
     return parser
 
 
@@ -258,27 +254,565 @@ def _spark_setting(text: str) -> tuple[str, str]:
     return key.strip(), value
 
 
+# --- dfnet bench -----------------------------------------------------------------------------
+
 BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+
+#: The sweeps of :mod:`dfnet.bench` that ``dfnet bench SWEEP`` runs, and what each one varies.
+BENCH_SWEEPS = {"partitions": "partitions of the training rows, on one Spark session",
+                "slots": "task slots the session lends the sweep, 1 up to all of them",
+                "engines": "the engines (dataframe, rdd, rdd-batched), on one Spark session",
+                "clusters": "cluster sizes: one Spark application per size on --master, started and stopped "
+                            "by dfnet"}
+#: What follows ``dfnet bench``: a sweep, or ``script`` for the scripts of a source checkout. Any other
+#: first word is a script's name (``dfnet bench aggregation ...`` is ``dfnet bench script aggregation ...``).
+BENCH_COMMANDS = (*BENCH_SWEEPS, "script")
+#: Options of ``dfnet bench SWEEP`` that become the training configuration (see :func:`_bench_config`).
+BENCH_MODEL_OPTIONS = ("preset", "model", "hidden", "activation", "engine", "schedule", "batch_size", "optimizer",
+                       "lr", "dtype", "seed", "partitions")
+#: The line prefix by which one application of ``dfnet bench clusters`` hands its row to the parent.
+ROW_LINE = "dfnet-bench-row "
+#: The master's web UI port on a standalone cluster, where its JSON status is read (Spark's default).
+STANDALONE_UI_PORT = 8080
+
+
+def _counts(flag: str):
+    """An argparse type: comma-separated positive integers, at least one, for ``flag``."""
+    def parse(text: str) -> tuple[int, ...]:
+        values = _int_list(text)
+        bad = [v for v in values if v < 1]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{bad[0]} is not a positive count; expected integers >= 1, e.g. 1,2,4")
+        return values
+    return parse
+
+
+def _engine_list(text: str) -> tuple[str, ...]:
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected at least one engine of {', '.join(ENGINES)}")
+    unknown = [n for n in names if n not in ENGINES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown engine {unknown[0]!r}; allowed: {', '.join(ENGINES)}")
+    return names
+
+
+def _bench_parser(sub) -> None:
+    b = sub.add_parser("bench", help="benchmark sweeps (partitions, slots, engines, cluster sizes) into a table, "
+                                     "and the benchmark scripts of a source checkout",
+                       description="Times training over one varied setting, one point after another (a line per "
+                                   "point as it goes), prints the table of the points and writes it to a Spark "
+                                   "table (--table) and to JSON + an HTML figure (--output). A point that fails "
+                                   "is reported in its row and the sweep goes on. `dfnet bench script NAME` runs "
+                                   "benchmarks/NAME.py of a source checkout; `dfnet bench` lists both.")
+    sweeps = b.add_subparsers(dest="sweep", metavar="{" + ",".join(BENCH_COMMANDS) + "}")
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    p = sweeps.add_parser("partitions", help=BENCH_SWEEPS["partitions"], formatter_class=formatter,
+                          description="Seconds per epoch for each partition count of the training rows, on one "
+                                      "session (--master, --remote or $SPARK_REMOTE).")
+    p.add_argument("--partitions", dest="bench_partitions", type=_counts("--partitions"), default=(1, 2, 4),
+                   metavar="N,N,...", help="partition counts, each at most the training rows")
+    _sweep_options(p)
+    s = sweeps.add_parser("slots", help=BENCH_SWEEPS["slots"], formatter_class=formatter,
+                          description="Seconds per epoch for each number of task slots of one session.")
+    s.add_argument("--slots", dest="bench_slots", type=_counts("--slots"), default=None, metavar="N,N,...",
+                   help="task slots, each at most the session's (default: 1 up to all of them)")
+    _sweep_options(s, partitions=True)
+    e = sweeps.add_parser("engines", help=BENCH_SWEEPS["engines"], formatter_class=formatter,
+                          description="Seconds per epoch of each engine on the same rows and session.")
+    e.add_argument("--engines", dest="bench_engines", type=_engine_list, default=ENGINES, metavar="NAME,NAME,...",
+                   help=f"engines, of {', '.join(ENGINES)}")
+    _sweep_options(e, engine=False, partitions=True)
+    c = sweeps.add_parser("clusters", help=BENCH_SWEEPS["clusters"], formatter_class=formatter,
+                          description="One Spark application per size, each in a process of its own, started and "
+                                      "stopped by dfnet one after another: spark.cores.max=SIZE (and "
+                                      "spark.executor.cores=1) on a standalone spark:// master, "
+                                      "spark.executor.instances=SIZE on yarn and k8s://, local[SIZE] on a local "
+                                      "master. Each times one point (--partitions, default one per core) and "
+                                      "reports its row; this process gathers them.")
+    c.add_argument("--sizes", type=_counts("--sizes"), required=True, metavar="N,N,...",
+                   help="cluster sizes: executor cores on standalone (one-core executors), executors on YARN "
+                        "and Kubernetes, threads on local")
+    c.add_argument("--master-ui", default=None, metavar="URL",
+                   help="a standalone master's web UI, whose /json/ status gives the cluster's cores (default: "
+                        f"http://MASTER-HOST:{STANDALONE_UI_PORT})")
+    c.add_argument("--executor-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="how long an application waits for its executors; a size that gets fewer is a failed "
+                        "point")
+    c.add_argument("--application", type=int, default=None, help=argparse.SUPPRESS)  # one size's process
+    _sweep_options(c, session=False, partitions=True)
+    script = sweeps.add_parser("script", help="run benchmarks/NAME.py of a source checkout",
+                               description="Runs benchmarks/<name>.py with the remaining arguments; see each "
+                                           "script's --help. Results go to benchmarks/results/.")
+    script.add_argument("name", nargs="?", help="benchmark name; omit to list them")
+    script.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
+
+
+def _sweep_options(parser: argparse.ArgumentParser, *, engine: bool = True, session: bool = True,
+                   partitions: bool = False) -> None:
+    """The options every sweep shares: the rows, the network, the measurement, the session and the outputs."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASET_NAMES, default="digits")
+    data.add_argument("--data-dir", default=None,
+                      help="folder with the IDX files (else $DFNET_DATA_DIR, else ./data with download)")
+    data.add_argument("--classes", type=_int_list, default=None, help="keep these classes, relabelled 0..k-1")
+    model = parser.add_argument_group("network (default: dfnet.bench's)")
+    model.add_argument("--preset", choices=sorted(PRESETS), default=None)
+    model.add_argument("--model", choices=MODELS, default=None)
+    model.add_argument("--hidden", type=_int_list, default=None, help="dense hidden layer sizes, e.g. 64 or 128,64")
+    model.add_argument("--activation", choices=HIDDEN_ACTIVATIONS, default=None)
+    if engine:
+        model.add_argument("--engine", choices=ENGINES, default=None)
+    model.add_argument("--schedule", choices=SCHEDULES, default=None)
+    model.add_argument("--batch-size", type=int, default=None)
+    model.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
+    model.add_argument("--lr", type=float, default=None)
+    model.add_argument("--dtype", choices=["float32", "float64"], default=None)
+    model.add_argument("--seed", type=int, default=None)
+    if partitions:
+        model.add_argument("--partitions", type=int, default=None,
+                           help="partitions of the training rows" + (" in every application (default: the size)"
+                                                                     if not session else ""))
+    measure = parser.add_argument_group("measurement")
+    measure.add_argument("--epochs", type=int, default=3, help="timed epochs per point")
+    measure.add_argument("--warmup", type=int, default=1, help="untimed epochs per point before them")
+    measure.add_argument("--no-accuracy", action="store_true", help="do not score the test split at each point")
+    run = parser.add_argument_group("run")
+    if session:
+        run.add_argument("--master", default=None, help="Spark master, e.g. local[2] (default local[*])")
+        run.add_argument("--remote", default=None, metavar="URL",
+                         help="Spark Connect server, e.g. sc://host:15002 (default: $SPARK_REMOTE)")
+    else:
+        run.add_argument("--master", required=True,
+                         help="spark://host:port (standalone), yarn, k8s://https://host:port, or local[N]")
+    run.add_argument("--run-id", default=None, help="the run_id column (default: a new id)")
+    run.add_argument("--output", default=None, metavar="PATH", help="write PATH.json (the rows) and PATH.html "
+                                                                   "(the figure)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    run.add_argument("--verbose", action="store_true", help="show Spark's own start-up notes and warnings")
+    tables = parser.add_argument_group("tables for Spark SQL")
+    tables.add_argument("--table", default=None, help="write the rows to this table (name, db.name or "
+                                                     "catalog.db.name)")
+    tables.add_argument("--mode", choices=WRITE_MODES, default="append",
+                        help="if the table exists: append (default), overwrite or error")
+    tables.add_argument("--warehouse", default=None,
+                        help="folder for the tables and their Derby metastore (default: Spark's, in the working "
+                             "directory)")
+    tables.add_argument("--conf", action="append", default=[], type=_spark_setting, metavar="KEY=VALUE",
+                        help="a Spark setting for the session(s) dfnet starts (repeat it)")
 
 
 def available_benchmarks() -> list[str]:
     return sorted(p.stem for p in BENCHMARKS_DIR.glob("*.py") if p.stem != "common") if BENCHMARKS_DIR.is_dir() else []
 
 
+def _bench_argv(argv: list[str]) -> list[str]:
+    """``dfnet bench NAME ...`` where NAME is no sweep: the script NAME (``dfnet bench script NAME ...``)."""
+    if len(argv) > 1 and argv[0] == "bench" and argv[1] not in BENCH_COMMANDS and not argv[1].startswith("-"):
+        return ["bench", "script", *argv[1:]]
+    return argv
+
+
 def bench_command(args: argparse.Namespace) -> int:
+    """``dfnet bench``: the list, a script, a sweep on one session, or one application per cluster size."""
+    if args.sweep is None:
+        scripts = available_benchmarks()
+        print("sweeps (dfnet bench SWEEP --help):\n" + "".join(f"  {name:<11} {what}\n" for name, what in
+                                                               BENCH_SWEEPS.items())
+              + (f"scripts (dfnet bench script NAME --help, in {BENCHMARKS_DIR}): " + ", ".join(scripts) if scripts
+                 else "scripts: none here (they come with a source checkout, not the installed package)"))
+        return 0
+    if args.sweep == "script":
+        return bench_script_command(args)
+    if args.sweep == "clusters":
+        return bench_application_command(args) if args.application is not None else bench_clusters_command(args)
+    return bench_sweep_command(args)
+
+
+def bench_script_command(args: argparse.Namespace) -> int:
     import subprocess
 
     names = available_benchmarks()
     if not names:
-        raise DFNetError(f"no benchmarks found in {BENCHMARKS_DIR}: `dfnet bench` runs the scripts of a source "
-                         f"checkout (pip install -e .), which an installed wheel does not include")
+        raise DFNetError(f"no benchmark scripts found in {BENCHMARKS_DIR}: `dfnet bench script` runs the scripts of "
+                         f"a source checkout (pip install -e .), which an installed wheel does not include; the "
+                         f"sweeps ({', '.join(BENCH_SWEEPS)}) need none")
     if args.name is None:
-        print("benchmarks: " + ", ".join(names) + f"\n(scripts in {BENCHMARKS_DIR}; `dfnet bench NAME --help`)")
+        print("benchmarks: " + ", ".join(names) + f"\n(scripts in {BENCHMARKS_DIR}; `dfnet bench script NAME --help`)")
         return 0
     name = args.name.replace("-", "_")
     if name not in names:
-        raise DFNetError(f"unknown benchmark {args.name!r}; available: {', '.join(names)}")
+        raise DFNetError(f"unknown benchmark {args.name!r}; sweeps: {', '.join(BENCH_SWEEPS)}; scripts: "
+                         f"{', '.join(names)}")
     return subprocess.call([sys.executable, str(BENCHMARKS_DIR / f"{name}.py"), *args.args])
+
+
+class BenchRows:
+    """The training (and test) rows of a sweep as numpy arrays, read before any Spark session so that
+    counts can be checked against them first; :meth:`frames` makes the DataFrames."""
+
+    def __init__(self, args: argparse.Namespace):
+        import numpy as np
+
+        from .datasets import check_classes, get_dataset, load_arrays
+
+        self.dataset, self.data_dir = args.dataset, args.data_dir
+        self.classes = check_classes(args.dataset, args.classes) if args.classes else None
+        self.max_value = get_dataset(args.dataset).max_value
+        self.train = load_arrays(args.dataset, "train", args.data_dir)
+        self.test = None if args.no_accuracy else load_arrays(args.dataset, "test", args.data_dir)
+        labels = self.train[1]
+        self.rows = int(np.isin(labels, self.classes).sum()) if self.classes else len(labels)
+
+    def check_partitions(self, flag: str, counts) -> None:
+        too_many = [n for n in counts if n > self.rows]
+        if too_many:
+            raise DFNetError(f"{flag} {too_many[0]}: more partitions than the {self.rows} training rows of "
+                             f"{self.dataset}; allowed: 1 to {self.rows}")
+
+    def frames(self, spark):
+        from .datasets import to_dataframe
+
+        make = lambda arrays: to_dataframe(spark, *arrays, max_value=self.max_value,  # noqa: E731
+                                           classes=self.classes)
+        return make(self.train), None if self.test is None else make(self.test)
+
+
+def _bench_config(args: argparse.Namespace) -> TrainConfig | None:
+    """The network the user asked for, or None for dfnet.bench's own default."""
+    if not any(getattr(args, name, None) is not None for name in BENCH_MODEL_OPTIONS):
+        return None
+    chosen = {k: v for k, v in vars(args).items() if k in BENCH_MODEL_OPTIONS and k != "preset" and v is not None}
+    return TrainConfig(**{**(PRESETS.get(args.preset, {}) if args.preset else {}), **chosen}).validate()
+
+
+def _check_measurement(args: argparse.Namespace) -> None:
+    if args.epochs < 1:
+        raise DFNetError(f"--epochs {args.epochs}: expected at least 1 timed epoch")
+    if args.warmup < 0:
+        raise DFNetError(f"--warmup {args.warmup}: expected 0 or more untimed epochs")
+
+
+def _sweep_values(args: argparse.Namespace):
+    return getattr(args, f"bench_{args.sweep}")
+
+
+def bench_sweep_command(args: argparse.Namespace) -> int:
+    """``dfnet bench partitions|slots|engines``: the library's sweep on one session, printed as it goes."""
+    import dfnet.bench as bench
+
+    from .session import get_or_create_spark
+
+    _check_measurement(args)
+    config = _bench_config(args)
+    rows = BenchRows(args)
+    values = _sweep_values(args)
+    if args.sweep == "partitions":
+        rows.check_partitions("--partitions", values)
+    elif config is not None and config.partitions is not None:
+        rows.check_partitions("--partitions", [config.partitions])
+    _check_table_name(args)
+    print(_describe_sweep(args, rows, values, config), flush=True)
+    spark = get_or_create_spark(args.master, app_name=f"dfnet-bench-{args.sweep}", warehouse=args.warehouse,
+                                conf=dict(args.conf), verbose=args.verbose, remote=args.remote)
+    train_df, test_df = rows.frames(spark)
+    sweep_kwargs = {} if values is None else {args.sweep: list(values)}
+    sweep = getattr(bench, args.sweep)(train_df, **sweep_kwargs, config=config, epochs=args.epochs,
+                                       warmup=args.warmup, test_df=test_df, table=args.table, mode=args.mode,
+                                       progress=_progress(args), run_id=args.run_id)
+    return _finish_sweep(sweep, args)
+
+
+def _describe_sweep(args: argparse.Namespace, rows: BenchRows, values, config: TrainConfig | None) -> str:
+    """The line that says what the sweep times, on what, before the session starts."""
+    shown = "default" if values is None else ",".join(map(str, values))
+    network = "dfnet.bench's default network" if config is None else _describe_model(config, None)
+    return (f"dfnet bench {args.sweep}: {shown} | {rows.dataset} {rows.rows} training rows"
+            f"{'' if rows.test is None else ', accuracy on the test split'} | {network} | {args.epochs} timed "
+            f"epoch(s) after {args.warmup} warm-up per point")
+
+
+def _check_table_name(args: argparse.Namespace) -> None:
+    if args.table is not None:
+        from .tables import check_table_name
+
+        check_table_name(args.table)
+
+
+def _progress(args: argparse.Namespace):
+    """What dfnet.bench's ``progress`` takes: a line per point always; the bar on a terminal, unless
+    --no-progress."""
+    from .bench.progress import SweepPrinter
+
+    return SweepPrinter(bar=False) if args.no_progress else None
+
+
+def _finish_sweep(sweep, args: argparse.Namespace) -> int:
+    """Print the table of the points; save --output; exit 1 if a point failed (its row says why)."""
+    print(format_rows(sweep.rows), flush=True)
+    if args.output:
+        sweep.save(args.output)
+        print(f"Wrote {args.output}.json and {args.output}.html", flush=True)
+    if args.table:
+        print(f"Table {args.table} ({args.mode}): {len(sweep.rows)} rows of run_id {sweep.rows[0]['run_id']}",
+              flush=True)
+    failed = [row for row in sweep.rows if row.get("error")]
+    if failed:
+        print(f"dfnet: {len(failed)} of {len(sweep.rows)} points failed (see the error column)", file=sys.stderr)
+        return 1
+    return 0
+
+
+#: Columns of the console table, in this order, when some row has a value there.
+TABLE_COLUMNS = ("point", "partitions", "slots", "engine", "rows", "executors", "hosts", "seconds_per_epoch",
+                 "seconds_min", "seconds_max", "jobs_per_epoch", "accuracy", "error")
+
+
+def format_rows(rows: list[dict]) -> str:
+    """The points as a plain-text table: the columns of :data:`TABLE_COLUMNS` that some row fills."""
+    columns = [c for c in TABLE_COLUMNS if any(row.get(c) not in (None, "") for row in rows)]
+
+    def cell(value) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, float):
+            return f"{value:.4f}" if abs(value) < 1 else f"{value:.3f}"
+        return str(value)
+
+    cells = [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(line[i]) for line in cells)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in cells]
+    return "\n".join(lines)
+
+
+# --- dfnet bench clusters: one application per size ----------------------------------------------
+
+def cluster_kind(master: str) -> str:
+    """``local``, ``standalone``, ``yarn`` or ``k8s`` for a master URL; anything else is refused."""
+    if master == "local" or master.startswith("local["):
+        return "local"
+    if master.startswith("spark://"):
+        return "standalone"
+    if master == "yarn":
+        return "yarn"
+    if master.startswith("k8s://"):
+        return "k8s"
+    raise DFNetError(f"--master {master}: dfnet bench clusters starts applications on spark://host:port "
+                     f"(standalone), yarn, k8s://... or local[N]")
+
+
+#: What sets an application's size, per kind of master (local: the master itself, local[SIZE]).
+SIZE_SETTINGS = {"standalone": ("spark.cores.max", "spark.executor.cores"),
+                 "yarn": ("spark.executor.instances", "spark.dynamicAllocation.enabled"),
+                 "k8s": ("spark.executor.instances", "spark.dynamicAllocation.enabled")}
+
+
+def application_settings(master: str, size: int, executor_timeout: float) -> tuple[str, dict[str, str]]:
+    """The master and Spark settings of the application of ``size``: one-core executors up to ``size``
+    cores on standalone, ``size`` executors on YARN and Kubernetes (no dynamic allocation), ``local[size]``;
+    on a cluster no job starts before every executor registered or ``executor_timeout`` passed."""
+    kind = cluster_kind(master)
+    if kind == "local":
+        return f"local[{size}]", {}
+    conf = ({"spark.cores.max": str(size), "spark.executor.cores": "1"} if kind == "standalone" else
+            {"spark.executor.instances": str(size), "spark.dynamicAllocation.enabled": "false"})
+    conf.update({"spark.scheduler.minRegisteredResourcesRatio": "1.0",
+                 "spark.scheduler.maxRegisteredResourcesWaitingTime": f"{executor_timeout:g}s"})
+    return master, conf
+
+
+def cluster_capacity(master: str, master_ui: str | None = None) -> tuple[int | None, str]:
+    """The largest size the cluster can hold and where that figure comes from; None when dfnet cannot
+    know (YARN, Kubernetes, a standalone master whose web UI does not answer), with the reason."""
+    import os
+
+    kind = cluster_kind(master)
+    if kind == "local":
+        return os.cpu_count() or 1, "the cores of this machine"
+    if kind != "standalone":
+        return None, (f"dfnet cannot ask {kind} how many executors it would grant (queues, quotas and "
+                      f"autoscaling decide)")
+    from urllib.parse import urlsplit
+
+    hosts = [h.rsplit(":", 1)[0] for h in master[len("spark://"):].split(",")]  # HA: several masters
+    urls = [master_ui.rstrip("/")] if master_ui else [f"http://{h}:{STANDALONE_UI_PORT}" for h in hosts]
+    problems = []
+    for url in urls:
+        try:
+            state = _read_json(url + "/json/")
+        except (OSError, ValueError) as e:
+            problems.append(f"{url}/json/: {e}")
+            continue
+        if state.get("status", "ALIVE") != "ALIVE":  # a standby master of an HA pair
+            continue
+        cores = sum(int(w.get("cores", 0)) for w in state.get("workers", []) if w.get("state") == "ALIVE")
+        return cores, f"the alive workers' cores at {url} ({urlsplit(url).netloc})"
+    return None, "the master's status could not be read (" + "; ".join(problems or ["no master is ALIVE"]) + \
+        "; --master-ui URL names its web UI)"
+
+
+def _read_json(url: str) -> dict:
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=5) as response:
+        return json.load(response)
+
+
+def bench_clusters_command(args: argparse.Namespace) -> int:
+    """``dfnet bench clusters``: check every size first, then one application (a process of its own) per
+    size, one after another; gather their rows, print, and write --table and --output."""
+    import os
+
+    from .bench.progress import point_line
+    from .bench.result import Sweep
+    from .train import new_run_id
+
+    _check_measurement(args)
+    if os.environ.get("SPARK_REMOTE"):
+        raise DFNetError(f"dfnet bench clusters starts its own applications on --master, and SPARK_REMOTE="
+                         f"{os.environ['SPARK_REMOTE']} names a Spark Connect server (one application already): "
+                         f"unset it, or time that server's task slots with `dfnet bench slots`")
+    kind = cluster_kind(args.master)
+    given = [key for key, _ in args.conf if key in SIZE_SETTINGS.get(kind, ())]
+    if given:
+        raise DFNetError(f"--conf {given[0]}: dfnet bench clusters sets it for each --sizes value; leave it out")
+    _bench_config(args)
+    rows = BenchRows(args)
+    rows.check_partitions("--partitions", [args.partitions] if args.partitions else args.sizes)
+    capacity, source = cluster_capacity(args.master, args.master_ui)
+    if capacity is None:
+        print(f"Cluster size not checked: {source}. Each application waits up to {args.executor_timeout:g} s "
+              f"for its executors; a size that gets fewer is reported as a failed point.", flush=True)
+    else:
+        too_big = [size for size in args.sizes if size > capacity]
+        if too_big:
+            unit = "threads" if kind == "local" else "cores"
+            raise DFNetError(f"--sizes {too_big[0]}: larger than the cluster, which has {capacity} {unit} "
+                             f"({source}); allowed: 1 to {capacity}")
+    _check_table_name(args)
+    run_id = args.run_id or new_run_id()
+    writer, started = _table_session(args, run_id) if args.table else (None, False)
+    print(f"dfnet bench clusters on {args.master}: sizes {', '.join(map(str, args.sizes))}, one application each "
+          f"(run_id {run_id})", flush=True)
+    try:
+        points = []
+        for index, size in enumerate(args.sizes, start=1):
+            points.append(_run_application(args, size, run_id))
+            print(point_line(index, len(args.sizes), points[-1]), flush=True)
+        sweep = Sweep("clusters", points, writer, {"master": args.master, "sizes": list(args.sizes),
+                                                    "capacity": capacity, "capacity_source": source})
+        if writer is not None:
+            sweep.write_table(args.table, mode=args.mode)
+    finally:
+        if started:
+            writer.stop()
+    return _finish_sweep(sweep, args)
+
+
+def _table_session(args: argparse.Namespace, run_id: str):
+    """A local[1] session of this process for --table (or the one already running here), and whether
+    it was started here: the table is checked with it before any application starts and written with
+    it after the last, in --warehouse's or --conf's catalog as for the other commands."""
+    from pyspark.sql import SparkSession
+
+    from .bench.schema import BENCH_SCHEMA
+    from .session import get_or_create_spark
+    from .tables import check_can_write
+
+    running = SparkSession.getActiveSession()
+    spark = get_or_create_spark("local[1]", app_name="dfnet-bench-clusters-table", warehouse=args.warehouse,
+                                conf=dict(args.conf), verbose=args.verbose)
+    try:
+        check_can_write(spark, args.table, args.mode, BENCH_SCHEMA, run_id=run_id)
+    except BaseException:
+        if running is None:
+            spark.stop()
+        raise
+    return spark, running is None
+
+
+def _run_application(args: argparse.Namespace, size: int, run_id: str) -> dict:
+    """Run the application of ``size`` in a process of its own (``dfnet bench clusters --application
+    SIZE``) and return its row; a process that ends without one gives a row naming the failure. The
+    process (its group: the driver's JVM too) is stopped if this one is interrupted."""
+    import subprocess
+    from collections import deque
+    from datetime import datetime
+
+    from .bench.schema import empty_row
+    from .local_spark import stop_process_group
+
+    argv = [sys.executable, "-m", "dfnet.cli", *args.argv, "--application", str(size), "--run-id", run_id]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            text=True, start_new_session=True)
+    row, tail = None, deque(maxlen=10)
+    try:
+        for line in proc.stdout:
+            if line.startswith(ROW_LINE):
+                row = json.loads(line[len(ROW_LINE):])
+            else:  # the application's own messages (Spark's warnings and errors)
+                tail.append(line.rstrip("\n"))
+                sys.stderr.write(line)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            stop_process_group(proc)
+    if row is None:
+        last = f": {tail[-1]}" if tail else ""
+        row = {**empty_row(), "run_id": run_id, "sweep": "clusters", "point": f"size={size}", "slots": size,
+               "error": f"the application of size {size} exited with code {proc.returncode} without a row{last}"}
+    elif row.get("timestamp"):
+        row["timestamp"] = datetime.fromisoformat(row["timestamp"])
+    return row
+
+
+def bench_application_command(args: argparse.Namespace) -> int:
+    """One size of ``dfnet bench clusters`` (a process the parent started): a new session of that size,
+    its executors awaited, one point timed; the row goes to standard output as one JSON line."""
+    import dfnet.bench as bench
+
+    from .bench.schema import empty_row
+    from .session import get_or_create_spark
+
+    size = args.application
+    master, conf = application_settings(args.master, size, args.executor_timeout)
+    rows = BenchRows(args)
+    spark = get_or_create_spark(master, app_name=f"dfnet-bench-clusters-{size}", warehouse=args.warehouse,
+                                conf={**conf, **dict(args.conf)}, verbose=args.verbose)
+    try:
+        row = {**empty_row(), "run_id": args.run_id, "partitions": args.partitions or size, "slots": size,
+               "master": master}
+        try:
+            if cluster_kind(args.master) != "local":
+                _wait_for_executors(spark, size, args.executor_timeout)
+            train_df, test_df = rows.frames(spark)
+            sweep = bench.partitions(train_df, partitions=[args.partitions or size], config=_bench_config(args),
+                                     epochs=args.epochs, warmup=args.warmup, test_df=test_df, progress=False,
+                                     run_id=args.run_id)
+            row = dict(sweep.rows[0])
+        except DFNetError as e:
+            row["error"] = str(e)
+        row.update(sweep="clusters", point=f"size={size}")
+        print(ROW_LINE + json.dumps(row, default=lambda v: v.isoformat()), flush=True)
+    finally:
+        spark.stop()
+    return 0
+
+
+def _wait_for_executors(spark, size: int, timeout: float) -> None:
+    import time
+
+    def registered() -> int:  # block managers, the driver's own left out
+        return spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1
+
+    deadline = time.monotonic() + timeout
+    while registered() < size:
+        if time.monotonic() > deadline:
+            raise DFNetError(f"only {registered()} of {size} executors registered within {timeout:g} s: the "
+                             f"cluster has too few free cores or too little memory for this size")
+        time.sleep(0.5)
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
@@ -541,7 +1075,9 @@ def predict_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = _bench_argv(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
+    args.argv = argv  # dfnet bench clusters runs each size as `dfnet ARGV --application SIZE`
     try:
         if args.command == "train":
             return train_command(args)
