@@ -610,12 +610,14 @@ SIZE_SETTINGS = {"standalone": ("spark.cores.max", "spark.executor.cores"),
 
 def application_settings(master: str, size: int, executor_timeout: float) -> tuple[str, dict[str, str]]:
     """The master and Spark settings of the application of ``size``: one-core executors up to ``size``
-    cores on standalone, ``size`` executors on YARN and Kubernetes (no dynamic allocation), ``local[size]``;
+    cores on standalone (and ``size`` task slots), ``size`` executors on YARN and Kubernetes (no dynamic allocation), ``local[size]``;
     on a cluster no job starts before every executor registered or ``executor_timeout`` passed."""
     kind = cluster_kind(master)
     if kind == "local":
         return f"local[{size}]", {}
-    conf = ({"spark.cores.max": str(size), "spark.executor.cores": "1"} if kind == "standalone" else
+    # defaultParallelism (the task slots dfnet.bench reports) is max(cores, 2) on standalone unless set.
+    conf = ({"spark.cores.max": str(size), "spark.executor.cores": "1", "spark.default.parallelism": str(size)}
+            if kind == "standalone" else
             {"spark.executor.instances": str(size), "spark.dynamicAllocation.enabled": "false"})
     conf.update({"spark.scheduler.minRegisteredResourcesRatio": "1.0",
                  "spark.scheduler.maxRegisteredResourcesWaitingTime": f"{executor_timeout:g}s"})

@@ -166,7 +166,7 @@ def test_each_size_is_one_application_sized_for_its_cluster_manager():
     assert application_settings("local[*]", 3, 60) == ("local[3]", {})
     master, conf = application_settings("spark://h:7077", 2, 60)
     assert master == "spark://h:7077"
-    assert (conf["spark.cores.max"], conf["spark.executor.cores"]) == ("2", "1")
+    assert (conf["spark.cores.max"], conf["spark.executor.cores"], conf["spark.default.parallelism"]) == ("2", "1", "2")
     assert conf["spark.scheduler.minRegisteredResourcesRatio"] == "1.0"
     assert conf["spark.scheduler.maxRegisteredResourcesWaitingTime"] == "60s"
     for master in ("yarn", "k8s://https://k8s:6443"):
