@@ -262,6 +262,8 @@ BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 BENCH_SWEEPS = {"partitions": "partitions of the training rows, on one Spark session",
                 "slots": "task slots the session lends the sweep, 1 up to all of them",
                 "engines": "the engines (dataframe, rdd, rdd-batched), on one Spark session",
+                "schedules": "the schedules (auto, minibatch, average, classic), on one Spark session",
+                "aggregations": "how a job adds the partitions' sums (agg, collect), on one Spark session",
                 "clusters": "cluster sizes: one Spark application per size on --master, started and stopped "
                             "by dfnet"}
 #: What follows ``dfnet bench``: a sweep, or ``script`` for the scripts of a source checkout. Any other
@@ -287,14 +289,17 @@ def _counts(flag: str):
     return parse
 
 
-def _engine_list(text: str) -> tuple[str, ...]:
-    names = tuple(v.strip() for v in text.split(",") if v.strip())
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected at least one engine of {', '.join(ENGINES)}")
-    unknown = [n for n in names if n not in ENGINES]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown engine {unknown[0]!r}; allowed: {', '.join(ENGINES)}")
-    return names
+def _names(what: str, allowed: Sequence[str]):
+    """An argparse type: comma-separated names of ``allowed``, at least one."""
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(v.strip() for v in text.split(",") if v.strip())
+        if not names:
+            raise argparse.ArgumentTypeError(f"expected at least one {what} of {', '.join(allowed)}")
+        unknown = [n for n in names if n not in allowed]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {what} {unknown[0]!r}; allowed: {', '.join(allowed)}")
+        return names
+    return parse
 
 
 def _bench_parser(sub) -> None:
@@ -320,9 +325,17 @@ def _bench_parser(sub) -> None:
     _sweep_options(s, partitions=True)
     e = sweeps.add_parser("engines", help=BENCH_SWEEPS["engines"], formatter_class=formatter,
                           description="Seconds per epoch of each engine on the same rows and session.")
-    e.add_argument("--engines", dest="bench_engines", type=_engine_list, default=ENGINES, metavar="NAME,NAME,...",
-                   help=f"engines, of {', '.join(ENGINES)}")
+    e.add_argument("--engines", dest="bench_engines", type=_names("engine", ENGINES), default=ENGINES,
+                   metavar="NAME,NAME,...", help=f"engines, of {', '.join(ENGINES)}")
     _sweep_options(e, engine=False, partitions=True)
+    for name, flag, allowed, default, fixed in (
+            ("schedules", "--schedules", SCHEDULES, ("auto", "minibatch", "average", "classic"), "schedule"),
+            ("aggregations", "--aggregations", AGGREGATES, ("agg", "collect"), "aggregate")):
+        q = sweeps.add_parser(name, help=BENCH_SWEEPS[name], formatter_class=formatter,
+                              description=f"Seconds per epoch of each {fixed} on the same rows and session.")
+        q.add_argument(flag, dest=f"bench_{name}", type=_names(fixed, allowed), default=default,
+                       metavar="NAME,NAME,...", help=f"of {', '.join(allowed)}")
+        _sweep_options(q, schedule=name != "schedules", partitions=True)
     c = sweeps.add_parser("clusters", help=BENCH_SWEEPS["clusters"], formatter_class=formatter,
                           description="One Spark application per size, each in a process of its own, started and "
                                       "stopped by dfnet one after another: spark.cores.max=SIZE (and "
@@ -348,8 +361,8 @@ def _bench_parser(sub) -> None:
     script.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
 
 
-def _sweep_options(parser: argparse.ArgumentParser, *, engine: bool = True, session: bool = True,
-                   partitions: bool = False) -> None:
+def _sweep_options(parser: argparse.ArgumentParser, *, engine: bool = True, schedule: bool = True,
+                   session: bool = True, partitions: bool = False) -> None:
     """The options every sweep shares: the rows, the network, the measurement, the session and the outputs."""
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASET_NAMES, default="digits")
@@ -363,7 +376,8 @@ def _sweep_options(parser: argparse.ArgumentParser, *, engine: bool = True, sess
     model.add_argument("--activation", choices=HIDDEN_ACTIVATIONS, default=None)
     if engine:
         model.add_argument("--engine", choices=ENGINES, default=None)
-    model.add_argument("--schedule", choices=SCHEDULES, default=None)
+    if schedule:
+        model.add_argument("--schedule", choices=SCHEDULES, default=None)
     model.add_argument("--batch-size", type=int, default=None)
     model.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
     model.add_argument("--lr", type=float, default=None)
@@ -417,7 +431,7 @@ def bench_command(args: argparse.Namespace) -> int:
     """``dfnet bench``: the list, a script, a sweep on one session, or one application per cluster size."""
     if args.sweep is None:
         scripts = available_benchmarks()
-        print("sweeps (dfnet bench SWEEP --help):\n" + "".join(f"  {name:<11} {what}\n" for name, what in
+        print("sweeps (dfnet bench SWEEP --help):\n" + "".join(f"  {name:<13} {what}\n" for name, what in
                                                                BENCH_SWEEPS.items())
               + (f"scripts (dfnet bench script NAME --help, in {BENCHMARKS_DIR}): " + ", ".join(scripts) if scripts
                  else "scripts: none here (they come with a source checkout, not the installed package)"))

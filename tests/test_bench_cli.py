@@ -52,6 +52,8 @@ def argparse_error(argv: list[str], capsys) -> str:
     (["slots", "--slots", "two"], ["--slots", "'two'", "comma-separated integers"]),
     (["engines", "--engines", "dataframe,gpu"], ["--engines", "unknown engine 'gpu'", "dataframe, rdd, rdd-batched"]),
     (["engines", "--engines", ","], ["--engines", "at least one engine"]),
+    (["schedules", "--schedules", "auto,sync"], ["--schedules", "unknown schedule 'sync'", "minibatch"]),
+    (["aggregations", "--aggregations", "sum"], ["--aggregations", "unknown aggregate 'sum'", "collect"]),
     (["clusters", "--master", "local[2]", "--sizes", ""], ["--sizes", "at least one integer"]),
     (["clusters", "--sizes", "1,2"], ["--master"]),
 ])
