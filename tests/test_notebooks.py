@@ -427,12 +427,20 @@ def test_zeppelin_output_is_split_into_results():
 EARLIER_RUN = "20000101-000000-earlier"
 EARLIER_HISTORY = [{"epoch": e, "loss": 9.0, "accuracy": 0.125 * e, "rows": 100, "seconds": 1.0,
                     "val_loss": 9.5, "val_accuracy": 0.1} for e in (1, 2)]
+#: EARLIER_RUN's partitions sweep, (partitions, seconds per epoch): 2 was fastest; 4 failed (no seconds).
+EARLIER_SWEEP = [(1, 0.5), (2, 0.25), (4, None)]
+#: Where the Databricks notebook and the Zeppelin note write their sweeps.
+BENCH_TABLE = f"{DATABASE}.bench"
+#: The partition counts the notebooks sweep.
+SWEPT_PARTITIONS = [1, 2]
 
 
 def write_earlier_run(spark: SparkSession) -> None:
     """The tables the notebook appends to, as an earlier run left them: history and per-class
-    metrics (every class F1 0) of EARLIER_RUN, so "the newest run" queries have a run to leave out."""
+    metrics (every class F1 0) of EARLIER_RUN, so "the newest run" queries have a run to leave out,
+    and its partitions sweep (EARLIER_SWEEP, with a failed point), so "per sweep" has two sweeps."""
     import dfnet
+    from dfnet.bench import BENCH_COLUMNS, Sweep
 
     dfnet.write_history(SimpleNamespace(run_id=EARLIER_RUN, history=EARLIER_HISTORY), f"{DATABASE}.history",
                         mode="append", spark=spark)
@@ -440,6 +448,10 @@ def write_earlier_run(spark: SparkSession) -> None:
                   "recall": 0.0, "f1": 0.0} for c in range(10)]
     dfnet.write_class_metrics(SimpleNamespace(per_class=per_class, class_names=None), f"{DATABASE}.class_metrics",
                               run_id=EARLIER_RUN, mode="append", spark=spark)
+    sweep = [{**dict.fromkeys(BENCH_COLUMNS), "run_id": EARLIER_RUN, "sweep": "partitions",
+              "point": f"partitions={p}", "partitions": p, "seconds_per_epoch": s, "seconds_min": s,
+              "seconds_max": s, "error": None if s is not None else "a point that failed"} for p, s in EARLIER_SWEEP]
+    Sweep("partitions", sweep, spark, {}).write_table(BENCH_TABLE)
 
 
 @pytest.fixture
@@ -542,7 +554,7 @@ def check_notebook_run(run: NotebookRun, spark: SparkSession, conf_before: dict[
     # The figures: model.report's, every one shown as plotly HTML, in order.
     figures = ns["figures"]
     assert list(figures) == FIGURE_HEADINGS
-    html = [s.value for s in run.shown_as("html")]
+    html = [s.value for s in run.shown_as("html") if s.cell.title == "Figures"]
     assert len(html) == len(FIGURE_HEADINGS)
     for text, fig in zip(html, figures.values()):
         assert "Plotly.newPlot" in text and "cdn.plot.ly" in text
@@ -556,6 +568,8 @@ def check_notebook_run(run: NotebookRun, spark: SparkSession, conf_before: dict[
     tables = [s.value for s in run.shown_as("table") if s.cell.kind in PYTHON_KINDS]
     assert [len(rows) for rows in tables] == [5, 10]  # the data, the predictions
 
+    check_sweep_section(run, spark)
+
     # The session is the user's still: running, active, configured as before.
     assert ns["spark"] is spark
     assert is_connect(spark) or not spark.sparkContext._jsc.sc().isStopped()
@@ -563,6 +577,37 @@ def check_notebook_run(run: NotebookRun, spark: SparkSession, conf_before: dict[
     assert spark.range(3).count() == 3
     assert {key: spark.conf.get(key) for key in USER_CONF} == USER_CONF
     assert all_settings(spark) == conf_before
+
+
+def check_sweep_section(run: NotebookRun, spark: SparkSession) -> None:
+    """The partitions sweep: its rows in the table after the earlier sweep's, a line per point, its
+    figure shown, and the SQL answer: one fastest partition count per sweep, failed points left out."""
+    sweep, train = run.namespace["sweep"], run.namespace["train"]
+    rows = spark.table(BENCH_TABLE).where(f"run_id = '{sweep.run_id}'").orderBy("partitions").collect()
+    assert [r.partitions for r in rows] == SWEPT_PARTITIONS and {r.sweep for r in rows} == {"partitions"}
+    assert {r.rows for r in rows} == {train.count()} and {r.epochs for r in rows} == {2}
+    for r in rows:
+        assert r.error is None and 0 < r.seconds_min <= r.seconds_per_epoch <= r.seconds_max, r
+    seconds = {r.partitions: r.seconds_per_epoch for r in rows}
+    assert seconds == {r["partitions"]: r["seconds_per_epoch"] for r in sweep.rows}
+    assert spark.table(BENCH_TABLE).count() == len(EARLIER_SWEEP) + len(SWEPT_PARTITIONS)  # appended, once
+
+    shown = [s for s in run.shown if s.cell.title == "Partitions sweep"]
+    printed = "".join(s.value for s in shown if s.kind == "text")
+    assert re.findall(r"^point (\d)/2: partitions=(\d) \| (\S+) s/epoch", printed, re.MULTILINE) == [
+        (str(i), str(p), f"{seconds[p]:.2f}") for i, p in enumerate(SWEPT_PARTITIONS, start=1)], printed
+    [html] = [s.value for s in shown if s.kind == "html"]
+    figure = sweep.figure()
+    [trace] = figure.data
+    assert list(trace.x) == SWEPT_PARTITIONS and list(trace.y) == [seconds[p] for p in SWEPT_PARTITIONS]
+    assert "Plotly.newPlot" in html and json.dumps(figure.layout.title.text) in html and sweep.run_id in html
+
+    fastest = min(seconds, key=seconds.get)
+    earlier = {p: s for p, s in EARLIER_SWEEP if s is not None}
+    earlier_fastest = min(earlier, key=earlier.get)
+    assert [tuple(r) for r in run.sql["Fastest partition count per sweep"]] == [
+        (EARLIER_RUN, earlier_fastest, earlier[earlier_fastest], len(earlier)),
+        (sweep.run_id, fastest, seconds[fastest], len(SWEPT_PARTITIONS))]
 
 
 @pytest.mark.journey
