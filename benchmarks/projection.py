@@ -15,6 +15,8 @@ N rows, P partitions, C cores (`local[C]`, or the cluster's cores), B bytes of
 packed pixels per row (784 when 8-bit pixels are packed as one byte each, 3136
 as float32). `N / P * ceil(P / C)` is N over the effective cores: the rows of
 the busiest core when the partitions are equal and run in waves of C.
+The model's functions are dfnet's own (``dfnet.bench.cost``, which fits the same model
+to the rows of a ``dfnet.bench`` sweep); this script reads the saved results into it.
 
 Assumptions (each one a limit of what the model can say):
 - Fixed per-step cost: two Spark jobs (the gradient pass, then the
@@ -61,7 +63,6 @@ as float32-packed (3136 bytes) if measured before 2026-11-23 19:39 (commit
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import re
@@ -71,13 +72,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from common import RESULTS, save_results
 
+from dfnet.bench.cost import TERMS, UNITS, features, fit_nonnegative, predict, tasks_per_core
+
 LAYERS = [784, 64, 10]
 WEIGHTS = sum(a * b + b for a, b in zip(LAYERS, LAYERS[1:]))  # 50,890
 BYTE_PACKING_SINCE = "2026-11-23 19:39:26"
 FLOAT32_BYTES, BYTE_PIXELS = 4 * 784, 784
-TERMS = ("job_overhead", "per_task", "per_row", "per_byte")
-UNITS = {"job_overhead": "s", "per_task": "s per task per core", "per_row": "s per row per core",
-         "per_byte": "s per byte per core"}
 
 
 @dataclass
@@ -182,36 +182,7 @@ def mark_holdout(points: list[Point], key: str, rule: str) -> None:
         p.role = "holdout"
 
 
-# --- the model -----------------------------------------------------------------------
-
-def tasks_per_core(partitions: int, cores: int) -> int:
-    return math.ceil(partitions / cores)
-
-
-def rows_per_core(rows: float, partitions: int, cores: int) -> float:
-    return rows / partitions * tasks_per_core(partitions, cores)
-
-
-def features(rows: float, partitions: int, cores: int, bytes_per_row: float) -> np.ndarray:
-    per_core = rows_per_core(rows, partitions, cores)
-    return np.array([1.0, tasks_per_core(partitions, cores), per_core, bytes_per_row * per_core])
-
-
-def fit_nonnegative(X: np.ndarray, y: np.ndarray, usable: list[int]) -> np.ndarray:
-    """Least squares on relative error with every coefficient >= 0 (exact: every subset of the columns)."""
-    A, b = X / y[:, None], np.ones_like(y)
-    best, best_loss = np.zeros(X.shape[1]), math.inf
-    for k in range(1, len(usable) + 1):
-        for cols in itertools.combinations(usable, k):
-            coef, *_ = np.linalg.lstsq(A[:, cols], b, rcond=None)
-            if np.any(coef < 0):
-                continue
-            loss = float(np.sum((A[:, cols] @ coef - b) ** 2))
-            if loss < best_loss - 1e-15:
-                best_loss, best = loss, np.zeros(X.shape[1])
-                best[list(cols)] = coef
-    return best
-
+# --- the model: dfnet.bench.cost (tasks_per_core, rows_per_core, features, fit_nonnegative, predict) ---
 
 def network_seconds(model: dict | None, weights: int, partitions: int, rate_bits: float) -> float | None:
     """The bytes-over-network term fitted by ``benchmarks/network.py`` (None without its results):
@@ -221,15 +192,6 @@ def network_seconds(model: dict | None, weights: int, partitions: int, rate_bits
         return None
     rate = rate_bits / 8
     return model["broadcast_factor"] * 4 * weights / rate + model["partials_factor"] * 8 * (weights + 3) * partitions / rate
-
-
-def predict(coef: dict, rows: float, partitions: int, cores: int, bytes_per_row: float) -> dict:
-    """Seconds per epoch and its three parts."""
-    per_core = rows_per_core(rows, partitions, cores)
-    parts = {"job_seconds": coef["job_overhead"],
-             "task_seconds": coef["per_task"] * tasks_per_core(partitions, cores),
-             "row_seconds": (coef["per_row"] + coef["per_byte"] * bytes_per_row) * per_core}
-    return {"seconds": sum(parts.values()), **parts}
 
 
 def figure(points: list[Point], projections: list[dict], title: str):

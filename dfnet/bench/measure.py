@@ -102,8 +102,10 @@ class EpochTicker:
 
 def measure_point(df: DataFrame, spec: PointSpec, *, warmup: int, features_col: str, label_col: str,
                   test_df: DataFrame | None, input_partitions: int, group_prefix: str,
-                  tick: Callable[[int, int, int], None] | None = None) -> Measurement:
-    """Fit ``spec.config`` on ``df`` and measure it (raises what fit raises)."""
+                  tick: Callable[[int, int, int], None] | None = None,
+                  placements: dict[int, Placement] | None = None) -> Measurement:
+    """Fit ``spec.config`` on ``df`` and measure it (raises what fit raises). ``placements``: where
+    tasks ran, by task count, shared by the points of a sweep (one job per task count)."""
     from ..train import fit
 
     spark = df.sparkSession
@@ -121,7 +123,11 @@ def measure_point(df: DataFrame, spec: PointSpec, *, warmup: int, features_col: 
     partitions = spec.config.partitions or input_partitions
     models = plan.get("models")
     tasks = models if plan.get("schedule") == "average" and models and models < partitions else partitions
-    placement = where_tasks_run(df, label_col, partitions=tasks if tasks != input_partitions else None)
+    placements = {} if placements is None else placements
+    if tasks not in placements:
+        placements[tasks] = where_tasks_run(df, label_col, tasks if tasks != input_partitions else None,
+                                            df_partitions=input_partitions)
+    placement = placements[tasks]
     if groups is not None:
         jobs, source = _counted_jobs(groups.counts(), warmup, per_job), "status tracker"
     else:

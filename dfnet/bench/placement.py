@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
+from ..session import input_partitions
+
 PLACEMENT_SCHEMA = T.StructType([T.StructField("host", T.StringType()), T.StructField("executor", T.StringType())])
 #: Python processes between a worker and its JVM: the worker, the daemon, perhaps a shell.
 _MAX_ANCESTORS = 6
@@ -45,12 +47,16 @@ class Placement:
         return f"{e} executor{'s' if e != 1 else ''} on {h} host{'s' if h != 1 else ''}"
 
 
-def where_tasks_run(df: DataFrame, column: str, partitions: int | None = None) -> Placement:
-    """Run one small job over ``df`` (repartitioned to ``partitions`` when given, as fit caches it;
-    only ``column`` read) whose every task reports its host and executor."""
+def where_tasks_run(df: DataFrame, column: str, partitions: int | None = None, *,
+                    df_partitions: int | None = None) -> Placement:
+    """Run one small job over ``df`` (in ``partitions`` tasks when given, as fit's jobs run; only
+    ``column`` read) whose every task reports its host and executor. ``df_partitions``: ``df``'s
+    own partitions when known (on Connect counting them is a job)."""
     frame = df.select(column)
     if partitions is not None:
-        frame = frame.repartition(partitions)
+        own = df_partitions or input_partitions(df)
+        # fewer: merged without a shuffle, as averaging coalesces its partitions
+        frame = frame.coalesce(partitions) if partitions < own else frame.repartition(partitions)
     found = frame.mapInArrow(_report_placement, PLACEMENT_SCHEMA).distinct().collect()
     return Placement(tuple(sorted(f"{r['host']}/{r['executor']}" for r in found)),
                      tuple(sorted({r["host"] for r in found})))

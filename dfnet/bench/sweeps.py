@@ -180,7 +180,7 @@ def _run_sweep(sweep: str, df: DataFrame, values: list, point_of, *, config, epo
     base = _base_row(spark, run_id=run_id, sweep=sweep, rows=rows, epochs=epochs, warmup=warmup)
     _warm_up(df, specs[0], features_col=features_col, label_col=label_col)
     report = progress_for(progress)
-    result_rows = []
+    result_rows, placements = [], {}
     for index, spec in enumerate(specs, start=1):
         _hook(report, "on_point_begin", index, len(specs), spec.label)
 
@@ -191,7 +191,7 @@ def _run_sweep(sweep: str, df: DataFrame, values: list, point_of, *, config, epo
         def run(spec=spec, index=index, tick=tick):
             return measure_point(df, spec, warmup=warmup, features_col=features_col, label_col=label_col,
                                  test_df=test_df, input_partitions=partitions_in,
-                                 group_prefix=f"dfnet-bench-{run_id}-{index}", tick=tick)
+                                 group_prefix=f"dfnet-bench-{run_id}-{index}", tick=tick, placements=placements)
 
         row = point_row(base, spec, run)
         result_rows.append(row)
