@@ -214,3 +214,14 @@ def test_a_partitions_sweep_on_spark_connect(connect):
     got = sorted((r["partitions"], r["seconds_per_epoch"] > 0, r["jobs_source"], r["executors"])
                  for r in frame.collect())
     assert got == [(1, True, "plan", 1), (2, True, "plan", 1)]
+
+
+def test_docs_list_every_column_with_its_type():
+    from pathlib import Path
+
+    from dfnet.bench.schema import COLUMNS
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "bench.md").read_text()
+    for name, kind, _ in COLUMNS:
+        shown = kind.replace("<", "&lt;").replace(">", "&gt;")
+        assert f"| `{name}` | {shown} |" in text, name
