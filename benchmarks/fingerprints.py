@@ -11,11 +11,12 @@ change, on the same machine and environment, and compare::
     python benchmarks/fingerprints.py /tmp/new.json --compare /tmp/base.json
 
 (The weights' bits depend on numpy's BLAS kernels, so compare runs of one environment only.)
-Issue 22's rewrite of fit, the schedules and the model codec left all 14 identical.
+The plan is saved for reading; ``--compare`` judges the weights, the history and early stopping.
 """
 import argparse
 import hashlib
 import json
+import shutil
 import tempfile
 import numpy as np
 
@@ -36,7 +37,7 @@ df4 = df.repartition(4).cache()
 df4.count()
 
 
-def h(a):
+def digest(a):
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
 
 
@@ -63,22 +64,23 @@ for name, case in cases.items():
     hist = [{k: v for k, v in r.items() if k != "seconds"} for r in m.history]
     # early_stopping_result was early_stopping before issue 22: read either, to compare across it
     early = getattr(m, "early_stopping_result", None) or getattr(m, "early_stopping", None)
-    out[name] = {"params": h(m.params), "history": hist, "plan": m.schedule_plan, "early": early}
+    out[name] = {"params": digest(m.params), "history": hist, "plan": m.schedule_plan, "early": early}
     print(name, out[name]["params"], flush=True)
 # checkpoint + resume equals uninterrupted
-d = tempfile.mkdtemp()
+d = tempfile.mkdtemp(prefix="dfnet-fingerprints-")
 cfg = TrainConfig(epochs=3, schedule="minibatch", batch_size=256, lr_schedule="constant")
 fit(df, cfg.replace(epochs=2), verbose=False, checkpoint_dir=d, run_id="golden")
 m = fit(df, cfg, verbose=False, checkpoint_dir=d, resume=True, run_id="golden")
-out["resume"] = {"params": h(m.params)}
+out["resume"] = {"params": digest(m.params)}
 print("resume", out["resume"]["params"])
+shutil.rmtree(d, ignore_errors=True)
 with open(args.output, "w") as f:
     json.dump(out, f, indent=1, default=str)
 
 DESCRIPTIVE = ("batch_size", "epochs_in_job")  # what a record says about a step, not what it computed
 
 
-def untimed(history):
+def computed(history):
     return [{k: v for k, v in r.items() if k not in DESCRIPTIVE} for r in history]
 
 
@@ -89,7 +91,7 @@ if args.compare:
     for name, fingerprint in base.items():
         mine = out.get(name, {})
         equal = (mine.get("params") == fingerprint["params"] and
-                 untimed(mine.get("history", [])) == untimed(fingerprint.get("history", [])) and
+                 computed(mine.get("history", [])) == computed(fingerprint.get("history", [])) and
                  mine.get("early") == fingerprint.get("early"))
         same &= equal
         print(f"{name}: {'same' if equal else 'DIFFERENT'}")

@@ -278,6 +278,9 @@ class CheckpointStore:
 
 def check_compatible(checkpoint: Checkpoint, network: dict, config: dict, data: dict) -> None:
     """Refuse to resume ``checkpoint`` in a run whose network, configuration or data differ."""
+    if checkpoint.config is None:
+        raise CheckpointError(f"cannot resume from {checkpoint.uri}: it holds no training configuration "
+                              f"(a checkpoint of a model without one); start afresh in another checkpoint directory")
     problems = []
     if checkpoint.network != network:
         problems.append(f"network {_layers(checkpoint.network)} there, {_layers(network)} here")

@@ -24,7 +24,8 @@ from typing import Any
 
 from .errors import ConfigError
 from .nn.conv import PADDINGS
-from .nn.layers import ACTIVATIONS, INITIALIZERS
+from .nn import layers
+from .nn.layers import INITIALIZERS
 from .nn.losses import LOSSES
 
 SCHEDULES = ("auto", "classic", "minibatch", "average")
@@ -33,7 +34,7 @@ LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 MODELS = ("mlp", "cnn")
 #: The activations a hidden layer may have: the registry's, but softmax (an output layer).
-HIDDEN_ACTIVATIONS = tuple(name for name in ACTIVATIONS if name != "softmax")
+HIDDEN_ACTIVATIONS = tuple(name for name in layers.ACTIVATIONS if name != "softmax")
 PATCHES = ("inline", "explode")
 PATCH_ROWS = ("image-row", "position")
 AGGREGATES = ("auto", "agg", "collect")
@@ -54,7 +55,7 @@ class TrainConfig:
     He init, Adam at 0.003 decayed by a cosine over 30 epochs, local
     mini-batches of 32-128 (:func:`auto_batch_size`) under the ``auto`` schedule (model averaging: one model
     per task slot, a few Spark jobs per epoch whatever the data size; see
-    :func:`dfnet.train.plan_auto`). They were chosen by measurement on the
+    :func:`dfnet.schedules.plan_auto`). They were chosen by measurement on the
     digits, MNIST and Fashion-MNIST (``benchmarks/defaults.py``).
     ``PRESETS['classic']`` is the classic 784-64-2 sigmoid/MSE network with one
     full-batch update per epoch.

@@ -33,7 +33,9 @@ class EpochRecord:
 class Callback(Protocol):
     """What ``fit`` tells its callbacks. A callback may also have ``on_message(text)`` (one-line
     notes such as where a run resumes from), ``on_train_begin(config, facts)``,
-    ``on_train_end(model)`` and ``on_train_failed(error)``."""
+    ``on_train_end(model)`` and ``on_train_failed(error)``. ``on_step`` follows each Spark job: when
+    one job trains several epochs it is called for the first of them only, and ``on_epoch_end`` for
+    each."""
 
     def on_step(self, epoch: int, step: int, steps: int) -> None: ...
     def on_epoch_end(self, record: EpochRecord, total_epochs: int) -> None: ...

@@ -134,8 +134,8 @@ def check_checkpoint_options(checkpoint_dir: str | None, checkpoint_every: int, 
     """Refuse checkpoint options the run cannot honour, before any work."""
     if resume and checkpoint_dir is None:
         raise ConfigError(f"{names['resume']} needs {names['checkpoint_dir']}, the folder to resume from")
-    if checkpoint_every < 1:
-        raise ConfigError(f"{names['checkpoint_every']}={checkpoint_every}: must be >= 1")
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ConfigError(f"{names['checkpoint_every']}={checkpoint_every!r}: must be an integer >= 1")
     if checkpoint_dir is not None and is_local_path(str(checkpoint_dir)):
         # The run folder appears whole at the end of a run, so checkpoints written inside it
         # during the run would make it exist (and be refused, or replaced) before it is done.
@@ -195,7 +195,8 @@ class TrainRun:
               features_col: str = "image", label_col: str = "label", key_cols: Sequence[str] | None = None,
               run_id: str | None = None, callbacks: Sequence = (), title: str | None = None) -> RunResult:
         """Train on ``train_df``, evaluate on ``test_df``, write the folder, MLflow and the tables."""
-        from .train import ProgressPrinter, fit
+        from .progress import ProgressPrinter
+        from .train import fit
 
         if self.tables_deferred is None:
             self.check_tables(spark)
@@ -325,7 +326,7 @@ def train_run(spark: "SparkSession", train_df: "DataFrame", test_df: "DataFrame"
     metrics : more entries for ``metrics.json`` (after ``dataset``).
     title : the report's title (default ``dfnet <model>: <dataset> (<folder name>)``).
     verbose : print the epochs, the test evaluation and where each part was written, as
-        ``dfnet train`` does; ``progress_bar`` as :class:`dfnet.train.ProgressPrinter` (None:
+        ``dfnet train`` does; ``progress_bar`` as :class:`dfnet.progress.ProgressPrinter` (None:
         on a terminal).
 
     Returns

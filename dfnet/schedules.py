@@ -20,11 +20,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
 from .config import TrainConfig
+from .engine.dataframe import LocalPlan
 from .errors import TrainingDivergedError
 
 #: ``auto`` trains one model per ~this many rows at most: on smaller shares an epoch of a model's
@@ -192,6 +193,18 @@ class EpochResult:
 OnStep = Callable[[int, int, int], None]  # (epoch, step, steps)
 
 
+class Schedule(Protocol):
+    """What the trainer asks of a schedule: its plan, the engine and aggregation its jobs use, and
+    ``train``, which trains from ``epoch`` (``params`` updated in place) and returns one result per
+    epoch trained, calling ``on_step`` after each job."""
+
+    plan: SchedulePlan
+    engine: object
+    aggregate: str
+
+    def train(self, params: np.ndarray, epoch: int, on_step: OnStep) -> list[EpochResult]: ...
+
+
 class GradientSchedule:
     """``classic`` and ``minibatch``: one Spark job per step sums the gradient of the step's rows;
     the driver's optimizer steps on their mean."""
@@ -227,14 +240,12 @@ class AveragingSchedule:
     row-weighted mean of the tasks' results.
 
     With ``plan.epochs_per_job`` k > 1 one job trains k whole epochs (each with its own
-    permutation and a fresh local optimizer) and hands back each epoch's totals.
+    permutation and a fresh local optimizer) and hands back each epoch's totals; ``on_step`` then
+    hears of the job once, for its first epoch.
     """
 
     def __init__(self, plan: SchedulePlan, config: TrainConfig, engine, data, partitions: int,
                  task_rows: Callable[[int | None], int]):
-        from .engine.dataframe import LocalPlan  # the averaging pass is the DataFrame engine's
-
-        self._local_plan = LocalPlan
         self.config = config.replace(schedule=plan.schedule, batch_size=plan.batch_size)
         self.engine, self.data = engine, data
         self.tasks = plan.models if plan.models is not None and plan.models < partitions else None
@@ -255,7 +266,7 @@ class AveragingSchedule:
         later = range(epoch + 1, min(config.epochs, epoch + plan.epochs_per_job - 1) + 1)
         results = [EpochResult(batch_size=plan.batch_size) for _ in range(1 + len(later))]
         for r in range(plan.jobs_per_epoch):
-            local = self._local_plan(
+            local = LocalPlan(
                 epoch=epoch, round=r, steps=steps_per_round, batch_size=config.batch_size, seed=config.seed,
                 optimizer=config.optimizer, lr=config.lr_at(epoch),
                 optimizer_args=dict(momentum=config.momentum, beta1=config.beta1, beta2=config.beta2),
@@ -282,7 +293,7 @@ def make_schedule(plan: SchedulePlan, config: TrainConfig, engine, data, optimiz
     return GradientSchedule(plan, config, engine, data, optimizer)
 
 
-def describe(asked: str, plan: SchedulePlan, rows: int, validation_rows: int | None) -> str:
+def describe_plan(asked: str, plan: SchedulePlan, rows: int, validation_rows: int | None) -> str:
     """The start-of-run line: which schedule runs (``asked``: the configured one), and why."""
     what = {"average": "model averaging", "minibatch": f"mini-batches of {plan.batch_size}",
             "classic": "one full-batch step an epoch"}[plan.schedule]

@@ -30,7 +30,7 @@ from .model import TrainedModel
 from .nn.network import Sequential, build_cnn, build_mlp
 from .optim import Optimizer, make_optimizer
 from .progress import Callback, Callbacks, EpochRecord, ProgressPrinter
-from .schedules import EpochResult, SchedulePlan, describe, make_schedule, plan_schedule
+from .schedules import EpochResult, Schedule, SchedulePlan, describe_plan, make_schedule, plan_schedule
 from .session import task_slots
 from .splits import hashed_split
 
@@ -93,24 +93,26 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
     """
     config = _checked(df, config or TrainConfig(), validation_df=validation_df, run_id=run_id, resume=resume,
                       checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every)
-    run_id = run_id or new_run_id()
     hooks = Callbacks(list(callbacks) + ([ProgressPrinter()] if verbose else []))
     with ExitStack() as cleanup:
         inputs = _inputs(df, validation_df, config, features_col=features_col, label_col=label_col,
                          key_cols=key_cols, network=network, num_classes=num_classes,
                          skip_bad_images=skip_bad_images, cleanup=cleanup)
         network = network or build_network(inputs.config, inputs.num_features, inputs.num_classes)
-        store = None if checkpoint_dir is None else CheckpointStore(df.sparkSession, checkpoint_dir,
-                                                                     keep=checkpoint_keep)
-        state = _initial_state(inputs.config, network, initial_params, store, resume, hooks)
+        state, store = _initial_state(inputs.config, network, initial_params, hooks, checkpoint_dir=checkpoint_dir,
+                                      checkpoint_keep=checkpoint_keep, resume=resume, spark=df.sparkSession)
+        # A resumed run keeps its name, so its history, tables and tracking stay one run.
+        run_id = run_id or (state.resumed and state.resumed.run_id) or new_run_id()
         engine = engine_for(inputs.config, network)
-        data = _prepare(engine, inputs, features_col=features_col, label_col=label_col, cleanup=cleanup)
+        data = _prepare_training(engine, inputs, features_col=features_col, label_col=label_col, cleanup=cleanup)
         try:
-            _check_prepared(data, inputs, state, hooks)
-            schedule = _plan(inputs.config, engine, data, state, df.sparkSession,
-                             whole_epochs_only=data.validation is not None or store is not None)
-            hooks.message(describe(inputs.config.schedule, schedule.plan, data.train.count,
-                                   None if data.validation is None else data.validation.count))
+            _check_training(data, inputs, state, hooks)
+            _prepare_validation(data, engine, inputs, features_col=features_col, label_col=label_col,
+                                cleanup=cleanup)
+            schedule = _schedule(inputs.config, engine, data, state, df.sparkSession,
+                                 whole_epochs_only=data.validation is not None or store is not None)
+            hooks.message(describe_plan(inputs.config.schedule, schedule.plan, data.train.count,
+                                        None if data.validation is None else data.validation.count))
             hooks.hook("on_train_begin", inputs.config, _facts(run_id, data, schedule, state))
             checkpoint = _checkpointer(store, checkpoint_every, inputs.config, data, schedule.plan, run_id=run_id,
                                        class_names=class_names)
@@ -220,10 +222,11 @@ class TrainingState:
         return len(self.history)
 
 
-def _initial_state(config: TrainConfig, network: Sequential, initial_params, store: CheckpointStore | None,
-                   resume: bool, hooks: Callbacks) -> TrainingState:
+def _initial_state(config: TrainConfig, network: Sequential, initial_params, hooks: Callbacks, *,
+                   checkpoint_dir: str | None, checkpoint_keep: int | None, resume: bool, spark
+                   ) -> tuple[TrainingState, CheckpointStore | None]:
     """Fresh weights (``initial_params``, or drawn from ``config.seed``), or the newest good
-    checkpoint's state when resuming."""
+    checkpoint's state when resuming; and the run's checkpoint store (None without a directory)."""
     params = (network.init_params(config.seed, config.init_scheme) if initial_params is None
               else np.array(initial_params, dtype=network.dtype))
     if params.shape != (network.num_params,):
@@ -232,18 +235,19 @@ def _initial_state(config: TrainConfig, network: Sequential, initial_params, sto
         raise ConfigError(f"initial_params holds {int(np.sum(~np.isfinite(params)))} NaN or infinite value(s)")
     stopper = EarlyStopping(config.early_stopping, config.min_delta) if config.early_stopping else None
     state = TrainingState(network, params, _driver_optimizer(config, network), [], stopper)
-    if store is None:
-        return state
+    if checkpoint_dir is None:
+        return state, None
+    store = CheckpointStore(spark, checkpoint_dir, keep=checkpoint_keep)
     if not resume:
         if store.epochs():
             raise ConfigError(f"checkpoint directory {store.uri} already holds checkpoints (epochs "
                               f"{store.epochs()}); pass resume=True (--resume) to continue that run, or choose "
                               f"an empty directory")
-        return state
+        return state, store
     resumed = store.latest()
     if resumed is None:
         hooks.message(f"No checkpoint in {store.uri}: starting from scratch")
-        return state
+        return state, store
     check_compatible(resumed, network.to_config(), config.to_dict(), {})
     state.params = resumed.params.astype(network.dtype)
     state.optimizer.load_state_dict(resumed.optimizer_state)
@@ -251,7 +255,7 @@ def _initial_state(config: TrainConfig, network: Sequential, initial_params, sto
     if stopper is not None and resumed.stopper_state is not None:
         stopper.load_state_dict(resumed.stopper_state, network.dtype)
     state.resumed, state.stopped = resumed, stopper is not None and stopper.should_stop
-    return state
+    return state, store
 
 
 def _driver_optimizer(config: TrainConfig, network: Sequential) -> Optimizer:
@@ -267,13 +271,16 @@ class PreparedData:
     """The engine's cached training (and validation) rows."""
 
     train: TrainingData
-    validation: TrainingData | None
     partitions: int
     total_rows: int  # of the input, before any validation split
+    held_out: DataFrame | None  # the validation rows to cache, once the training side is judged
+    validation: TrainingData | None = None
 
 
-def _prepare(engine, inputs: Inputs, *, features_col: str, label_col: str, cleanup: ExitStack) -> PreparedData:
-    """Split off the validation rows, then cache both sides in the engine's form (released by ``cleanup``)."""
+def _prepare_training(engine, inputs: Inputs, *, features_col: str, label_col: str,
+                      cleanup: ExitStack) -> PreparedData:
+    """Split off the validation rows, then cache the training side in the engine's form (released
+    by ``cleanup``)."""
     config, train, validation = inputs.config, inputs.train, inputs.validation
     if config.validation_split:
         train, validation = hashed_split(train, config.validation_split, config.seed, inputs.key_cols)
@@ -287,15 +294,11 @@ def _prepare(engine, inputs: Inputs, *, features_col: str, label_col: str, clean
     data = engine.prepare(train, features_col=features_col, label_col=label_col, num_partitions=config.partitions,
                           **options)
     cleanup.callback(data.release)
-    held_out = None
-    if validation is not None:
-        held_out = engine.prepare(validation, features_col=features_col, label_col=label_col)
-        cleanup.callback(held_out.release)
-    return PreparedData(data, held_out, data.num_partitions(), inputs.summary["rows"])
+    return PreparedData(data, data.num_partitions(), inputs.summary["rows"], validation)
 
 
-def _check_prepared(data: PreparedData, inputs: Inputs, state: TrainingState, hooks: Callbacks) -> None:
-    """Refuse empty sides, and a checkpoint of other data."""
+def _check_training(data: PreparedData, inputs: Inputs, state: TrainingState, hooks: Callbacks) -> None:
+    """Refuse an empty training side, and a checkpoint of other data."""
     config = inputs.config
     if data.train.count == 0:
         raise ConfigError(f"validation_split={config.validation_split} leaves no training rows of {data.total_rows}")
@@ -303,12 +306,23 @@ def _check_prepared(data: PreparedData, inputs: Inputs, state: TrainingState, ho
         check_compatible(state.resumed, state.network.to_config(), config.to_dict(),
                          {"rows": data.train.count, "partitions": data.partitions})
         hooks.message(f"Resuming from {state.resumed.uri} (epoch {state.resumed.epoch} of {config.epochs} done)")
-    if data.validation is not None and data.validation.count == 0:
-        raise ConfigError(f"validation_split={config.validation_split} holds out none of the "
-                          f"{data.total_rows} rows; use a larger fraction")
 
 
-def _plan(config: TrainConfig, engine, data: PreparedData, state: TrainingState, spark, *, whole_epochs_only: bool):
+def _prepare_validation(data: PreparedData, engine, inputs: Inputs, *, features_col: str, label_col: str,
+                        cleanup: ExitStack) -> None:
+    """Cache the validation rows (released by ``cleanup``); refuse an empty side."""
+    if data.held_out is None:
+        return
+    data.validation = engine.prepare(data.held_out, features_col=features_col, label_col=label_col)
+    cleanup.callback(data.validation.release)
+    if data.validation.count == 0:
+        what = (f"validation_split={inputs.config.validation_split} holds out none of the {data.total_rows} rows; "
+                f"use a larger fraction") if inputs.config.validation_split else "validation_df holds no rows"
+        raise ConfigError(what)
+
+
+def _schedule(config: TrainConfig, engine, data: PreparedData, state: TrainingState, spark, *,
+              whole_epochs_only: bool) -> Schedule:
     """The schedule strategy for this run, planned from the rows, partitions and task slots."""
     sizes: dict = {}  # tasks -> rows of the largest: one small job, asked once
 
@@ -324,7 +338,7 @@ def _plan(config: TrainConfig, engine, data: PreparedData, state: TrainingState,
                          task_rows=task_rows)
 
 
-def _facts(run_id: str, data: PreparedData, schedule, state: TrainingState) -> dict:
+def _facts(run_id: str, data: PreparedData, schedule: Schedule, state: TrainingState) -> dict:
     """What ``on_train_begin`` hears besides the config."""
     return {"run_id": run_id, "rows": data.train.count, "partitions": data.partitions,
             "validation_rows": None if data.validation is None else data.validation.count,
@@ -333,7 +347,7 @@ def _facts(run_id: str, data: PreparedData, schedule, state: TrainingState) -> d
 
 # --- phase 5: the epochs -------------------------------------------------------------------------
 
-def _train_epochs(state: TrainingState, schedule, data: PreparedData, config: TrainConfig, hooks: Callbacks,
+def _train_epochs(state: TrainingState, schedule: Schedule, data: PreparedData, config: TrainConfig, hooks: Callbacks,
                   checkpoint: Callable[[TrainingState], None]) -> None:
     """Run the schedule's epochs until ``config.epochs`` or early stopping; validate, checkpoint
     and report each."""
@@ -359,7 +373,7 @@ def _record(epoch: int, result: EpochResult, seconds: float, epochs_in_job: int)
                        epochs_in_job=epochs_in_job if epochs_in_job > 1 else None)
 
 
-def _validate(record: EpochRecord, state: TrainingState, schedule, validation: TrainingData) -> None:
+def _validate(record: EpochRecord, state: TrainingState, schedule: Schedule, validation: TrainingData) -> None:
     """Score the validation rows (one job, dropout off) into ``record``; early stopping watches it."""
     scored = schedule.engine.gradient(state.params, validation.all_rows(), aggregate=schedule.aggregate)
     record.val_loss = scored.loss_sum / scored.count
@@ -390,7 +404,7 @@ def _checkpointer(store: CheckpointStore | None, every: int, config: TrainConfig
 
 # --- phase 6: the model --------------------------------------------------------------------------
 
-def _finish(state: TrainingState, config: TrainConfig, schedule, hooks: Callbacks, *, class_names,
+def _finish(state: TrainingState, config: TrainConfig, schedule: Schedule, hooks: Callbacks, *, class_names,
             run_id: str) -> TrainedModel:
     """The trained model: with early stopping, the best epoch's weights and what stopping did."""
     params, early, stopper = state.params, None, state.stopper

@@ -253,7 +253,7 @@ class TrainingData:
     """The validated, encoded and cached rows a training run steps over.
 
     Every engine's training data offers the same three row selections, so the
-    schedules in :mod:`dfnet.train` do not depend on the engine.
+    schedules in :mod:`dfnet.schedules` do not depend on the engine.
     """
 
     frame: DataFrame  # (_row long, _x binary, _label int), persisted

@@ -51,12 +51,11 @@ from ..errors import ConfigError
 from ..nn.conv import Conv2D, image_patches
 from ..nn.network import Sequential
 from ..session import input_partitions
+from ..splits import is_held_out
 from .data import (LABEL_COL, ROW_COL, X_COL, TrainingData, as_pixels, count_or_release, flat_values,
                    pack_pixels, packed_binary, stored_arrow_images)
 
 POS_COL = "_pos"
-#: Hash buckets of the whole-image sample: fractions resolve to 1 / 2**30.
-_SAMPLE_BUCKETS = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -135,15 +134,14 @@ def _check_whole_images(keys: np.ndarray, pos: np.ndarray, per_image: int) -> No
 @dataclass
 class PatchTrainingData(TrainingData):
     """Cached patch rows; ``count`` and the selections are in whole images, so the schedules
-    of :mod:`dfnet.train` run unchanged."""
+    of :mod:`dfnet.schedules` run unchanged."""
 
     rows_per_image: int = 1
 
     def sample(self, fraction: float, seed: int) -> DataFrame:
         """Each image with probability ``fraction``, all its rows or none: a seeded hash of the
         image key (salted apart from the mini-batch hash, so the two stay independent)."""
-        bucket = F.pmod(F.xxhash64(F.col(ROW_COL), F.lit(seed), F.lit("sample")), F.lit(_SAMPLE_BUCKETS))
-        return self.frame.filter(bucket < F.lit(int(round(fraction * _SAMPLE_BUCKETS))))
+        return self.frame.filter(is_held_out([ROW_COL], fraction, seed, "sample"))
 
     def partition_sizes(self, models: int | None = None) -> list[int]:
         """Images in each partition of the cache (or in each of ``models`` coalesced tasks)."""

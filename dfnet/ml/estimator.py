@@ -251,7 +251,8 @@ class DFNetModel(ProbabilisticClassificationModel, _DFNetParams, MLReadable["DFN
 
     # --- persistence -----------------------------------------------------------------
     def write(self) -> MLWriter:
-        """A writer of ``path/metadata`` (Params) and ``path/data`` (network and weights, Parquet)."""
+        """A writer of ``path/metadata`` (Params) and ``path/data-<ns>-<hex>`` (the model record and
+        weights, Parquet)."""
         return DFNetWriter(self)
 
     @classmethod
