@@ -28,7 +28,13 @@ Derby metastore under DIR (default: ``spark-warehouse/`` and ``metastore_db/``
 in the working directory), where a later ``dfnet`` or Spark session finds them
 (see :mod:`dfnet.tables`).
 
-``dfnet bench NAME [ARGS]`` runs ``benchmarks/NAME.py`` of a source checkout.
+``dfnet bench partitions|slots|engines|schedules|aggregations`` runs that sweep of
+:mod:`dfnet.bench` on one session (a line per point as it goes, then the table;
+``--table`` and ``--output``); ``dfnet bench clusters --master URL --sizes 1,2``
+runs one application per size, each a ``dfnet bench clusters --application SIZE``
+process of its own that hands its row back as one JSON line. ``dfnet bench script
+NAME [ARGS]`` (or ``dfnet bench NAME`` for a name that is no sweep) runs
+``benchmarks/NAME.py`` of a source checkout.
 """
 
 from __future__ import annotations

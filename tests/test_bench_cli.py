@@ -244,7 +244,8 @@ def test_a_partitions_sweep_prints_each_point_and_writes_the_table_json_and_html
 @pytest.mark.slow
 def test_clusters_runs_one_application_per_size_on_a_standalone_cluster(tmp_path, monkeypatch, classic_spark_here):
     """A master and two 1-core workers (dfnet.local_spark, stopped by PID); sizes 1,2 are two
-    applications whose tasks ran on 1 and 2 executors."""
+    applications whose tasks ran on 1 and 2 executors (the classic schedule: one task per partition;
+    on the digits the auto schedule averages a single model, one task)."""
     from dfnet.local_spark import LOOPBACK, StandaloneCluster
 
     monkeypatch.setenv("PYSPARK_PYTHON", sys.executable)  # the executors' Python workers import this dfnet
@@ -257,7 +258,8 @@ def test_clusters_runs_one_application_per_size_on_a_standalone_cluster(tmp_path
         output = tmp_path / "clusters"
         code, out, err = run_cli(["bench", "clusters", "--master", cluster.url, "--master-ui",
                                   f"http://{LOOPBACK}:{cluster.master_webui_port}", "--sizes", "1,2",
-                                  "--epochs", "1", "--warmup", "0", "--hidden", "16", "--no-accuracy",
+                                  "--epochs", "1", "--warmup", "0", "--hidden", "16", "--schedule", "classic",
+                                  "--no-accuracy",
                                   "--conf", "spark.executor.memory=512m", "--output", str(output), "--no-progress"])
     finally:
         cluster.stop()
@@ -265,8 +267,8 @@ def test_clusters_runs_one_application_per_size_on_a_standalone_cluster(tmp_path
     points = [line.split(" | ")[0] for line in out.splitlines() if POINT.match(line)]
     assert points == ["point 1/2: size=1", "point 2/2: size=2"], out
     rows = json.loads(Path(f"{output}.json").read_text())["rows"]
-    assert [(r["sweep"], r["point"], r["slots"], r["partitions"]) for r in rows] == \
-        [("clusters", "size=1", 1, 1), ("clusters", "size=2", 2, 2)]
+    assert [(r["sweep"], r["point"], r["slots"], r["partitions"], r["tasks"]) for r in rows] == \
+        [("clusters", "size=1", 1, 1, 1), ("clusters", "size=2", 2, 2, 2)]
     assert [r["executors"] for r in rows] == [1, 2]
     assert all(r["seconds_per_epoch"] > 0 and r["master"] == cluster.url for r in rows)
     assert len({r["run_id"] for r in rows}) == 1
