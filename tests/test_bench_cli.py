@@ -194,6 +194,21 @@ def test_the_console_table_shows_the_columns_some_row_fills():
     assert lines[2].split() == ["partitions=2", "2", "ValueError:", "boom"]
 
 
+def test_a_failed_point_is_in_the_table_and_the_exit_code_is_1(tmp_path, capsys):
+    """The sweep went on past the failure (the library keeps it in the row); the command says so."""
+    from argparse import Namespace
+
+    class FakeSweep:
+        rows = [{"run_id": "r1", "point": "partitions=1", "partitions": 1, "seconds_per_epoch": 0.25, "error": None},
+                {"run_id": "r1", "point": "partitions=2", "partitions": 2, "seconds_per_epoch": None,
+                 "error": "Py4JJavaError: executor lost"}]
+
+    assert cli._finish_sweep(FakeSweep(), Namespace(output=None, table=None)) == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[2].split() == ["partitions=2", "2", "Py4JJavaError:", "executor", "lost"]
+    assert "1 of 2 points failed (see the error column)" in captured.err
+
+
 def test_bench_lists_the_sweeps_and_the_scripts(capsys):
     assert main(["bench"]) == 0
     out = capsys.readouterr().out
