@@ -99,6 +99,7 @@ def test_resume_with_early_stopping_is_bit_identical(digits, tmp_path):
         assert np.array_equal(resumed.params, whole.params)
         assert resumed.early_stopping_result == whole.early_stopping_result
         assert untimed(resumed.history) == untimed(whole.history)
+        assert resumed.run_id == whole.run_id  # the checkpoint names the run it continues
     # Resuming a run that has already stopped trains nothing more and gives the same weights.
     again = fit(digits, config, checkpoint_dir=str(tmp_path / "all"), resume=True, verbose=False)
     assert np.array_equal(again.params, whole.params) and len(again.history) == stopped
