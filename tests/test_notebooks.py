@@ -641,7 +641,7 @@ JUPYTER_CLASSES = (3, 5, 8)
 JUPYTER_EPOCHS = 2
 #: The cells whose answers the test checks, by their nbformat cell id.
 JUPYTER_SQL_CELLS = ("sql-test-accuracy", "sql-accuracy-per-class", "sql-confusions", "sql-per-class-f1",
-                     "sql-confident-mistakes", "sql-history")
+                     "sql-confident-mistakes", "sql-history", "sql-bench-fastest")
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 TABLE_MIME = "application/vnd.dataresource+json"  # pandas' display.html.table_schema
 #: Seconds any one cell may take (the whole run takes about a minute).
@@ -780,7 +780,7 @@ def test_jupyter_notebook_is_stored_without_outputs():
         assert "execution" not in cell["metadata"], cell["id"]  # no timings of a run either
     ids = [c["id"] for c in raw["cells"]]
     assert len(set(ids)) == len(ids)
-    assert {"settings", "session", "data", "train", "evaluate", "tables", "figures", "stop",
+    assert {"settings", "session", "data", "train", "evaluate", "tables", "figures", "bench", "stop",
             *JUPYTER_SQL_CELLS} <= set(ids)
     # Plain Python, no magics, so it also runs as a script; the settings come first and read the environment.
     for cell in nb.cells:
@@ -818,12 +818,12 @@ def test_a_failing_cell_fails_the_run_and_the_kernel_and_its_spark_still_shut_do
 
 
 def _read_tables(database: str, warehouse: Path | None, connect_session) -> dict[str, Any]:
-    """The notebook's three tables: from their Parquet files in the warehouse folder (classic), or
-    through the test's own Connect session to the same server."""
+    """The notebook's three tables and its benchmark table: from their Parquet files in the warehouse
+    folder (classic), or through the test's own Connect session to the same server."""
     import pandas as pd
 
     tables = {}
-    for name in ("predictions", "history", "class_metrics"):
+    for name in ("predictions", "history", "class_metrics", "bench"):
         if connect_session is None:
             tables[name] = pd.read_parquet(warehouse / "tables" / f"{database}.db" / name)
         else:
@@ -978,3 +978,25 @@ def test_jupyter_notebook_runs_end_to_end_on_a_real_kernel(session_kind, shared_
     assert curves == {(name, axis): approx([h[prefix + key] for h in model.history])
                       for name, prefix in (("train", ""), ("validation", "val_"))
                       for axis, key in (("y", "loss"), ("y2", "accuracy"))}
+
+    # The partitions sweep: its rows in the bench table, a line per point, its figure, the fastest count by SQL.
+    bench = tables["bench"].sort_values("partitions").reset_index(drop=True)
+    [sweep_run] = set(bench.run_id)
+    assert list(bench.partitions) == SWEPT_PARTITIONS and set(bench.sweep) == {"partitions"}
+    # The notebook's config, validation split included: the rows an epoch of its fit trained on.
+    assert set(bench.rows) == {h["rows"] for h in model.history} and set(bench.epochs) == {2}
+    assert bench.error.isna().all()
+    assert (0 < bench.seconds_min).all() and (bench.seconds_min <= bench.seconds_per_epoch).all()
+    assert (bench.seconds_per_epoch <= bench.seconds_max).all()
+    seconds = dict(zip(bench.partitions, bench.seconds_per_epoch))
+    assert re.findall(r"^point (\d)/2: partitions=(\d) \| (\S+) s/epoch", cell_stdout(cells["bench"]), re.MULTILINE) \
+        == [(str(i), str(p), f"{seconds[p]:.2f}") for i, p in enumerate(SWEPT_PARTITIONS, start=1)]
+    [sweep_figure] = [o.data[PLOTLY_MIME] for o in cells["bench"].outputs if PLOTLY_MIME in o.get("data", {})]
+    [trace] = sweep_figure["data"]
+    assert sweep_run in trace["name"]  # the series of this sweep
+    assert list(plotly_array(trace["x"])) == SWEPT_PARTITIONS
+    assert list(plotly_array(trace["y"])) == approx([seconds[p] for p in SWEPT_PARTITIONS])
+    fastest = min(seconds, key=seconds.get)
+    assert shown_table(cells["sql-bench-fastest"]) == [
+        {"run_id": sweep_run, "fastest_partitions": fastest, "seconds_per_epoch": approx(seconds[fastest]),
+         "points": len(SWEPT_PARTITIONS)}]
