@@ -308,6 +308,15 @@ def _names(what: str, allowed: Sequence[str]):
     return parse
 
 
+class _GivenDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default where it has one (not None, not a flag's False)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _bench_parser(sub) -> None:
     b = sub.add_parser("bench", help="benchmark sweeps (partitions, slots, engines, cluster sizes) into a table, "
                                      "and the benchmark scripts of a source checkout",
@@ -317,11 +326,11 @@ def _bench_parser(sub) -> None:
                                    "is reported in its row and the sweep goes on. `dfnet bench script NAME` runs "
                                    "benchmarks/NAME.py of a source checkout; `dfnet bench` lists both.")
     sweeps = b.add_subparsers(dest="sweep", metavar="{" + ",".join(BENCH_COMMANDS) + "}")
-    formatter = argparse.ArgumentDefaultsHelpFormatter
+    formatter = _GivenDefaults
     p = sweeps.add_parser("partitions", help=BENCH_SWEEPS["partitions"], formatter_class=formatter,
                           description="Seconds per epoch for each partition count of the training rows, on one "
                                       "session (--master, --remote or $SPARK_REMOTE).")
-    p.add_argument("--partitions", dest="bench_partitions", type=_counts("--partitions"), default=(1, 2, 4),
+    p.add_argument("--partitions", dest="bench_partitions", type=_counts("--partitions"), default="1,2,4",
                    metavar="N,N,...", help="partition counts, each at most the training rows")
     _sweep_options(p)
     s = sweeps.add_parser("slots", help=BENCH_SWEEPS["slots"], formatter_class=formatter,
@@ -331,7 +340,7 @@ def _bench_parser(sub) -> None:
     _sweep_options(s, partitions=True)
     e = sweeps.add_parser("engines", help=BENCH_SWEEPS["engines"], formatter_class=formatter,
                           description="Seconds per epoch of each engine on the same rows and session.")
-    e.add_argument("--engines", dest="bench_engines", type=_names("engine", ENGINES), default=ENGINES,
+    e.add_argument("--engines", dest="bench_engines", type=_names("engine", ENGINES), default=",".join(ENGINES),
                    metavar="NAME,NAME,...", help=f"engines, of {', '.join(ENGINES)}")
     _sweep_options(e, engine=False, partitions=True)
     for name, flag, allowed, default, fixed in (
@@ -339,7 +348,7 @@ def _bench_parser(sub) -> None:
             ("aggregations", "--aggregations", AGGREGATES, ("agg", "collect"), "aggregate")):
         q = sweeps.add_parser(name, help=BENCH_SWEEPS[name], formatter_class=formatter,
                               description=f"Seconds per epoch of each {fixed} on the same rows and session.")
-        q.add_argument(flag, dest=f"bench_{name}", type=_names(fixed, allowed), default=default,
+        q.add_argument(flag, dest=f"bench_{name}", type=_names(fixed, allowed), default=",".join(default),
                        metavar="NAME,NAME,...", help=f"of {', '.join(allowed)}")
         _sweep_options(q, schedule=name != "schedules", partitions=True)
     c = sweeps.add_parser("clusters", help=BENCH_SWEEPS["clusters"], formatter_class=formatter,
@@ -371,7 +380,7 @@ def _sweep_options(parser: argparse.ArgumentParser, *, engine: bool = True, sche
                    session: bool = True, partitions: bool = False) -> None:
     """The options every sweep shares: the rows, the network, the measurement, the session and the outputs."""
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASET_NAMES, default="digits")
+    data.add_argument("--dataset", choices=DATASET_NAMES, default="digits", help="data set")
     data.add_argument("--data-dir", default=None,
                       help="folder with the IDX files (else $DFNET_DATA_DIR, else ./data with download)")
     data.add_argument("--classes", type=_int_list, default=None, help="keep these classes, relabelled 0..k-1")
@@ -414,7 +423,7 @@ def _sweep_options(parser: argparse.ArgumentParser, *, engine: bool = True, sche
     tables.add_argument("--table", default=None, help="write the rows to this table (name, db.name or "
                                                      "catalog.db.name)")
     tables.add_argument("--mode", choices=WRITE_MODES, default="append",
-                        help="if the table exists: append (default), overwrite or error")
+                        help="if the table exists: append, overwrite or error")
     tables.add_argument("--warehouse", default=None,
                         help="folder for the tables and their Derby metastore (default: Spark's, in the working "
                              "directory)")
