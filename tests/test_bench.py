@@ -77,10 +77,14 @@ def test_save_writes_the_rows_and_an_offline_figure(two_sweeps, tmp_path):
 
 def test_a_failing_point_is_kept_in_its_row_and_the_sweep_goes_on(digits, capsys):
     # dropout runs on the dataframe engine only: the rdd point cannot train, the other can
-    sweep = bench.engines(digits, ["rdd", "dataframe"], config=QUICK.replace(dropout=0.1), epochs=1, warmup=0)
+    test = load_dataframe(digits.sparkSession, "digits", "test")
+    sweep = bench.engines(digits, ["rdd", "dataframe"], config=QUICK.replace(dropout=0.1), epochs=1, warmup=0,
+                          test_df=test)
     failed, ran = sweep.rows
     assert failed["point"] == "engine=rdd" and "dropout" in failed["error"] and failed["seconds_per_epoch"] is None
+    assert failed["accuracy"] is None
     assert ran["error"] is None and ran["seconds_per_epoch"] > 0 and ran["engine"] == "dataframe"
+    assert 0.5 < ran["accuracy"] <= 1.0  # scored on test_df
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("point 1/2: engine=rdd | failed: ConfigError")
     assert lines[1].startswith("point 2/2: engine=dataframe | ") and "s/epoch" in lines[1]
@@ -129,6 +133,15 @@ def test_more_partitions_than_rows_is_refused_after_counting_them_before_trainin
     # the row count (one count; adaptive execution may run it as two jobs); nothing trained
     assert 1 <= jobs_run_by(digits.sparkSession, attempt) <= 2
     assert "partitions=5000" in errors[0] and "1437 rows" in errors[0]
+
+
+def test_the_slots_sweep_defaults_to_powers_of_two_and_all_slots():
+    from dfnet.bench.sweeps import _default_slots
+
+    assert _default_slots(1) == [1]
+    assert _default_slots(2) == [1, 2]
+    assert _default_slots(6) == [1, 2, 4, 6]
+    assert _default_slots(8) == [1, 2, 4, 8]
 
 
 # --- the cost model and the figure: no Spark ------------------------------------------------------

@@ -169,10 +169,10 @@ class CostModel:
             lines.append(f"  {p.point}: measured {p.measured:.3f} s, fitted {p.predicted:.3f} s, held out "
                          f"{p.held_out:.3f} s ({p.held_out_error:+.0%})")
         for s in self.scaling:
-            lines.append(f"  scaling {s['point']}: {s['parallel']} tasks at once, speed-up {s['speedup']:.2f}, "
+            tasks = f"{s['parallel']} task{'s' if s['parallel'] != 1 else ''}"
+            lines.append(f"  scaling {s['point']}: {tasks} at once, speed-up {s['speedup']:.2f}, "
                          f"efficiency {s['efficiency']:.0%}")
-        lines.append("projected s/epoch (one partition per core, "
-                     f"{self.jobs_per_epoch:g} jobs/epoch):")
+        lines.append(f"projected s/epoch (one partition per core, {self.jobs_per_epoch:g} jobs/epoch):")
         for p in self.projections():
             lines.append(f"  {p['rows']:,} rows on {p['cores']} cores: {p['seconds']:.2f} s")
         return "\n".join(lines)

@@ -6,12 +6,15 @@ from typing import Iterable
 
 import plotly.graph_objects as go
 
-_NUMERIC = {"partitions": "partitions", "slots": "slots"}
+#: Sweeps whose x axis is a number: the column it is (``clusters``: ``dfnet bench clusters``, one
+#: application per size).
+_NUMERIC = {"partitions": "partitions", "slots": "slots", "clusters": "slots"}
 
 
 def _series_name(row: dict) -> str:
     """What a series is: one sweep (its run id), named by its kind and what it held fixed."""
     fixed = {"partitions": ("engine", "schedule"), "slots": ("engine", "schedule"),
+             "clusters": ("engine", "schedule"),
              "engines": ("schedule",), "schedules": ("engine",), "aggregations": ("engine", "schedule")}
     held = ", ".join(f"{key}={row[key]}" for key in fixed.get(row["sweep"], ()) if row.get(key))
     return f"{row['sweep']} {row['run_id']}" + (f" ({held})" if held else "")

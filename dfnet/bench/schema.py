@@ -13,7 +13,7 @@ _TYPES = {"string": T.StringType(), "timestamp": T.TimestampType(), "int": T.Int
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("run_id", "string", "names the sweep: every point of one sweep shares it"),
     ("timestamp", "timestamp", "when the point started (the driver's clock, UTC)"),
-    ("sweep", "string", "partitions, slots, engines, schedules or aggregations"),
+    ("sweep", "string", "partitions, slots, engines, schedules or aggregations (clusters: dfnet bench clusters)"),
     ("point", "string", "the swept setting as text, e.g. partitions=4"),
     ("partitions", "int", "partitions of the cached training rows"),
     ("slots", "int", "task slots the run could use: the session's, or the slots sweep's value"),
