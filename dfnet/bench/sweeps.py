@@ -18,6 +18,7 @@ from pyspark.sql import DataFrame
 
 from ..config import AGGREGATES, ENGINES, SCHEDULES, TrainConfig
 from ..errors import ConfigError, DataValidationError
+from ..progress import Callbacks
 from ..session import input_partitions, is_connect, task_slots
 from ..tables import WRITE_MODES, check_can_write, check_table_name
 from .measure import PointSpec, measure_point, point_row
@@ -179,13 +180,13 @@ def _run_sweep(sweep: str, df: DataFrame, values: list, point_of, *, config, epo
     partitions_in = input_partitions(df)
     base = _base_row(spark, run_id=run_id, sweep=sweep, rows=rows, epochs=epochs, warmup=warmup)
     _warm_up(df, specs[0], features_col=features_col, label_col=label_col)
-    report = progress_for(progress)
+    report = Callbacks([progress_for(progress)])  # its hooks are optional, as a fit callback's
     result_rows, placements = [], {}
     for index, spec in enumerate(specs, start=1):
-        _hook(report, "on_point_begin", index, len(specs), spec.label)
+        report.hook("on_point_begin", index, len(specs), spec.label)
 
         def tick(epoch, step, steps, index=index, spec=spec):
-            _hook(report, "on_epoch", index, len(specs), spec.label, epoch - 1 + step / max(steps, 1),
+            report.hook("on_epoch", index, len(specs), spec.label, epoch - 1 + step / max(steps, 1),
                   spec.config.epochs)
 
         def run(spec=spec, index=index, tick=tick):
@@ -195,17 +196,11 @@ def _run_sweep(sweep: str, df: DataFrame, values: list, point_of, *, config, epo
 
         row = point_row(base, spec, run)
         result_rows.append(row)
-        _hook(report, "on_point_end", index, len(specs), row)
+        report.hook("on_point_end", index, len(specs), row)
     result = Sweep(sweep, result_rows, spark, environment(spark, session_slots))
     if table is not None:
         result.write_table(table, mode=mode)
     return result
-
-
-def _hook(report, name: str, *args) -> None:
-    method = getattr(report, name, None)
-    if method is not None:
-        method(*args)
 
 
 def _row_count(df: DataFrame, max_partitions: int | None, sweep: str) -> int:
