@@ -78,6 +78,14 @@ def _pool(text: str) -> int | str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dfnet", description="Train neural networks on Spark DataFrames.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    _predict_parser(sub)
+    _bench_parser(sub)
+    return parser
+
+
+def _train_parser(sub) -> None:
+    """``dfnet train``: data, model, convolutions, optimisation, regularization, run, checkpoints, tables."""
     t = sub.add_parser("train", help="train a network, evaluate it on the test split, save the run",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # Every training option defaults to None so that a preset, then dfnet's own
@@ -181,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     ckpt.add_argument("--resume", action="store_true",
                       help="continue from the newest good checkpoint in --checkpoint-dir (from scratch if none)")
     _table_options(t, predictions="--predictions-table", history=True)
+
+
+def _predict_parser(sub) -> None:
+    """``dfnet predict``: the model, the rows to score, the session and the predictions table."""
     p = sub.add_parser("predict", help="score a data set or a table with a saved model into a predictions table",
                        description="Writes run_id, id, label, prediction, probability, image and path per row with "
                                    "saveAsTable (see dfnet.tables).")
@@ -206,8 +218,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Spark Connect server, e.g. sc://host:15002 (default: $SPARK_REMOTE; neither: a classic session on --master)")
     p.add_argument("--verbose", action="store_true", help="show Spark's own start-up notes and warnings")
     _table_options(p, predictions="--table", history=False)
-    _bench_parser(sub)
-    return parser
 
 
 def _image_options(group, *, train: bool) -> None:
