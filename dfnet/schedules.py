@@ -50,6 +50,7 @@ class SchedulePlan:
     epochs_per_job: int = 1  # average: whole epochs one job trains (small data, no per-epoch validation)
     jobs_per_epoch: int | None = None  # set when the schedule is made (it knows the task sizes)
     aggregate: str | None = None  # how a job adds its partial rows, resolved for its task count
+    tasks: int | None = None  # tasks a training job runs (the partitions, or the coalesced models)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -212,9 +213,10 @@ class GradientSchedule:
     def __init__(self, plan: SchedulePlan, config: TrainConfig, engine, data, optimizer):
         self.config = config.replace(schedule=plan.schedule, batch_size=plan.batch_size)
         self.engine, self.data, self.optimizer = engine, data, optimizer
-        self.aggregate = engine.aggregation_for(config.aggregate, data.num_partitions())
+        tasks = data.num_partitions()
+        self.aggregate = engine.aggregation_for(config.aggregate, tasks)
         self.plan = dataclasses.replace(plan, jobs_per_epoch=steps_per_epoch(self.config, data.count),
-                                        aggregate=self.aggregate)
+                                        aggregate=self.aggregate, tasks=tasks)
 
     def train(self, params: np.ndarray, epoch: int, on_step: OnStep) -> list[EpochResult]:
         """Train ``epoch`` (``params`` updated in place): its one result."""
@@ -253,7 +255,7 @@ class AveragingSchedule:
         self.aggregate = engine.aggregation_for(config.aggregate, self.tasks or partitions)
         self.plan = dataclasses.replace(
             plan, jobs_per_epoch=averaging_rounds(self.config, self.max_rows, plan.local_steps),
-            aggregate=self.aggregate)
+            aggregate=self.aggregate, tasks=self.tasks or partitions)
 
     def train(self, params: np.ndarray, epoch: int, on_step: OnStep) -> list[EpochResult]:
         """Train from ``epoch`` (``params`` updated in place): one result per epoch trained, more

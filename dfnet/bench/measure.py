@@ -121,8 +121,7 @@ def measure_point(df: DataFrame, spec: PointSpec, *, warmup: int, features_col: 
     history = model.history
     per_job = int(plan.get("epochs_per_job") or 1)
     partitions = spec.config.partitions or input_partitions
-    models = plan.get("models")
-    tasks = models if plan.get("schedule") == "average" and models and models < partitions else partitions
+    tasks = plan.get("tasks") or partitions  # the plan's record of its jobs' tasks
     placements = {} if placements is None else placements
     if tasks not in placements:
         placements[tasks] = where_tasks_run(df, label_col, tasks if tasks != input_partitions else None,
