@@ -45,7 +45,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .config import (HIDDEN_ACTIVATIONS, AGGREGATES, DEFAULT_LR, ENGINES, LR_SCHEDULES, MODELS, OPTIMIZERS, PADDINGS, PATCHES, PATCH_ROWS,
+from .config import (HIDDEN_ACTIVATIONS, AGGREGATES, PARTIAL_DTYPES, DEFAULT_LR, ENGINES, LR_SCHEDULES, MODELS, OPTIMIZERS, PADDINGS, PATCHES, PATCH_ROWS,
                      PRESET_DATA, PRESETS, SCHEDULES, TrainConfig)
 from .datasets import DATASETS
 from .errors import DFNetError
@@ -146,10 +146,14 @@ def _train_parser(sub) -> None:
                      help="rows per (local) step (default: 32-128 from the rows per model, see auto_batch_size)")
     opt.add_argument("--seed", type=int, default=None)
     opt.add_argument("--aggregate", choices=AGGREGATES, default=None,
-                     help="how the dataframe engine adds the partitions' sums: agg (groupBy().agg, the driver "
-                          "receives one vector) or collect (every partition's vector streamed to the driver "
-                          "as Arrow and summed there: faster in every case measured; the driver then holds "
-                          "partitions x parameters values)")
+                     help="how the dataframe engine adds the tasks' partial sums: collect (every task's vector "
+                          "streamed to the driver as Arrow and added there), agg (groupBy().agg on one reduce "
+                          "task), sharded (each vector cut into chunks, each chunk added on its own reduce task: "
+                          "no link carries more than a task's vector) or auto (default: collect while tasks x "
+                          "weights is small, else sharded; the run's first line says which and why)")
+    opt.add_argument("--partial-dtype", choices=PARTIAL_DTYPES, default=None,
+                     help="type of the partial sums on the wire (default float64; float32 halves the bytes, "
+                          "the adding stays float64)")
     reg = t.add_argument_group("validation, early stopping and regularization")
     reg.add_argument("--validation-split", type=float, default=None,
                      help="hold this fraction of the training rows out (a seeded hash of the row id, never the "
@@ -279,7 +283,7 @@ BENCH_SWEEPS = {"partitions": "partitions of the training rows, on one Spark ses
                 "slots": "task slots the session lends the sweep, 1 up to all of them",
                 "engines": "the engines (dataframe, rdd, rdd-batched), on one Spark session",
                 "schedules": "the schedules (auto, minibatch, average, classic), on one Spark session",
-                "aggregations": "how a job adds the partitions' sums (agg, collect), on one Spark session",
+                "aggregations": "how a job adds the partitions' sums (agg, collect, sharded), on one Spark session",
                 "clusters": "cluster sizes: one Spark application per size on --master, started and stopped "
                             "by dfnet"}
 #: What follows ``dfnet bench``: a sweep, or ``script`` for the scripts of a source checkout. Any other
@@ -355,7 +359,7 @@ def _bench_parser(sub) -> None:
     _sweep_options(e, engine=False, partitions=True)
     for name, flag, allowed, default, fixed in (
             ("schedules", "--schedules", SCHEDULES, ("auto", "minibatch", "average", "classic"), "schedule"),
-            ("aggregations", "--aggregations", AGGREGATES, ("agg", "collect"), "aggregate")):
+            ("aggregations", "--aggregations", AGGREGATES, ("agg", "collect", "sharded"), "aggregate")):
         q = sweeps.add_parser(name, help=BENCH_SWEEPS[name], formatter_class=formatter,
                               description=f"Seconds per epoch of each {fixed} on the same rows and session.")
         q.add_argument(flag, dest=f"bench_{name}", type=_names(fixed, allowed), default=",".join(default),
@@ -860,7 +864,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
     """Merge dfnet defaults <- preset <- explicit options into a validated config and data choice."""
     fields = {"model", "engine", "hidden", "activation", "loss", "init", "dtype", "optimizer", "lr", "lr_schedule",
               "epochs", "schedule", "sample", "batch_size", "local_steps", "seed", "partitions", "kernels",
-              "kernel_size", "pool", "conv_activation", "padding", "image_shape", "patches", "patch_rows", "aggregate",
+              "kernel_size", "pool", "conv_activation", "padding", "image_shape", "patches", "patch_rows", "aggregate", "partial_dtype",
               "validation_split", "early_stopping", "min_delta", "weight_decay", "dropout"}
     chosen = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     if chosen.get("pool") == "none":

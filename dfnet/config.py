@@ -37,7 +37,8 @@ MODELS = ("mlp", "cnn")
 HIDDEN_ACTIVATIONS = tuple(name for name in layers.ACTIVATIONS if name != "softmax")
 PATCHES = ("inline", "explode")
 PATCH_ROWS = ("image-row", "position")
-AGGREGATES = ("auto", "agg", "collect")
+AGGREGATES = ("auto", "agg", "collect", "sharded")
+PARTIAL_DTYPES = ("float64", "float32")
 #: Learning rate used when none is given, per optimizer.
 DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "adam": 0.003}
 
@@ -97,9 +98,13 @@ class TrainConfig:
                                           "(None: auto_batch_size)")
     local_steps: int | None = _field(None, "average: local steps per partition between averages (None: an epoch)")
     partitions: int | None = _field(None, "partitions of the cached training rows (None: the DataFrame's own)")
-    aggregate: str = _field("auto", "dataframe engine: a step's sums by groupBy().agg, by collect (Arrow collect, "
-                                    "summed on the driver), or auto (collect while the driver would hold at most "
-                                    "COLLECT_LIMIT values a step, else agg)")
+    aggregate: str = _field("auto", "dataframe engine: how a step adds the tasks' partial sums: collect (Arrow "
+                                    "collect, added on the driver), agg (groupBy().agg on one reduce task), sharded "
+                                    "(each task's vector cut into chunks, each chunk added on its own reduce task) "
+                                    "or auto (collect while tasks x weights is small, else sharded; see "
+                                    "dfnet.engine.sums.resolve_aggregate)")
+    partial_dtype: str = _field("float64", "dataframe engine: the type of the tasks' partial sums on the wire "
+                                           "(float32 halves the bytes; the adding stays float64)")
     seed: int = _field(0, "seed of the initial weights, the epochs' samples and batches, dropout and the "
                           "validation split")
     dtype: str = _field("float32", "the network's arithmetic")
@@ -120,6 +125,9 @@ class TrainConfig:
             message = check(value)
             if message:
                 raise ConfigError(f"{name}={value!r}: {message}")
+        if self.partial_dtype != "float64" and self.engine != "dataframe":
+            raise ConfigError(f"partial_dtype={self.partial_dtype!r} applies to the dataframe engine, not "
+                              f"engine={self.engine!r}")
         if self.aggregate not in ("auto", "agg") and self.engine != "dataframe":
             raise ConfigError(f"aggregate={self.aggregate!r} applies to the dataframe engine, not engine={self.engine!r}")
         if self.schedule == "average" and self.engine != "dataframe":
@@ -317,6 +325,7 @@ CONSTRAINTS = {
     "local_steps": _number(1, integer=True, optional=True),
     "partitions": _number(1, integer=True, optional=True),
     "aggregate": _one_of(AGGREGATES),
+    "partial_dtype": _one_of(PARTIAL_DTYPES),
     "seed": _number(0, integer=True),
     "dtype": _one_of(("float32", "float64")),
     "validation_split": _number(0, 1, hi_open=True),

@@ -231,6 +231,25 @@ def input_partitions(df) -> int:
 _LOCAL_MASTER = re.compile(r"^local(?:-cluster)?\[(\*|\d+)")
 
 
+def master_of(spark) -> str | None:
+    """The session's master: the SparkContext's; on Connect ``spark.master`` if the server tells."""
+    if not is_connect(spark):
+        return spark.sparkContext.master
+    try:
+        return spark.conf.get("spark.master", None)
+    except Exception:  # a setting the server does not let clients read
+        return None
+
+
+def cluster_shape(spark, fallback: int):
+    """The session's :class:`~dfnet.engine.sums.ClusterShape`: its :func:`task_slots` and whether its
+    tasks all run on the driver's machine (a ``local`` master; unknown, as on a Connect server that
+    does not tell its master, counts as a cluster)."""
+    from .engine.sums import ClusterShape
+    master = master_of(spark)
+    return ClusterShape(task_slots(spark, fallback), bool(master) and master.startswith("local"))
+
+
 def task_slots(spark: SparkSession, fallback: int) -> int:
     """Tasks the cluster runs at once: the SparkContext's default parallelism (local[N]: N; a
     cluster: its executors' cores). A Connect session has no SparkContext to ask: there

@@ -111,8 +111,10 @@ def fit(df: DataFrame, config: TrainConfig | None = None, *, features_col: str =
                                 cleanup=cleanup)
             schedule = _schedule(inputs.config, engine, data, state, df.sparkSession,
                                  whole_epochs_only=data.validation is not None or store is not None)
-            hooks.message(describe_plan(inputs.config.schedule, schedule.plan, data.train.count,
-                                        None if data.validation is None else data.validation.count))
+            hooks.message("; ".join(filter(None, (
+                describe_plan(inputs.config.schedule, schedule.plan, data.train.count,
+                              None if data.validation is None else data.validation.count),
+                getattr(engine, "aggregation_note", "")))))
             hooks.hook("on_train_begin", inputs.config, _facts(run_id, data, schedule, state))
             checkpoint = _checkpointer(store, checkpoint_every, inputs.config, data, schedule.plan, run_id=run_id,
                                        class_names=class_names)
@@ -444,7 +446,7 @@ def build_network(config: TrainConfig, num_features: int, num_classes: int) -> S
 def engine_for(config: TrainConfig, network: Sequential):
     """The engine ``config`` asks for, computing ``network``."""
     return make_engine(config.engine, network, aggregate=config.aggregate, patches=config.patches,
-                       patch_rows=config.patch_rows)
+                       patch_rows=config.patch_rows, partial_dtype=config.partial_dtype)
 
 
 def new_run_id() -> str:

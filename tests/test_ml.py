@@ -429,7 +429,7 @@ def test_module_example_runs(spark, tmp_path):
 NON_DEFAULT = {
     "epochs": 7, "lr": 0.02, "seed": 11, "optimizer": "momentum", "lr_schedule": "constant", "momentum": 0.5,
     "beta1": 0.8, "beta2": 0.99, "schedule": "minibatch", "batch_size": 64, "sample": 0.5, "local_steps": 4,
-    "partitions": 3, "aggregate": "collect", "activation": "tanh", "loss": "mse", "init": "he", "dtype": "float64",
+    "partitions": 3, "aggregate": "sharded", "partial_dtype": "float32", "activation": "tanh", "loss": "mse", "init": "he", "dtype": "float64",
     "weight_decay": 1e-4, "dropout": 0.25, "validation_split": 0.2, "early_stopping": 5, "min_delta": 0.01,
 }
 #: The Params every earlier dfnet had (saved estimators and users' code name them): Param -> field.

@@ -19,7 +19,7 @@ from pyspark.sql import DataFrame
 from ..config import AGGREGATES, ENGINES, SCHEDULES, TrainConfig
 from ..errors import ConfigError, DataValidationError
 from ..progress import Callbacks
-from ..session import input_partitions, is_connect, task_slots
+from ..session import input_partitions, is_connect, master_of, task_slots
 from ..tables import WRITE_MODES, check_can_write, check_table_name
 from .measure import PointSpec, measure_point, point_row
 from .progress import progress_for
@@ -78,7 +78,7 @@ def schedules(df: DataFrame, schedules: Sequence[str] = ("auto", "minibatch", "a
                       **_options(locals()))
 
 
-def aggregations(df: DataFrame, aggregations: Sequence[str] = ("agg", "collect"), *,
+def aggregations(df: DataFrame, aggregations: Sequence[str] = ("agg", "collect", "sharded"), *,
                  config: TrainConfig | None = None, epochs: int = 3, warmup: int = 1,
                  test_df: DataFrame | None = None, features_col: str = "image", label_col: str = "label",
                  table: str | None = None, mode: str = "append", progress=None, run_id: str | None = None) -> Sweep:
@@ -230,16 +230,6 @@ def _base_row(spark, *, run_id: str, sweep: str, rows: int, epochs: int, warmup:
 
     return {**empty_row(), "run_id": run_id, "sweep": sweep, "rows": rows, "epochs": epochs, "warmup": warmup,
             "spark_version": spark.version, "dfnet_version": __version__, "master": master_of(spark)}
-
-
-def master_of(spark) -> str | None:
-    """The session's master: the SparkContext's; on Connect ``spark.master`` if the server tells."""
-    if not is_connect(spark):
-        return spark.sparkContext.master
-    try:
-        return spark.conf.get("spark.master", None)
-    except Exception:  # a setting the server does not let clients read
-        return None
 
 
 def environment(spark, slots: int) -> dict:

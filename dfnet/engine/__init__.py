@@ -19,9 +19,9 @@ from ..session import require_classic
 
 
 def make_engine(name: str, network: Sequential, *, aggregate: str = "auto", patches: str = "inline",
-                patch_rows: str = "image-row"):
+                patch_rows: str = "image-row", partial_dtype: str = "float64"):
     """``dataframe`` (broadcast -> mapInArrow -> groupBy().agg, or an Arrow collect with
-    ``aggregate="collect"``), ``rdd`` (the classic per-record map/reduce) or ``rdd-batched``
+    ``aggregate="collect"``, or sharded over reduce tasks with ``aggregate="sharded"``), ``rdd`` (the classic per-record map/reduce) or ``rdd-batched``
     (mapPartitions on stacked rows).
 
     ``patches="explode"`` (dataframe only) caches a CNN's first-layer patches as rows
@@ -31,11 +31,14 @@ def make_engine(name: str, network: Sequential, *, aggregate: str = "auto", patc
         raise ValueError(f"unknown engine {name!r}; known: {sorted(ENGINES)}")
     if name == "dataframe":
         from .dataframe import DataFrameEngine
-        return DataFrameEngine(network, aggregate=aggregate, patches=patches, patch_rows=patch_rows)
+        return DataFrameEngine(network, aggregate=aggregate, patches=patches, patch_rows=patch_rows,
+                               partial_dtype=partial_dtype)
     if patches != "inline":
         raise ConfigError(f"patches={patches!r} runs on the dataframe engine, not engine={name!r}")
     if aggregate not in ("auto", "agg"):
         raise ConfigError(f"aggregate={aggregate!r} applies to the dataframe engine, not engine={name!r}")
+    if partial_dtype != "float64":
+        raise ConfigError(f"partial_dtype={partial_dtype!r} applies to the dataframe engine, not engine={name!r}")
     # Imported here: the RDD baselines need a classic pyspark (a thin Connect client has no RDD).
     from .rdd import RDDBatchedEngine, RDDPerRecordEngine
     return {"rdd": RDDPerRecordEngine, "rdd-batched": RDDBatchedEngine}[name](network)

@@ -20,9 +20,14 @@ docs/performance.md, "Engines" and "Aggregation", with their commands):
   addition is not associative, and on a cluster the reduce side receives the
   rows in whatever order the tasks finished, so without it two runs of one
   seed, or a retried task, changed the weights.
-- ``groupBy().agg`` bounds the driver's memory (it receives one vector, not P);
-  an Arrow collect skips a shuffle stage. :func:`resolve_aggregate` picks the
-  collect while P vectors stay small; the schedule that runs a step asks for it.
+- Three ways to add the P partial rows (:class:`PartialLayout`): an Arrow
+  ``collect`` skips a shuffle stage but funnels P vectors into the driver;
+  ``agg`` funnels them into one reduce task; ``sharded`` cuts every vector into
+  K chunk rows and adds each chunk on its own reduce task (one chunk a task,
+  :func:`shard_keys`), so no link carries more than W values a step per task
+  and the driver receives K slices. Every way gives the same bits.
+  :func:`resolve_aggregate` picks one from W, P and the cluster; the schedule
+  that runs a step asks for it.
 """
 
 from __future__ import annotations
@@ -31,82 +36,28 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
-from ..compat import to_arrow
 from ..nn.layers import DropoutNoise
 from ..nn.network import LossAndGrad, Sequential
-from ..session import session_setting, ship_weights
+from ..session import cluster_shape, ship_weights
 from .data import ImageRows, TrainingData, as_pixels, encode_training_data
 from .faults import inject_task_fault
 from .patches import PatchRows, explode_patches
+from .sums import (AGGREGATIONS, COLLECT_LIMIT, PARTIAL_COL, PARTIAL_DTYPES, PARTIAL_SCHEMA,  # noqa: F401
+                   PARTITION_COL, ClusterShape, PartialLayout, adaptive_execution_off, make_sum_vectors,
+                   ordered_sum, partial_batch, resolve_aggregate, shards_for, sum_on_driver)
 
 #: Images per ``loss_and_grad`` call in a gradient pass: a whole Arrow batch (up to 10,000 rows)
 #: at once keeps activations far larger than the CPU caches (docs/design.md, "What was measured").
 STEP_ROWS = 256
-PARTIAL_COL = "partial"
-PARTITION_COL = "partition"
-PARTIAL_SCHEMA = T.StructType([T.StructField(PARTITION_COL, T.IntegerType(), False),
-                               T.StructField(PARTIAL_COL, T.ArrayType(T.DoubleType(), False), False)])
 _SCALARS = 3  # loss_sum, correct, count after the gradient
 
 
 def unpack(vector: np.ndarray) -> LossAndGrad:
     """A packed partial-sum vector ``[gradient..., loss_sum, correct, count]`` -> :class:`LossAndGrad`."""
     return LossAndGrad(float(vector[-3]), vector[:-_SCALARS], int(round(vector[-2])), int(round(vector[-1])))
-
-
-def ordered_sum(partitions, vectors) -> np.ndarray | None:
-    """The element-wise float64 sum of ``vectors`` (a sequence of equal-length vectors, None
-    entries skipped), added one by one in increasing order of their ``partitions`` ids: the same
-    bits whatever order the rows arrived in. None when there is no vector."""
-    total = None
-    for i in np.argsort(np.asarray(partitions), kind="stable"):
-        vector = vectors[i]
-        if vector is None:
-            continue
-        if total is None:
-            total = np.array(vector, dtype=np.float64, copy=True)
-        else:
-            total += vector
-    return total
-
-
-def _sum_vectors(partitions: pd.Series, partials: pd.Series) -> np.ndarray:
-    return ordered_sum(partitions.to_numpy(), partials.to_numpy())
-
-
-def make_sum_vectors():
-    """A new grouped-aggregate pandas UDF ``(partition, partial)``: the :func:`ordered_sum` of
-    equal-length vectors.
-
-    Made per engine, not once per module: pyspark binds a UDF's JVM side to
-    the SparkContext that first used it, so a module-level UDF breaks (one
-    "Failed to update accumulator" error per task) after a notebook restarts
-    its session.
-
-    Its elements are nullable: pandas' conversion of the result to Arrow turns
-    NaN (pandas' missing value) into null, so a diverged sum arrives with
-    nulls, which :meth:`DataFrameEngine._summed` reads back as NaN for the
-    divergence check (a non-nullable type failed the job with "Value at index
-    is null" instead).
-    """
-    return F.pandas_udf(_sum_vectors, T.ArrayType(T.DoubleType(), True))
-
-
-def partial_batch(vector: np.ndarray, partition: int | None = None) -> pa.RecordBatch:
-    """The one-row batch of :data:`PARTIAL_SCHEMA` a task emits: its partition id (by default the
-    running task's) and its packed partial vector."""
-    if partition is None:
-        from pyspark import TaskContext
-        partition = TaskContext.get().partitionId()
-    return pa.RecordBatch.from_arrays([pa.array([partition], type=pa.int32()),
-                                       pa.array([vector], type=pa.list_(pa.float64()))],
-                                      names=[PARTITION_COL, PARTIAL_COL])
 
 
 Rows = ImageRows | PatchRows  # how a cached row is read back: a whole image, or patch rows of one
@@ -270,75 +221,37 @@ class LocalPlan:
     more_lrs: tuple[float, ...] = ()
 
 
-AQE_CONF = "spark.sql.adaptive.enabled"
-
-
-def adaptive_execution_off(spark):
-    """Run a step's query without adaptive query execution, then restore the session's setting.
-
-    AQE runs the aggregation's shuffle as a job of its own before planning the
-    rest, so a step becomes two jobs (docs/design.md, "What was measured to choose it"); it
-    has nothing to re-plan in a one-row-per-partition sum. The setting is the
-    session's, so a query the user runs concurrently in the same session during
-    a step also runs without AQE.
-    """
-    return session_setting(spark, AQE_CONF, "false")
-
-
-def sum_on_driver(table: pa.Table) -> np.ndarray | None:
-    """The :func:`ordered_sum` of the non-null vectors of a ``(partition, partial)`` Arrow table
-    (None if there are none), read batch by batch as views of the Arrow buffers (no second copy
-    of the P vectors). A null element (a NaN the aggregation UDF returned arrives as one) is
-    read back as NaN, so the divergence check sees it."""
-    ids, vectors = [], []
-    for batch in table.to_batches():
-        partials = batch.column(batch.schema.get_field_index(PARTIAL_COL))
-        valid = partials.is_valid().to_numpy(zero_copy_only=False)
-        if not valid.any():
-            continue
-        index = batch.schema.get_field_index(PARTITION_COL)
-        partitions = batch.column(index).to_numpy() if index >= 0 else np.zeros(len(batch), dtype=np.int32)
-        values = partials.flatten().to_numpy(zero_copy_only=False)  # null lists contribute no values
-        ids.extend(partitions[valid])
-        vectors.extend(values.reshape(int(valid.sum()), -1))
-    return ordered_sum(ids, vectors) if vectors else None
-
-
-#: ``aggregate="auto"`` collects the partial vectors to the driver while tasks x parameters stays at
-#: or below this many values (256 MB of float64 at most on the driver per step), else aggregates.
-COLLECT_LIMIT = 1 << 25
-
-
-def resolve_aggregate(aggregate: str, tasks: int, num_params: int) -> str:
-    """``agg`` or ``collect`` for a step of ``tasks`` tasks (``auto``: collect up to :data:`COLLECT_LIMIT`)."""
-    if aggregate != "auto":
-        return aggregate
-    return "collect" if tasks * (num_params + _SCALARS) <= COLLECT_LIMIT else "agg"
-
-
 class DataFrameEngine:
     """Computes summed gradients over encoded rows with one Spark job per call."""
 
     name = "dataframe"
 
     def __init__(self, network: Sequential, aggregate: str = "auto", *, patches: str = "inline",
-                 patch_rows: str = "image-row"):
-        if aggregate not in ("auto", "agg", "collect"):
-            raise ValueError(f"aggregate must be 'auto', 'agg' or 'collect', got {aggregate!r}")
+                 patch_rows: str = "image-row", partial_dtype: str = "float64"):
+        if aggregate not in ("auto", *AGGREGATIONS):
+            raise ValueError(f"aggregate must be one of {('auto', *AGGREGATIONS)}, got {aggregate!r}")
+        if partial_dtype not in PARTIAL_DTYPES:
+            raise ValueError(f"partial_dtype must be one of {PARTIAL_DTYPES}, got {partial_dtype!r}")
         if patches not in ("inline", "explode"):
             raise ValueError(f"patches must be 'inline' or 'explode', got {patches!r}")
         self.network = network
         self.aggregate = aggregate
+        self.partial_dtype = partial_dtype
         self.sum_vectors = make_sum_vectors()
         #: ``inline``: cached images, the first convolution cuts its patches in the step;
         #: ``explode``: cached patch rows (:mod:`dfnet.engine.patches`).
         self.rows: Rows = _image_rows(network) if patches == "inline" else PatchRows.of(network, patch_rows)
+        #: the session's task slots and machines, learnt by :meth:`prepare` (sharded sums, ``auto``)
+        self.cluster = ClusterShape()
+        #: how :meth:`aggregation_for` resolved, and why (the run's first line says it)
+        self.aggregation_note = ""
 
     def prepare(self, df: DataFrame, *, features_col: str, label_col: str,
                 num_partitions: int | None = None, shuffle_seed: int | None = None,
                 input_partitions_hint: int | None = None) -> TrainingData:
         """Cache the packed encoding (images, or patch rows) of a validated ``df``; ``shuffle_seed``
         spreads the rows over the partitions at random (patch rows always are, by image key)."""
+        self.cluster = cluster_shape(df.sparkSession, fallback=num_partitions or input_partitions_hint or 1)
         if isinstance(self.rows, PatchRows):
             return explode_patches(df, self.rows, features_col=features_col, label_col=label_col,
                                    num_partitions=num_partitions or input_partitions_hint)
@@ -348,9 +261,24 @@ class DataFrameEngine:
                                     input_partitions_hint=input_partitions_hint)
 
     def aggregation_for(self, asked: str, tasks: int) -> str:
-        """How a step of ``tasks`` tasks adds its partial rows: ``asked``, with ``auto`` resolved
-        by :func:`resolve_aggregate` (a schedule asks once, when it knows its task count)."""
-        return resolve_aggregate(asked, tasks, self.network.num_params)
+        """How a step of ``tasks`` tasks adds its partial rows (collect, agg or sharded): ``asked``,
+        with ``auto`` resolved by :func:`resolve_aggregate` from the weights, the tasks and the
+        cluster (a schedule asks once, when it knows its task count). Records why in
+        :attr:`aggregation_note`."""
+        layout, why = resolve_aggregate(asked, tasks, self.network.num_params + _SCALARS, self.cluster,
+                                        self.partial_dtype)
+        self.aggregation_note = f"sums: {describe_layout(layout)} ({why})"
+        return layout.how
+
+    def layout(self, aggregate: str | None = None) -> PartialLayout:
+        """The :class:`PartialLayout` of ``aggregate`` (default: the engine's own). An unresolved
+        ``auto`` is sharded (``agg`` when one shard holds the vector): that bounds the driver's
+        memory and every link's load whatever the task count."""
+        how = aggregate or self.aggregate
+        shards = shards_for(self.network.num_params + _SCALARS, self.cluster.slots)
+        if how == "auto":
+            how = "sharded" if shards > 1 else "agg"
+        return PartialLayout(how, shards if how == "sharded" else 1, self.partial_dtype)
 
     def gradient(self, params: np.ndarray, rows: DataFrame, noise_key: tuple[int, int, int] | None = None, *,
                  aggregate: str | None = None) -> LossAndGrad:
@@ -381,15 +309,14 @@ class DataFrameEngine:
     def _summed_vector(self, params: np.ndarray, rows: DataFrame, make_fn, aggregate: str | None
                        ) -> np.ndarray | None:
         """One job: the packed partial rows of ``make_fn(broadcast)`` summed (None: no rows)."""
-        spark = rows.sparkSession
-        with ship_weights(spark, params) as weights:
-            partials = rows.mapInArrow(make_fn(weights), PARTIAL_SCHEMA)
-            # An unresolved "auto" aggregates: that bounds the driver's memory whatever the task count
-            # (a schedule resolves it with aggregation_for, knowing its tasks).
-            if (aggregate or self.aggregate) == "collect":
-                total = sum_on_driver(to_arrow(partials))
-            else:
-                with adaptive_execution_off(spark):
-                    summed = partials.groupBy().agg(self.sum_vectors(PARTITION_COL, PARTIAL_COL).alias(PARTIAL_COL))
-                    total = sum_on_driver(to_arrow(summed))
-        return total
+        layout = self.layout(aggregate)
+        with ship_weights(rows.sparkSession, params) as weights:
+            partials = rows.mapInArrow(layout.emitting(make_fn(weights)), layout.schema())
+            return layout.add(partials, self.sum_vectors)
+
+
+def describe_layout(layout: PartialLayout) -> str:
+    """``sharded over 8 reduce tasks, float32 partials`` and the like."""
+    what = {"collect": "collected to the driver", "agg": "added on one reduce task",
+            "sharded": f"sharded over {layout.shards} reduce task{'s' if layout.shards != 1 else ''}"}[layout.how]
+    return what + (", float32 partials" if layout.dtype == "float32" else "")

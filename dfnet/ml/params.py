@@ -31,6 +31,7 @@ PARAM_FIELDS: dict[str, str] = {
     "optimizer": "optimizer", "lrSchedule": "lr_schedule", "momentum": "momentum", "beta1": "beta1",
     "beta2": "beta2", "schedule": "schedule", "batchSize": "batch_size", "sampleFraction": "sample",
     "localSteps": "local_steps", "partitions": "partitions", "aggregate": "aggregate",
+    "partialDtype": "partial_dtype",
     "activation": "activation", "loss": "loss", "weightInit": "init", "dtype": "dtype",
     "weightDecay": "weight_decay", "dropout": "dropout", "validationSplit": "validation_split",
     "patience": "early_stopping", "minDelta": "min_delta",
