@@ -26,6 +26,9 @@ RUNS = {
                              batch_size=360, partitions=2, seed=1, dtype="float64"),
     "average": TrainConfig(hidden=(16,), schedule="average", lr_schedule="constant", epochs=EPOCHS,
                            batch_size=100, partitions=2, seed=4, dtype="float64"),
+    # 9,610 weights: two chunks, each added on a reduce task of its own (two task slots).
+    "sharded": TrainConfig(hidden=(128,), schedule="minibatch", aggregate="sharded", lr_schedule="constant",
+                           epochs=EPOCHS, batch_size=600, partitions=2, seed=2, dtype="float64"),
 }
 #: What the CLI's --resume test passes for each run (the same configuration on the command line).
 CLI_ARGS = {
@@ -33,6 +36,9 @@ CLI_ARGS = {
                   str(EPOCHS), "--batch-size", "360", "--partitions", "2", "--seed", "1", "--dtype", "float64"],
     "average": ["--hidden", "16", "--schedule", "average", "--lr-schedule", "constant", "--epochs", str(EPOCHS),
                 "--batch-size", "100", "--partitions", "2", "--seed", "4", "--dtype", "float64"],
+    "sharded": ["--hidden", "128", "--schedule", "minibatch", "--aggregate", "sharded", "--lr-schedule", "constant",
+                "--epochs", str(EPOCHS), "--batch-size", "600", "--partitions", "2", "--seed", "2", "--dtype",
+                "float64"],
 }
 #: The session settings of a driver on the test cluster (loopback only; executors run this Python).
 CLUSTER_CONF = {"spark.driver.host": LOOPBACK, "spark.driver.bindAddress": LOOPBACK,

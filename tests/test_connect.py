@@ -21,11 +21,15 @@ MLP_RUNS = {
     "minibatch": dict(schedule="minibatch", batch_size=256, epochs=2, lr_schedule="constant"),
     "classic": dict(schedule="classic", sample=0.5, epochs=3, optimizer="sgd", lr=0.5, lr_schedule="constant"),
     "dropout-decay": dict(epochs=2, dropout=0.2, weight_decay=0.01),
+    # 9,610 weights: two chunks, each on a reduce task of its own
+    "minibatch-sharded": dict(schedule="minibatch", batch_size=512, epochs=2, hidden=(128,), aggregate="sharded"),
 }
 CNN_RUNS = {
     "cnn-inline": dict(model="cnn", kernels=(4,), hidden=(16,), epochs=2, schedule="average", batch_size=64),
     "cnn-explode": dict(model="cnn", kernels=(4,), hidden=(16,), epochs=2, schedule="minibatch", batch_size=256,
                         patches="explode", lr_schedule="constant"),
+    "cnn-explode-sharded": dict(model="cnn", kernels=(4,), hidden=(256,), epochs=2, patches="explode",
+                                aggregate="sharded", partial_dtype="float32"),
 }
 RUNS = {**MLP_RUNS, **CNN_RUNS}
 

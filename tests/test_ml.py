@@ -514,7 +514,7 @@ def test_unknown_keywords_are_named():
 @pytest.mark.parametrize("params, words", [
     ({"maxIter": 0}, "maxIter=0: must be >= 1"),
     ({"beta1": 1.5}, "beta1=1.5: must be < 1"),
-    ({"aggregate": "reduce"}, "aggregate='reduce': must be one of ['auto', 'agg', 'collect']"),
+    ({"aggregate": "reduce"}, "aggregate='reduce': must be one of ['auto', 'agg', 'collect', 'sharded']"),
     ({"weightInit": "zeros"}, "weightInit='zeros': must be one of"),
 ])
 def test_train_config_errors_name_the_param(params, words):
