@@ -12,7 +12,8 @@ object that owns its plan, its aggregation and its epochs per job:
   the driver takes the row-weighted mean of the tasks' weights.
 
 Why ``auto`` plans what it does, with figures: docs/performance.md ("The
-defaults against what a user would pick instead", "Time to accuracy").
+defaults against what a user would pick instead", "Time to accuracy",
+"Accuracy as models multiply").
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ from .config import TrainConfig
 from .engine.dataframe import LocalPlan
 from .errors import TrainingDivergedError
 
-#: ``auto`` trains one model per ~this many rows at most: on smaller shares an epoch of a model's
-#: maths is shorter than the Spark job that runs it, so a second model buys no time, while
-#: averaging k models that each saw 1/k of the rows needs more epochs to the same accuracy.
-MIN_ROWS_PER_MODEL = 8192
+#: ``auto`` trains one model per this many rows at most: averaging k models that each saw 1/k of
+#: the rows needs more epochs to the same accuracy, the more so the fewer rows each saw (Fashion-MNIST:
+#: 88% test accuracy after 11 epochs at 30,000 rows a model, 16-17 at 15,000, 21-25 at 7,500-8,571;
+#: docs/performance.md, "Accuracy as models multiply"); and on smaller shares a model's epoch is
+#: shorter than its Spark job.
+MIN_ROWS_PER_MODEL = 16384
 #: ``auto`` lets one job train several whole epochs while a model's epoch has fewer rows than this,
 #: so small data is not one Spark job per epoch whose maths is a fraction of the job's cost.
 ROWS_PER_JOB = 16384
@@ -51,6 +54,15 @@ class SchedulePlan:
     jobs_per_epoch: int | None = None  # set when the schedule is made (it knows the task sizes)
     aggregate: str | None = None  # how a job adds its partial rows, resolved for its task count
     tasks: int | None = None  # tasks a training job runs (the partitions, or the coalesced models)
+    lr_scale: float = 1.0  # the configured learning rate (lr_at) is multiplied by this ...
+    warmup_epochs: float = 0.0  # ... reached linearly from 1x over this many epochs (Goyal et al. 2017)
+
+    def lr_factor(self, epochs_done: float) -> float:
+        """What multiplies ``config.lr_at`` after ``epochs_done`` epochs (a fraction within one):
+        ``lr_scale``, ramped up linearly from 1 over ``warmup_epochs``."""
+        if self.warmup_epochs <= 0 or epochs_done >= self.warmup_epochs:
+            return self.lr_scale
+        return 1.0 + (self.lr_scale - 1.0) * epochs_done / self.warmup_epochs
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -84,31 +96,28 @@ def plan_auto(config: TrainConfig, *, rows: int, partitions: int, slots: int,
     - models = min(partitions, task slots, rows // :data:`MIN_ROWS_PER_MODEL`), at
       least 1. Each job runs one task per model (``coalesce``): more partitions
       than slots would only add task launches and models that each see less data.
-    - averages per epoch = 1 for up to 2 models, else ceil(models / 2) (more
-      models drift further apart between averages), at most one per local step;
-      ``local_steps`` overrides.
-    - With one average per epoch and fewer than :data:`ROWS_PER_JOB` rows per
-      model, one job trains ``ROWS_PER_JOB // rows`` whole epochs, unless
-      ``whole_epochs_only``: a run that validates or checkpoints after every
-      epoch, or samples its rows, needs one job per epoch.
-
-    Jobs per epoch are the averages per epoch, independent of the row count.
+    - One average per epoch (``local_steps`` overrides): averaging more often
+      reached 88% no sooner (Fashion-MNIST: 4 models, 2 averages an epoch against 1;
+      7 models, 4 against 1), and every average is a Spark job that reads each
+      task's rows again.
+    - With fewer than :data:`ROWS_PER_JOB` rows per model, one job trains
+      ``ROWS_PER_JOB // rows`` whole epochs, unless ``whole_epochs_only``: a
+      run that validates or checkpoints after every epoch, or samples its rows,
+      needs one job per epoch.
     """
     models = max(1, min(partitions, slots, rows // MIN_ROWS_PER_MODEL))
     largest = task_rows(models if models < partitions else None) if task_rows else math.ceil(rows / models)
     batch = config.resolved_batch_size(largest)
     why_batch = f"local batches of {batch}" + (" (auto_batch_size)" if config.batch_size is None else "")
     config = config.replace(batch_size=batch)
-    local_per_epoch = local_steps_per_epoch(config, largest)
     per_job = 1
     if config.local_steps is not None:
         local = config.local_steps
         why_rounds = f"local_steps={local}"
     else:
-        rounds = 1 if models <= 2 else min(local_per_epoch, math.ceil(models / 2))
-        local = None if rounds == 1 else math.ceil(local_per_epoch / rounds)
-        why_rounds = "one average per epoch" if rounds == 1 else f"{rounds} averages per epoch for {models} models"
-        if rounds == 1 and not whole_epochs_only and config.sample >= 1.0:
+        local = None
+        why_rounds = "one average per epoch"
+        if not whole_epochs_only and config.sample >= 1.0:
             per_job = max(1, min(config.epochs, ROWS_PER_JOB // max(largest, 1)))
             if per_job > 1:
                 why_rounds += f"; {per_job} epochs per job ({largest} rows a model: a job costs more than an epoch)"
@@ -119,10 +128,11 @@ def plan_auto(config: TrainConfig, *, rows: int, partitions: int, slots: int,
 def _why_models(models: int, rows: int, partitions: int, slots: int) -> str:
     if models == 1:
         return ("1 model: one task slot" if slots == 1 else "1 model: one partition" if partitions == 1 else
-                f"1 model: {rows} rows are fewer than {2 * MIN_ROWS_PER_MODEL} (a second model would "
-                f"cost more in averaging than it saves)")
+                f"1 model: {rows} rows are fewer than {2 * MIN_ROWS_PER_MODEL} (averaged models that "
+                f"each see fewer rows need more epochs to the same accuracy)")
     limit = "task slot" if models == slots else ("partition" if models == partitions else
-                                                 f"{MIN_ROWS_PER_MODEL} rows")
+                                                 f"{MIN_ROWS_PER_MODEL} rows (models that see fewer rows "
+                                                 f"average into a less accurate one)")
     return f"{models} models, one per {limit} ({partitions} partitions, {slots} task slots)"
 
 
@@ -220,10 +230,10 @@ class GradientSchedule:
 
     def train(self, params: np.ndarray, epoch: int, on_step: OnStep) -> list[EpochResult]:
         """Train ``epoch`` (``params`` updated in place): its one result."""
-        config, dropout = self.config, self.engine.network.has_dropout
-        self.optimizer.lr = config.lr_at(epoch)
+        config, dropout, plan = self.config, self.engine.network.has_dropout, self.plan
         result = EpochResult()
         for step, rows in enumerate(gradient_steps(self.data, config, epoch), start=1):
+            self.optimizer.lr = config.lr_at(epoch) * plan.lr_factor(epoch - 1 + (step - 1) / plan.jobs_per_epoch)
             noise_key = (config.seed, epoch, step) if dropout else None
             summed = self.engine.gradient(params, rows, noise_key, aggregate=self.aggregate)
             if summed.count:
@@ -270,10 +280,10 @@ class AveragingSchedule:
         for r in range(plan.jobs_per_epoch):
             local = LocalPlan(
                 epoch=epoch, round=r, steps=steps_per_round, batch_size=config.batch_size, seed=config.seed,
-                optimizer=config.optimizer, lr=config.lr_at(epoch),
+                optimizer=config.optimizer, lr=config.lr_at(epoch) * plan.lr_factor(epoch - 1 + r / plan.jobs_per_epoch),
                 optimizer_args=dict(momentum=config.momentum, beta1=config.beta1, beta2=config.beta2),
                 weight_decay=config.weight_decay, dropout=self.engine.network.has_dropout,
-                more_lrs=tuple(config.lr_at(e) for e in later))
+                more_lrs=tuple(config.lr_at(e) * plan.lr_factor(e - 1) for e in later))
             trained = self.engine.train_locally(params, rows, local, aggregate=self.aggregate)
             first = trained.epochs[0]
             if first.count:

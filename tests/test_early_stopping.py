@@ -19,7 +19,7 @@ from dfnet.config import TrainConfig, auto_batch_size
 from dfnet.datasets import load_arrays, load_dataframe, to_dataframe
 from dfnet.errors import ConfigError
 from dfnet.model import TrainedModel
-from dfnet.schedules import MIN_ROWS_PER_MODEL, plan_auto
+from dfnet.schedules import MIN_ROWS_PER_MODEL, SchedulePlan, averaging_rounds, plan_auto
 from dfnet.splits import hashed_split
 from dfnet.train import fit
 
@@ -107,25 +107,44 @@ def test_resume_with_early_stopping_is_bit_identical(digits, tmp_path):
 
 # --- the auto schedule ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("rows,partitions,slots,models,jobs", [
-    (1437, 2, 2, 1, 1),  # small data: one model, one job an epoch
-    (60000, 2, 2, 2, 1),
-    (60000, 8, 2, 2, 1),  # more partitions than slots: still one model per slot
-    (60000, 16, 2, 2, 1),
-    (600000, 64, 64, 64, 30),  # a big cluster: averaged more often (32 rounds of 10 of its 293 local steps)
-    (60000, 64, 64, 60000 // MIN_ROWS_PER_MODEL, 4),
+@pytest.mark.parametrize("rows,partitions,slots,models", [
+    (1437, 2, 2, 1),  # small data: one model
+    (20000, 2, 2, 1),  # under 2 x 16,384 rows: a second model would see too few rows
+    (60000, 2, 2, 2),
+    (60000, 8, 2, 2),  # more partitions than slots: still one model per slot
+    (60000, 16, 2, 2),
+    (60000, 8, 8, 3),  # local[8] --partitions 8: 3 models of 20,000 rows, not 7 of 8,571
+    (60000, 64, 64, 60000 // MIN_ROWS_PER_MODEL),
+    (600000, 32, 32, 32),
+    (600000, 64, 64, 600000 // MIN_ROWS_PER_MODEL),  # a big cluster: 36 models of 16,667 rows
 ])
-def test_auto_plans_models_from_slots_and_rows_and_jobs_independent_of_size(rows, partitions, slots, models, jobs):
+def test_auto_plans_models_from_slots_and_rows_and_one_average_an_epoch(rows, partitions, slots, models):
     plan = plan_auto(TrainConfig(), rows=rows, partitions=partitions, slots=slots)
     assert plan.schedule == "average" and plan.models == models
+    assert MIN_ROWS_PER_MODEL == 16384 and (models == 1 or rows // models >= MIN_ROWS_PER_MODEL)
     per_model = -(-rows // models)
-    steps = -(-per_model // plan.batch_size)
-    assert -(-steps // (plan.local_steps or steps)) == jobs
+    assert plan.local_steps is None  # one average per epoch, however many models
+    assert averaging_rounds(TrainConfig(batch_size=plan.batch_size), per_model, plan.local_steps) == 1
     assert plan.batch_size == auto_batch_size(per_model)
-    assert str(models) in plan.reason
+    assert (plan.lr_scale, plan.warmup_epochs) == (1.0, 0.0)  # the configured learning rate, unscaled
+    assert str(models) in plan.reason and "one average per epoch" in plan.reason
     assert plan.epochs_per_job == (11 if rows == 1437 else 1)  # below 16,384 rows a model
     assert plan_auto(TrainConfig(), rows=rows, partitions=partitions, slots=slots,
                      whole_epochs_only=True).epochs_per_job == 1
+    # a pure function of the configuration, rows, partitions and slots
+    assert plan_auto(TrainConfig(), rows=rows, partitions=partitions, slots=slots) == plan
+
+
+def test_auto_keeps_a_local_steps_override_and_says_so():
+    plan = plan_auto(TrainConfig(local_steps=10), rows=600000, partitions=32, slots=32)
+    assert plan.models == 32 and plan.local_steps == 10 and "local_steps=10" in plan.reason
+
+
+def test_the_plan_scales_the_learning_rate_after_a_linear_warm_up():
+    plan = SchedulePlan("minibatch", 2048, lr_scale=16.0, warmup_epochs=5.0)
+    assert [plan.lr_factor(t) for t in (0.0, 2.5, 5.0, 7.0)] == [1.0, 8.5, 16.0, 16.0]
+    assert SchedulePlan("average").lr_factor(0.0) == 1.0
+    assert SchedulePlan("average", lr_scale=2.0).lr_factor(0.0) == 2.0  # no warm-up: scaled from the start
 
 
 def test_small_data_trains_several_epochs_per_job_bit_identically_to_one_job_each(digits, tmp_path):
@@ -154,7 +173,7 @@ def test_auto_averages_a_label_sorted_frame_into_a_classifier(spark, shared_data
     not average into a classifier. auto spreads the rows over the partitions by a seeded hash."""
     images, labels = load_arrays("mnist", "train", shared_data)
     assert np.all(np.diff(labels) >= 0)
-    big = np.concatenate([images] * 4), np.concatenate([labels] * 4)  # 20,000 rows: two models
+    big = np.concatenate([images] * 8), np.concatenate([labels] * 8)  # 40,000 rows: two models
     df = to_dataframe(spark, *big, num_partitions=2)
     model = fit(df, TrainConfig(epochs=3), verbose=False)
     assert model.schedule_plan["models"] == 2
