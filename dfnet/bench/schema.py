@@ -19,7 +19,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("slots", "int", "task slots the run could use: the session's, or the slots sweep's value"),
     ("engine", "string", "TrainConfig.engine"),
     ("schedule", "string", "the schedule that ran (auto resolved: average, minibatch, classic)"),
-    ("aggregate", "string", "how a job added its partial rows (agg or collect; null: the RDD engines)"),
+    ("aggregate", "string", "how a job added its partial rows (collect, agg or sharded; null: the RDD engines)"),
     ("rows", "long", "training rows per epoch"),
     ("epochs", "int", "measured epochs (after the warm-up epochs)"),
     ("warmup", "int", "epochs trained first and not measured"),
