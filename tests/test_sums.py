@@ -184,3 +184,18 @@ def test_rdd_engines_refuse_sharded_and_float32_partials():
         TrainConfig(engine="rdd-batched", partial_dtype="float32").validate()
     with pytest.raises(ConfigError, match="partial_dtype='float16'"):
         TrainConfig(partial_dtype="float16").validate()
+
+
+@pytest.mark.parametrize("patches", ["inline", "explode"])
+def test_a_cnn_trains_the_same_bits_with_every_aggregation(spark, patches):
+    images, labels = load_arrays("digits", "train")
+    df = to_dataframe(spark, images[:400], labels[:400], max_value=16.0, num_partitions=4)
+    params = {}
+    for aggregate in ("collect", "agg", "sharded"):
+        # 36 x 256 dense weights after one 4-filter block: 12,086 values, two shards
+        config = TrainConfig(model="cnn", kernels=(4,), hidden=(256,), epochs=2, schedule="minibatch",
+                             batch_size=200, patches=patches, aggregate=aggregate, dtype="float64", seed=8)
+        model = fit(df, config, verbose=False)
+        assert model.schedule_plan["aggregate"] == aggregate
+        params[aggregate] = model.params
+    assert np.array_equal(params["sharded"], params["agg"]) and np.array_equal(params["collect"], params["agg"])
