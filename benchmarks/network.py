@@ -31,10 +31,13 @@ The model (fitted by non-negative least squares on relative error), for W weight
 packed values), P partitions, link rate R in bytes/s, D bytes per partial value (8, or 4 for
 float32 partials), K shards (the run's plan) and aggregate a:
 
-    step = fixed[a] + per_weight * W + b * 4W/R + s[a] * bytes[a]/R + c[a] * values[a]
+    step = fixed[a] + per_weight * W + b * 4W*E/R + s[a] * bytes[a]/R + c[a] * values[a]
 
-- ``4W/R``: the float32 weights' broadcast (each executor receives 4W bytes over its own link;
-  TorrentBroadcast lets executors share pieces, so the driver's link carries about one copy);
+- ``4W*E/R``: the float32 weights' broadcast, counted once per executor that runs a task (E =
+  min(P, executors)): each executor receives 4W bytes over its own link, and measured at 100 Mbit/s
+  the map stage grew with E as if the driver's link carried most of the copies (all executors ask
+  the driver for the pieces at once); the variant "broadcast once" counts one copy (executors
+  sharing pieces perfectly);
 - ``bytes[a]``, the partial sums on the busiest chain of links: collect ``D·V·P`` (every vector
   into the driver's link); agg ``D·V·P + 8V`` (every vector into the reduce task's link, then its
   float64 sum to the driver); sharded ``D·V·max(1, P/K) + 8V`` (each task sends its D·V bytes out
@@ -175,6 +178,12 @@ def added_values(aggregate: str, weights: int, partitions: int, shards: int, cor
     return v * partitions / max(1, min(shards, cores)) + v
 
 
+#: How the broadcast term counts copies: "per-executor" (4W/R for each executor that runs a task: at
+#: 100 Mbit/s the map stage grew with the executors, 4 against 2, as if the driver's link carried
+#: most copies) or "once" (4W/R: TorrentBroadcast's executors share pieces). Set by --broadcast.
+BROADCAST = {"mode": "per-executor"}
+
+
 def features(p: dict, shared: bool, cores: int) -> dict[str, float]:
     """The model's terms of point ``p`` (weights, partitions, rate_bytes, aggregate, shards,
     dtype_bytes), each named by its coefficient."""
@@ -182,7 +191,8 @@ def features(p: dict, shared: bool, cores: int) -> dict[str, float]:
     suffix = "" if shared else f"[{a}]"
     rate = p["rate_bytes"]
     f = {f"fixed{suffix}": 1.0, "per_weight": float(p["weights"]),
-         "broadcast": 4.0 * p["weights"] / rate if rate else 0.0,
+         "broadcast": (4.0 * p["weights"] * (p.get("executors") or 1 if BROADCAST["mode"] == "per-executor" else 1)
+                       / rate if rate else 0.0),
          f"net{suffix}": (partial_bytes(a, p["weights"], p["partitions"], p["shards"], p["dtype_bytes"]) / rate
                           if rate else 0.0),
          f"cpu{suffix}": added_values(a, p["weights"], p["partitions"], p["shards"], cores)}
@@ -442,9 +452,13 @@ def measure(args) -> dict:
         df.count()
         shape(args.workers, "unlimited", args.bridge_netns)
         if args.warmup:
+            # At the largest partition count, so that every executor has run map and reduce tasks (and
+            # started its Python workers) before the first point: with 2 epochs at P=2 the first
+            # points of a run still came out up to 1.7x slower than the same points run later.
             sc.setLocalProperty("dfnet.point", "warmup")
+            widest = max(int(p) for p in args.partitions.split(","))
             for aggregate in args.aggregates.split(","):
-                fit(df, train_config(64, 2, aggregate, "float64", 2), verbose=False)
+                fit(df, train_config(64, widest, aggregate, "float64", 4), verbose=False)
             print(f"warm-up done ({time.time() - started:.0f} s)", flush=True)
         rate_now = "unlimited"
         for index, (rate, h, partitions, aggregate, partial) in enumerate(grid(args)):
@@ -521,7 +535,9 @@ def model_errors(points: list[dict], coef: dict, shared: bool, cores: int) -> di
     def stats(errors):
         return {"median": statistics.median(errors), "max": max(errors), "points": len(errors)} if errors else None
 
-    return {"fitted": stats(fitted), "not_fitted": stats(checked)}
+    by_rate = {rate: stats([abs(p["predicted"] / p["seconds"] - 1) for p in points if not p["fitted"] and p["rate"] == rate])
+               for rate in dict.fromkeys(p["rate"] for p in points)}
+    return {"fitted": stats(fitted), "not_fitted": stats(checked), "not_fitted_by_rate": by_rate}
 
 
 def main(argv=None) -> int:
@@ -539,7 +555,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-warmup", dest="warmup", action="store_false")
     parser.add_argument("--fit-hidden", default=None,
                         help="hidden sizes the model is fitted on (default: the smallest and the largest)")
-    parser.add_argument("--model", default="per-aggregate", choices=("per-aggregate", "shared"),
+    parser.add_argument("--fit-rates", default=None,
+                        help="rates the model is fitted on (default: all); the other rates' points are checked")
+    parser.add_argument("--model", default="per-aggregate", choices=("per-aggregate", "per-aggregate, broadcast once", "shared"),
                         help="the projection's model (both are fitted and reported)")
     parser.add_argument("--data-dir", default=default_data_dir())
     parser.add_argument("--name", default="network")
@@ -554,9 +572,17 @@ def main(argv=None) -> int:
         return 0
     started = time.time()
     if args.points:
-        measured = json.loads(Path(args.points).read_text())
-        measured["points"] = [{k: v for k, v in p.items() if k not in ("predicted", "error", "fitted")}
-                              for p in measured["points"]]
+        # Several files: a later file's point replaces an earlier one of the same (rate, network, P,
+        # aggregate, partials), e.g. rows re-measured after a longer warm-up.
+        measured, merged = None, {}
+        for source in args.points.split(","):
+            payload = json.loads(Path(source).read_text())
+            measured = measured or payload
+            for p in payload["points"]:
+                p = {k: v for k, v in p.items() if k not in ("predicted", "error", "fitted") and not k.startswith("model_")}
+                p["source"] = Path(source).name
+                merged[(p["rate"], p["hidden"], p["partitions"], p["aggregate"], p["partial_dtype"])] = p
+        measured["points"] = list(merged.values())
     else:
         if os.geteuid() != 0 or not shutil.which("tc"):
             print("benchmarks/network.py builds network namespaces and tc qdiscs: run it as root, with iproute2")
@@ -578,6 +604,9 @@ def main(argv=None) -> int:
         measured["environment"]["measure_wall_s"] = time.time() - started
     points = measured["points"]
     cores = measured["environment"].get("cpus") or os.cpu_count() or 2
+    executors = measured["environment"].get("executors") or args.workers
+    for p in points:
+        p["executors"] = min(p["partitions"], executors)  # executors that run a task (fetch the weights)
     aggregates = list(dict.fromkeys(p["aggregate"] for p in points))
     payload = {"environment": measured["environment"], "options": vars(args), "points": points}
     print(points_table := table_of_points(points))
@@ -586,15 +615,20 @@ def main(argv=None) -> int:
     hidden_sizes = sorted({p["hidden"] for p in points})
     edge = ({int(h) for h in args.fit_hidden.split(",")} if args.fit_hidden
             else {hidden_sizes[0], hidden_sizes[-1]})
+    fit_rates = set(args.fit_rates.split(",")) if args.fit_rates else {p["rate"] for p in points}
     for p in points:
-        p["fitted"] = p["hidden"] in edge
+        p["fitted"] = p["hidden"] in edge and p["rate"] in fit_rates
     models = {}
-    for kind in ("per-aggregate", "shared"):
+    for kind, mode in (("per-aggregate", "per-executor"), ("per-aggregate, broadcast once", "once"),
+                       ("shared", "per-executor")):
         shared = kind == "shared"
+        BROADCAST["mode"] = mode
         names = coefficient_names(aggregates, shared)
         coef = fit_model([p for p in points if p["fitted"]], names, shared, cores)
-        models[kind] = {"coefficients": coef, "errors": model_errors(points, coef, shared, cores)}
+        models[kind] = {"coefficients": coef, "errors": model_errors(points, coef, shared, cores),
+                        "broadcast": mode}
     shared = args.model == "shared"
+    BROADCAST["mode"] = models[args.model]["broadcast"]
     coef = models[args.model]["coefficients"]
     for p in points:
         p.update({f"model_{k}": v for k, v in parts(coef, p, shared, cores).items()})
@@ -616,6 +650,9 @@ def main(argv=None) -> int:
         if e["not_fitted"]:
             text += (f"; on the {e['not_fitted']['points']} points not fitted: median "
                      f"{100 * e['not_fitted']['median']:.0f}%, max {100 * e['not_fitted']['max']:.0f}%")
+        text += "; not fitted, by rate: " + ", ".join(
+            f"{rate} median {100 * e2['median']:.0f}% max {100 * e2['max']:.0f}% ({e2['points']})"
+            for rate, e2 in e["not_fitted_by_rate"].items() if e2)
         summaries[kind] = text
         print(text)
 
@@ -629,7 +666,8 @@ def main(argv=None) -> int:
             shards = shards_for(weights + SCALARS, workers)
             for aggregate in aggregates:
                 for partial in ("float64", "float32"):
-                    p = {"weights": weights, "partitions": workers, "rate_bytes": rate_10g, "aggregate": aggregate,
+                    p = {"weights": weights, "partitions": workers, "executors": workers, "rate_bytes": rate_10g,
+                         "aggregate": aggregate,
                          "shards": shards if aggregate == "sharded" else 1,
                          "dtype_bytes": 4 if partial == "float32" else 8}
                     split = parts(coef, p, shared, cores=workers)  # on a cluster each reducer has its own core
@@ -660,7 +698,8 @@ def main(argv=None) -> int:
     if "broadcast_create_s" in measured["environment"]:
         print("driver's sc.broadcast(float32 weights): " + ", ".join(
             f"{int(w):,} weights {s:.4f} s" for w, s in measured["environment"]["broadcast_create_s"].items()))
-    payload.update({"models": models, "model": {"kind": args.model, **models[args.model], "fitted_on_hidden": sorted(edge)},
+    payload.update({"models": models, "model": {"kind": args.model, **models[args.model], "fitted_on_hidden": sorted(edge),
+                                          "fitted_on_rates": sorted(fit_rates)},
                     "projection": projection, "points_table": points_table, "table": fit_table,
                     "projection_table": ptable, "driver_table": dtable, "summary": summaries,
                     "wall_s": time.time() - started})
