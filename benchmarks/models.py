@@ -22,8 +22,9 @@ plan, and the driver adds the tasks' results in partition order.
 
 Schedules:
   auto       dfnet's defaults (``TrainConfig(partitions=M)``): what ``plan_auto`` plans for M models
-  plan       ``--plans M:A[:S]``: averaging with M models forced (coalesced from --partitions), A averages
-             an epoch and the learning rate x S, whatever ``auto`` would plan: candidates for it
+  plan       ``--plans M:A[:S[:W]]``: averaging with M models forced (coalesced from --partitions), A
+             averages an epoch, the learning rate x S reached by a linear warm-up over W epochs, whatever
+             ``auto`` would plan: candidates for it
   minibatch  synchronous mini-batch SGD: one Spark job a step over all M partitions, global batch =
              the local batch auto plans for M models x M, Adam at 0.003 x global / 128 (the linear
              scaling rule, Goyal et al. 2017; 0.003 is the default at batches of 128) reached by a
@@ -128,8 +129,8 @@ class Recorder:
     """Each epoch's test accuracy and training seconds; the start-of-run plan line; stops a run
     at the target (``stop_at``) or after ``max_epochs``."""
 
-    def __init__(self, target: float, stop_at: float | None, max_epochs: int | None):
-        self.target, self.stop_at, self.max_epochs = target, stop_at, max_epochs
+    def __init__(self, target: float, stop_at: float | None, max_epochs: int | None, on_epoch=None):
+        self.target, self.stop_at, self.max_epochs, self.on_epoch = target, stop_at, max_epochs, on_epoch
         self.plan_line, self.epochs = None, []
 
     def on_step(self, epoch: int, step: int, steps: int) -> None:
@@ -145,15 +146,18 @@ class Recorder:
                             "test_loss": record.val_loss, "train_loss": record.loss, "seconds": record.seconds})
         print(f"  epoch {record.epoch}/{total_epochs}: test accuracy {record.val_accuracy:.4f}, "
               f"{record.seconds:.1f} s", flush=True)
+        if self.on_epoch is not None:
+            self.on_epoch(self)
         if self.stop_at is not None and record.val_accuracy >= self.stop_at:
             raise _Stop()
         if self.max_epochs is not None and record.epoch >= self.max_epochs:
             raise _Stop()
 
 
-def forced_plan(models: int, averages: int, lr_scale: float):
+def forced_plan(models: int, averages: int, lr_scale: float = 1.0, warmup: float = 0.0):
     """A plan_schedule that plans averaging with ``models`` models and ``averages`` averages an
-    epoch, the learning rate times ``lr_scale`` (the rest as ``plan_auto`` plans it)."""
+    epoch, the learning rate times ``lr_scale`` after ``warmup`` epochs (the rest as ``plan_auto``
+    plans it)."""
     from dfnet.schedules import local_steps_per_epoch, plan_auto
 
     def plan_schedule(config, *, rows, partitions, slots, task_rows=None, whole_epochs_only=False):
@@ -161,20 +165,22 @@ def forced_plan(models: int, averages: int, lr_scale: float):
         largest = task_rows(models if models < partitions else None)
         steps = local_steps_per_epoch(config.replace(batch_size=plan.batch_size), largest)
         return dataclasses.replace(plan, models=models, local_steps=None if averages == 1 else -(-steps // averages),
-                                   lr_scale=lr_scale, epochs_per_job=1,
+                                   lr_scale=lr_scale, warmup_epochs=warmup, epochs_per_job=1,
                                    reason=f"forced: {models} models (largest task {largest} rows), {averages} "
-                                          f"average(s) an epoch, lr x {lr_scale:g}; batches of {plan.batch_size}")
+                                          f"average(s) an epoch, lr x {lr_scale:g} after {warmup:g} warm-up "
+                                          f"epochs; batches of {plan.batch_size}")
     return plan_schedule
 
 
-def run(train, test, rows: int, models: int, schedule: str, args) -> dict:
-    """One training run of ``schedule`` with ``models`` partitions (and planned slots)."""
+def run(train, test, rows: int, models: int, schedule: str, args, on_epoch=None) -> dict:
+    """One training run of ``schedule`` with ``models`` partitions (and planned slots);
+    ``on_epoch(recorder)`` after every epoch (the script saves the run so far)."""
     slots = args.slots or models
     local_batch = auto_batch_size(math.ceil(rows / models))
     forced = None
     if schedule.startswith("plan "):
         spec = [float(x) for x in schedule.split(" ", 1)[1].split(":")]
-        forced = forced_plan(int(spec[0]), int(spec[1]), spec[2] if len(spec) > 2 else 1.0)
+        forced = forced_plan(int(spec[0]), int(spec[1]), *spec[2:4])
     if schedule == "auto" or forced:
         config = TrainConfig(partitions=args.partitions or models, epochs=args.epochs, seed=args.seed)
         rescale = None
@@ -193,7 +199,7 @@ def run(train, test, rows: int, models: int, schedule: str, args) -> dict:
                                                               f"(linear rule) after {args.warmup} warm-up epochs")
 
     dfnet.train.plan_schedule, dfnet.train.task_slots = planned, (lambda spark, fallback: slots)
-    recorder = Recorder(args.target, args.target if args.stop_at_target else None, args.max_epochs)
+    recorder = Recorder(args.target, args.target if args.stop_at_target else None, args.max_epochs, on_epoch)
     print(f"\n== {schedule}, {models} models ({config.partitions} partitions, {slots} planned slots)", flush=True)
     start = time.perf_counter()
     stopped = False
@@ -245,8 +251,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="2,4,8,16,32,64", help="model counts (= partitions = planned slots)")
     parser.add_argument("--schedules", default="auto,minibatch", help="auto and/or minibatch")
-    parser.add_argument("--plans", default="", help="forced averaging plans M:A[:S] (models, averages an epoch, "
-                                                    "learning-rate factor), run after the schedules")
+    parser.add_argument("--plans", default="", help="forced averaging plans M:A[:S[:W]] (models, averages an epoch, "
+                                                    "learning-rate factor, warm-up epochs), run after the schedules")
     parser.add_argument("--partitions", type=int, default=None,
                         help="partitions of the training rows (default: the run's model count)")
     parser.add_argument("--minibatch-models", default=None,
@@ -287,7 +293,12 @@ def main(argv=None) -> int:
     runs = [(s, m) for s in schedules for m in (counts if s == "auto" else mb_counts)]
     runs += [(f"plan {p}", int(p.split(":")[0])) for p in args.plans.split(",") if p]
     for schedule, models in runs:
-        results.append(run(train, test, rows, models, schedule, args))
+        def so_far(recorder, schedule=schedule, models=models):  # a run cut short still leaves its epochs
+            payload["unfinished"] = {"schedule": schedule, "models": models, "plan_line": recorder.plan_line,
+                                     "history": recorder.epochs}
+            save_results(args.name, payload)
+        results.append(run(train, test, rows, models, schedule, args, so_far))
+        payload.pop("unfinished", None)
         save_results(args.name, payload, figure(results, args.target))
 
     print(f"\n| models | schedule | plan | epochs to {args.target:.0%} | final accuracy (epoch) | s/epoch |")
