@@ -22,10 +22,14 @@ the partial rows shuffled to ONE reduce task, its sum to the driver; ``sharded``
 vector cut into K chunk rows, each chunk added on its own reduce task, the driver receives K
 slices) and each --partials type (``partial_dtype``: float64, or float32 on the wire, half the
 bytes; --float32-rates limits the float32 points to some rates). Before the grid, one unshaped
-warm-up fit per aggregate (not reported) takes the JVM's warm-up out of the first points. The
+warm-up fit per aggregate at the widest partition count, 4 epochs (not reported), takes the JVM's
+and the Python workers' warm-up out of the first points. The
 median of the epochs after the first is reported for every point. Spark's event log (written
 to the run's temporary directory) gives each point's step jobs: the job's and each stage's
 median duration, the reduce tasks' hosts (placement) and their remote shuffle bytes.
+``--spark-conf KEY=VALUE`` (repeatable) sets a Spark setting for the driver's session,
+e.g. ``spark.shuffle.reduceLocality.enabled=false`` to see the reduce tasks' placement without
+Spark's preference for the hosts holding map output.
 
 The model (fitted by non-negative least squares on relative error), for W weights (V = W + 3
 packed values), P partitions, link rate R in bytes/s, D bytes per partial value (8, or 4 for
@@ -438,6 +442,9 @@ def measure(args) -> dict:
             "spark.scheduler.maxRegisteredResourcesWaitingTime": "120s",
             "spark.eventLog.enabled": "true", "spark.eventLog.dir": events.as_uri(),
             "spark.eventLog.rolling.enabled": "false", "spark.eventLog.compress": "false"}
+    for setting in args.spark_conf or []:
+        key, _, value = setting.partition("=")
+        conf[key] = value
     os.environ["SPARK_LOCAL_IP"] = DRIVER_IP
     spark = get_or_create_spark(args.master, app_name="dfnet-bench-network", conf=conf,
                                 warehouse=Path(args.workdir) / "warehouse")
@@ -553,6 +560,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--no-warmup", dest="warmup", action="store_false")
+    parser.add_argument("--spark-conf", action="append", default=None, metavar="KEY=VALUE",
+                        help="a Spark setting for the driver's session (repeatable)")
     parser.add_argument("--fit-hidden", default=None,
                         help="hidden sizes the model is fitted on (default: the smallest and the largest)")
     parser.add_argument("--fit-rates", default=None,
