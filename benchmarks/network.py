@@ -27,7 +27,10 @@ and the Python workers' warm-up out of the first points. The
 median of the epochs after the first is reported for every point. Spark's event log (written
 to the run's temporary directory) gives each point's step jobs: the job's and each stage's
 median duration, the reduce tasks' hosts (placement) and their remote shuffle bytes.
-``--spark-conf KEY=VALUE`` (repeatable) sets a Spark setting for the driver's session,
+``--probe-broadcast`` also times, at each rate and partition count, a job of P one-row tasks that
+only read a broadcast of the largest network's float32 weights (random: Spark compresses a
+broadcast), after one untimed such job: the map stage's network without the step; with
+``--probe-only`` nothing else. ``--spark-conf KEY=VALUE`` (repeatable) sets a Spark setting for the driver's session,
 e.g. ``spark.shuffle.reduceLocality.enabled=false`` to see the reduce tasks' placement without
 Spark's preference for the hosts holding map output.
 
@@ -406,6 +409,36 @@ def driver_costs(sizes, repeats: int = 7) -> list[dict]:
 
 # --- measuring -----------------------------------------------------------------------------------
 
+def probe_broadcast(sc, rate: str, args, warm: bool) -> list[dict]:
+    """Seconds of a job of P one-row tasks that only read a broadcast of the largest network's
+    float32 weights (median of 3 fresh broadcasts), for each P of --partitions, at ``rate``."""
+    h = max(int(h) for h in args.hidden.split(","))
+    weights = 784 * h + h + 10 * h + 10
+    params = np.random.default_rng(0).standard_normal(weights).astype(np.float32)
+    widest = max(int(p) for p in args.partitions.split(","))
+
+    def read(partitions: int) -> float:
+        b = sc.broadcast(params)
+        t = time.perf_counter()
+        sc.parallelize(range(partitions), partitions).map(lambda _: int(b.value.shape[0])).collect()
+        seconds = time.perf_counter() - t
+        b.destroy()
+        return seconds
+
+    if warm:  # the first RDD job starts the executors' Python workers: 5.9 s against 1.1 s after
+        sc.setLocalProperty("dfnet.point", "probe-warmup")
+        read(widest)
+    out = []
+    for partitions in [int(p) for p in args.partitions.split(",")]:
+        sc.setLocalProperty("dfnet.point", f"probe-{rate}-{partitions}")
+        runs = [read(partitions) for _ in range(3)]
+        out.append({"rate": rate, "partitions": partitions, "weights": weights, "seconds": statistics.median(runs),
+                    "runs": runs})
+        print(f"{rate:>9s}  broadcast of {weights:,} float32 weights read by {partitions} tasks: "
+              f"{statistics.median(runs):.3f} s (" + " ".join(f"{r:.2f}" for r in runs) + ")", flush=True)
+    return out
+
+
 def train_config(hidden: int, partitions: int, aggregate: str, partial: str, epochs: int) -> TrainConfig:
     kwargs = dict(hidden=(hidden,), schedule="classic", sample=1.0, optimizer="adam", lr_schedule="constant",
                   epochs=epochs, partitions=partitions, aggregate=aggregate, seed=0)
@@ -467,11 +500,20 @@ def measure(args) -> dict:
             for aggregate in args.aggregates.split(","):
                 fit(df, train_config(64, widest, aggregate, "float64", 4), verbose=False)
             print(f"warm-up done ({time.time() - started:.0f} s)", flush=True)
-        rate_now = "unlimited"
-        for index, (rate, h, partitions, aggregate, partial) in enumerate(grid(args)):
+        rate_now, probed = "unlimited", []
+        env["broadcast_probe"] = []
+        if args.probe_only:
+            for rate in args.rates.split(","):
+                shape(args.workers, rate, args.bridge_netns)
+                env["broadcast_probe"] += probe_broadcast(sc, rate, args, warm=not probed)
+                probed.append(rate)
+        for index, (rate, h, partitions, aggregate, partial) in enumerate([] if args.probe_only else grid(args)):
             if rate != rate_now:
                 shape(args.workers, rate, args.bridge_netns)
                 rate_now = rate
+            if args.probe_broadcast and rate not in probed:
+                env["broadcast_probe"] += probe_broadcast(sc, rate, args, warm=not probed)
+                probed.append(rate)
             sc.setLocalProperty("dfnet.point", str(index))
             tagger = EpochTagger(sc)
             t0 = time.time()
@@ -560,6 +602,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--no-warmup", dest="warmup", action="store_false")
+    parser.add_argument("--probe-broadcast", action="store_true",
+                        help="also time a job that only reads the weights' broadcast, at each rate and P")
+    parser.add_argument("--probe-only", action="store_true", help="only the broadcast probe (no grid, no model)")
     parser.add_argument("--spark-conf", action="append", default=None, metavar="KEY=VALUE",
                         help="a Spark setting for the driver's session (repeatable)")
     parser.add_argument("--fit-hidden", default=None,
@@ -612,6 +657,12 @@ def main(argv=None) -> int:
         measured["environment"]["driver_costs"] = driver_costs([p[1] for p in PROJECTED] + [3_975_010])
         measured["environment"]["measure_wall_s"] = time.time() - started
     points = measured["points"]
+    if not points:  # --probe-only
+        payload = {"environment": measured["environment"], "options": vars(args),
+                   "broadcast_probe": measured["environment"].get("broadcast_probe", [])}
+        path = save_results(args.name, payload)
+        print(f"saved {path} ({time.time() - started:.0f} s)")
+        return 0
     cores = measured["environment"].get("cpus") or os.cpu_count() or 2
     executors = measured["environment"].get("executors") or args.workers
     for p in points:
