@@ -66,6 +66,7 @@ def test_chunks_cover_the_vector_in_order_and_shards_follow_slots_and_size():
     assert shards_for(SHARD_MIN_VALUES + 1, 8) == 2
     assert shards_for(4_000_003, 8) == 8
     assert shards_for(4_000_003, 1) == 1
+    assert shards_for(4_000_003, 8, tasks=3) == 3  # no more chunks than map tasks
 
 
 def _encoded(spark, rows, partitions):
@@ -167,12 +168,14 @@ def test_auto_collects_small_steps_and_shards_large_ones_across_executors():
     assert resolve_aggregate("auto", 9, large, one_machine)[0] == PartialLayout("sharded", 8)
     assert resolve_aggregate("auto", 4, small, cluster)[0] == PartialLayout("collect")
     layout, why = resolve_aggregate("auto", 128, 235_149, cluster)
-    assert layout == PartialLayout("sharded", shards_for(235_149, 128)) and layout.shards == 29
+    assert layout == PartialLayout("sharded", shards_for(235_149, 128)) and layout.shards == 115
     assert "across executors" in why
     assert resolve_aggregate("auto", 1, large, cluster)[0].how == "collect"  # one task: nothing to add
-    assert resolve_aggregate("auto", 500, 5_000, cluster)[0] == PartialLayout("agg")  # one shard holds it
+    assert resolve_aggregate("auto", 500, 5_000, cluster)[0] == PartialLayout("sharded", 3)
+    one_slot = ClusterShape(slots=1, single_machine=False)
+    assert resolve_aggregate("auto", 500, 5_000, one_slot)[0] == PartialLayout("agg")  # one shard: one reduce task
     assert resolve_aggregate("agg", 128, large, cluster)[0] == PartialLayout("agg")
-    assert resolve_aggregate("sharded", 2, small, cluster, "float32")[0] == PartialLayout("sharded", 7, "float32")
+    assert resolve_aggregate("sharded", 2, small, cluster, "float32")[0] == PartialLayout("sharded", 2, "float32")
     assert CLUSTER_COLLECT_LIMIT < COLLECT_LIMIT
 
 

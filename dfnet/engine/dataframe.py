@@ -243,7 +243,8 @@ class DataFrameEngine:
         self.rows: Rows = _image_rows(network) if patches == "inline" else PatchRows.of(network, patch_rows)
         #: the session's task slots and machines, learnt by :meth:`prepare` (sharded sums, ``auto``)
         self.cluster = ClusterShape()
-        #: how :meth:`aggregation_for` resolved, and why (the run's first line says it)
+        #: how :meth:`aggregation_for` resolved (its layout, for the steps), and why (the run's first line)
+        self.resolved: PartialLayout | None = None
         self.aggregation_note = ""
 
     def prepare(self, df: DataFrame, *, features_col: str, label_col: str,
@@ -268,13 +269,17 @@ class DataFrameEngine:
         layout, why = resolve_aggregate(asked, tasks, self.network.num_params + _SCALARS, self.cluster,
                                         self.partial_dtype)
         self.aggregation_note = f"sums: {describe_layout(layout)} ({why})"
+        self.resolved = layout
         return layout.how
 
     def layout(self, aggregate: str | None = None) -> PartialLayout:
-        """The :class:`PartialLayout` of ``aggregate`` (default: the engine's own). An unresolved
-        ``auto`` is sharded (``agg`` when one shard holds the vector): that bounds the driver's
-        memory and every link's load whatever the task count."""
+        """The :class:`PartialLayout` of ``aggregate`` (default: the engine's own): the one
+        :meth:`aggregation_for` resolved for the schedule's tasks, else planned for as many tasks as
+        slots. An unresolved ``auto`` is sharded (``agg`` when one shard holds the vector): that
+        bounds the driver's memory and every link's load whatever the task count."""
         how = aggregate or self.aggregate
+        if self.resolved is not None and how == self.resolved.how:
+            return self.resolved
         shards = shards_for(self.network.num_params + _SCALARS, self.cluster.slots)
         if how == "auto":
             how = "sharded" if shards > 1 else "agg"

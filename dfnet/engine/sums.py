@@ -54,8 +54,8 @@ COLLECT_LIMIT = 1 << 25
 #: ... and at or below this across executors, where collect's P vectors converge on the driver's
 #: link (16 MB a step: 13 ms at 10 Gbit/s, 0.13 s at 1 Gbit/s, about a shuffle stage's cost).
 CLUSTER_COLLECT_LIMIT = 1 << 21
-#: A shard holds at least this many values: smaller ones cost a reduce task each for little spread.
-SHARD_MIN_VALUES = 8192
+#: A shard holds at least this many values (16 KB): smaller ones cost a reduce task each for little spread.
+SHARD_MIN_VALUES = 2048
 
 
 def ordered_sum(partitions, vectors) -> np.ndarray | None:
@@ -145,9 +145,12 @@ def shard_keys(shards: int) -> tuple[int, ...]:
     return tuple(keys)
 
 
-def shards_for(num_values: int, slots: int) -> int:
-    """Chunks of a sharded sum: one per task slot, each of at least :data:`SHARD_MIN_VALUES` values."""
-    return max(1, min(slots, math.ceil(num_values / SHARD_MIN_VALUES)))
+def shards_for(num_values: int, slots: int, tasks: int | None = None) -> int:
+    """Chunks of a sharded sum: one per task slot and at most one per map task (Spark's reduce
+    locality runs the reduce tasks on the hosts that hold the map output, so more chunks than map
+    tasks spread nothing further, docs/performance.md "Network-bound cost"), each of at least
+    :data:`SHARD_MIN_VALUES` values."""
+    return max(1, min(slots, tasks or slots, math.ceil(num_values / SHARD_MIN_VALUES)))
 
 
 def chunk_bounds(num_values: int, shards: int) -> np.ndarray:
@@ -301,7 +304,7 @@ def resolve_aggregate(asked: str, tasks: int, num_values: int, cluster: ClusterS
     :func:`shards_for` chunks, which is ``agg`` when one chunk holds the vector.
     """
     total = tasks * num_values
-    shards = shards_for(num_values, cluster.slots)
+    shards = shards_for(num_values, cluster.slots, tasks)
     if asked != "auto":
         layout = PartialLayout(asked, shards if asked == "sharded" else 1, dtype)
         return layout, "as asked"
@@ -311,5 +314,5 @@ def resolve_aggregate(asked: str, tasks: int, num_values: int, cluster: ClusterS
     if tasks <= 1 or total <= limit:
         return PartialLayout("collect", 1, dtype), f"auto: {size} <= {limit:,} {where}"
     if shards == 1:
-        return PartialLayout("agg", 1, dtype), f"auto: {size} {where}, one shard of {SHARD_MIN_VALUES:,}+ values"
+        return PartialLayout("agg", 1, dtype), f"auto: {size} {where}, one reduce task (one slot, or a small vector)"
     return PartialLayout("sharded", shards, dtype), f"auto: {size} > {limit:,} {where}"
