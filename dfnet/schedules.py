@@ -31,7 +31,7 @@ from .errors import TrainingDivergedError
 
 #: ``auto`` trains one model per this many rows at most: averaging k models that each saw 1/k of
 #: the rows needs more epochs to the same accuracy, the more so the fewer rows each saw (Fashion-MNIST:
-#: 88% test accuracy after 11 epochs at 30,000 rows a model, 16-17 at 15,000, 21-25 at 7,500-8,571;
+#: 88% test accuracy after 11 epochs at 30,000 rows a model, 16-17 at 15,000, 21-25 at about 7,500;
 #: docs/performance.md, "Accuracy as models multiply"); and on smaller shares a model's epoch is
 #: shorter than its Spark job.
 MIN_ROWS_PER_MODEL = 16384
