@@ -171,9 +171,11 @@ def test_auto_collects_small_steps_and_shards_large_ones_across_executors():
     assert layout == PartialLayout("sharded", shards_for(235_149, 128)) and layout.shards == 115
     assert "across executors" in why
     assert resolve_aggregate("auto", 1, large, cluster)[0].how == "collect"  # one task: nothing to add
-    assert resolve_aggregate("auto", 500, 5_000, cluster)[0] == PartialLayout("sharded", 3)
+    assert resolve_aggregate("auto", 4, large, cluster)[0] == PartialLayout("collect")  # 16M values
+    assert resolve_aggregate("auto", 32, 235_149, cluster)[0] == PartialLayout("collect")
+    assert resolve_aggregate("auto", 5_000, 5_000, cluster)[0] == PartialLayout("sharded", 3)
     one_slot = ClusterShape(slots=1, single_machine=False)
-    assert resolve_aggregate("auto", 500, 5_000, one_slot)[0] == PartialLayout("agg")  # one shard: one reduce task
+    assert resolve_aggregate("auto", 5_000, 5_000, one_slot)[0] == PartialLayout("agg")  # one shard: one reduce task
     assert resolve_aggregate("agg", 128, large, cluster)[0] == PartialLayout("agg")
     assert resolve_aggregate("sharded", 2, small, cluster, "float32")[0] == PartialLayout("sharded", 2, "float32")
     assert CLUSTER_COLLECT_LIMIT < COLLECT_LIMIT

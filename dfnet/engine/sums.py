@@ -52,8 +52,9 @@ PARTIAL_DTYPES = ("float64", "float32")
 #: on the driver per step; there the "network" is memory, and a shuffle stage costs more).
 COLLECT_LIMIT = 1 << 25
 #: ... and at or below this across executors, where collect's P vectors converge on the driver's
-#: link (16 MB a step: 13 ms at 10 Gbit/s, 0.13 s at 1 Gbit/s, about a shuffle stage's cost).
-CLUSTER_COLLECT_LIMIT = 1 << 21
+#: link (128 MB a step: 0.11 s at 10 Gbit/s, about what a sharded step's extra shuffle stage costs;
+#: on slower links sharded wins sooner: ask for it. docs/performance.md, "Network-bound cost").
+CLUSTER_COLLECT_LIMIT = 1 << 24
 #: A shard holds at least this many values (16 KB): smaller ones cost a reduce task each for little spread.
 SHARD_MIN_VALUES = 2048
 
