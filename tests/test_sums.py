@@ -4,11 +4,11 @@ float32 rounding of the float64 sum; ``auto`` chooses from the tasks, the values
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 from pyspark.sql import functions as F
+
+from jobcount import stage_tasks_of
 
 from dfnet.config import TrainConfig
 from dfnet.datasets import load_arrays, to_dataframe
@@ -26,20 +26,6 @@ def mnist_rows(shared_data):
     images, labels = load_arrays("mnist", "train", shared_data)
     pick = np.random.default_rng(3).choice(len(labels), 600, replace=False)
     return images[pick], labels[pick]
-
-
-def stage_tasks(spark, action) -> list[int]:
-    """The task count of every stage of the jobs ``action()`` starts, in stage order."""
-    sc = spark.sparkContext
-    group = f"dfnet-sums-{os.getpid()}-{np.random.default_rng().integers(1 << 62)}"
-    sc.setJobGroup(group, "stage tasks")
-    try:
-        action()
-    finally:
-        sc.setLocalProperty("spark.jobGroup.id", None)
-    tracker = sc.statusTracker()
-    stages = sorted(s for j in tracker.getJobIdsForGroup(group) for s in tracker.getJobInfo(j).stageIds)
-    return [tracker.getStageInfo(s).numTasks for s in stages]
 
 
 def test_spark_hash_int_is_sparks_hash_of_an_int_column(spark):
@@ -88,7 +74,7 @@ def test_sharded_agg_and_collect_give_the_same_bits_and_the_numpy_gradient(spark
             results[how, slots] = engine.gradient(params, data.frame)
         engine = DataFrameEngine(net, "sharded")
         engine.cluster = ClusterShape(slots=5)
-        tasks = stage_tasks(spark, lambda: engine.gradient(params, data.frame))
+        tasks = stage_tasks_of(spark, lambda: engine.gradient(params, data.frame))
     finally:
         data.release()
     # The step's map stage, then one reduce task a shard (a cached frame's upstream stages are listed, skipped).
