@@ -55,7 +55,7 @@ class TrainConfig:
     The defaults are dfnet's own: a 128-unit ReLU layer, softmax cross-entropy,
     He init, Adam at 0.003 decayed by a cosine over 30 epochs, local
     mini-batches of 32-128 (:func:`auto_batch_size`) under the ``auto`` schedule (model averaging: one model
-    per task slot, a few Spark jobs per epoch whatever the data size; see
+    per task slot and 16,384 rows at most, one Spark job per epoch whatever the data size; see
     :func:`dfnet.schedules.plan_auto`). They were chosen by measurement on the
     digits, MNIST and Fashion-MNIST (``benchmarks/defaults.py``).
     ``PRESETS['classic']`` is the classic 784-64-2 sigmoid/MSE network with one
