@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .compat import create_dataframe, to_arrow
+from .config import TrainConfig
 from .errors import CheckpointError, ModelFormatError
 from .files import first_line, live_folders, prune_folder, spark_errors, spark_files, spark_path
 from .model import TrainedModel, check_format, model_record, read_record
@@ -282,14 +283,16 @@ def check_compatible(checkpoint: Checkpoint, network: dict, config: dict, data: 
         raise CheckpointError(f"cannot resume from {checkpoint.uri}: it holds no training configuration "
                               f"(a checkpoint of a model without one); start afresh in another checkpoint directory")
     problems = []
+    # A field the checkpoint's dfnet did not have yet ran at its default (partial_dtype: float64).
+    theirs = {**TrainConfig().to_dict(), **checkpoint.config}
     if checkpoint.network != network:
         problems.append(f"network {_layers(checkpoint.network)} there, {_layers(network)} here")
     allowed = set(RESUMABLE_CHANGES)
     if config.get("lr_schedule") == "cosine":
         allowed.discard("epochs")
-    for key in sorted(set(checkpoint.config) | set(config)):
-        if key not in allowed and checkpoint.config.get(key) != config.get(key):
-            problems.append(f"{key}={checkpoint.config.get(key)!r} there, {config.get(key)!r} here")
+    for key in sorted(set(theirs) | set(config)):
+        if key not in allowed and theirs.get(key) != config.get(key):
+            problems.append(f"{key}={theirs.get(key)!r} there, {config.get(key)!r} here")
     for key in ("rows", "partitions"):
         if key in data and checkpoint.data.get(key) != data[key]:
             problems.append(f"{checkpoint.data.get(key)} training {key} there, {data[key]} here")
