@@ -38,6 +38,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ..compat import to_arrow
+from ..config import AGGREGATES, PARTIAL_DTYPES
 from ..session import session_setting
 
 PARTIAL_COL = "partial"
@@ -45,8 +46,8 @@ PARTITION_COL = "partition"
 CHUNK_COL = "chunk"
 PARTIAL_SCHEMA = T.StructType([T.StructField(PARTITION_COL, T.IntegerType(), False),
                                T.StructField(PARTIAL_COL, T.ArrayType(T.DoubleType(), False), False)])
-AGGREGATIONS = ("collect", "agg", "sharded")
-PARTIAL_DTYPES = ("float64", "float32")
+#: The ways a step adds its rows: TrainConfig's aggregates but ``auto``, which resolves to one of them.
+AGGREGATIONS = tuple(a for a in AGGREGATES if a != "auto")
 
 #: ``auto`` collects while tasks x values stays at or below this on one machine (256 MB of float64
 #: on the driver per step; there the "network" is memory, and a shuffle stage costs more).
@@ -206,17 +207,14 @@ class PartialLayout:
         ``shards`` chunks)."""
         partition = batch.column(0)[0].as_py()
         vector = batch.column(1).flatten().to_numpy(zero_copy_only=False).astype(self.dtype, copy=False)
-        values = pa.array(vector)
-        if not self.sharded:
-            return pa.RecordBatch.from_arrays(
-                [pa.array([partition], type=pa.int32()), pa.ListArray.from_arrays(pa.array([0, len(vector)], pa.int32()),
-                                                                                     values)],
-                names=[PARTITION_COL, PARTIAL_COL])
-        bounds = chunk_bounds(len(vector), self.shards)
-        chunks = pa.ListArray.from_arrays(pa.array(bounds, type=pa.int32()), values)
-        return pa.RecordBatch.from_arrays(
-            [pa.array(shard_keys(self.shards), type=pa.int32()), pa.array([partition] * self.shards, type=pa.int32()),
-             chunks], names=[CHUNK_COL, PARTITION_COL, PARTIAL_COL])
+        bounds = chunk_bounds(len(vector), self.shards)  # [0, len] when not sharded: one row
+        columns = [pa.array([partition] * self.shards, type=pa.int32()),
+                   pa.ListArray.from_arrays(pa.array(bounds, type=pa.int32()), pa.array(vector))]
+        names = [PARTITION_COL, PARTIAL_COL]
+        if self.sharded:
+            columns.insert(0, pa.array(shard_keys(self.shards), type=pa.int32()))
+            names.insert(0, CHUNK_COL)
+        return pa.RecordBatch.from_arrays(columns, names=names)
 
     def add(self, partials: DataFrame, sum_vectors) -> np.ndarray | None:
         """Run the step's job: the float64 :func:`ordered_sum` of the tasks' rows in ``partials``
