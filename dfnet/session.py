@@ -15,6 +15,7 @@ import sys
 import threading
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from pyspark.sql import SparkSession
 
@@ -241,11 +242,19 @@ def master_of(spark) -> str | None:
         return None
 
 
-def cluster_shape(spark, fallback: int):
-    """The session's :class:`~dfnet.engine.sums.ClusterShape`: its :func:`task_slots` and whether its
+@dataclass(frozen=True)
+class ClusterShape:
+    """What choosing how a step adds its sums needs to know of the cluster: task slots, and whether
+    every task runs on the driver's machine (a ``local`` master)."""
+
+    slots: int = 1
+    single_machine: bool = True
+
+
+def cluster_shape(spark, fallback: int) -> ClusterShape:
+    """The session's :class:`ClusterShape`: its :func:`task_slots` and whether its
     tasks all run on the driver's machine (a ``local`` master; unknown, as on a Connect server that
     does not tell its master, counts as a cluster)."""
-    from .engine.sums import ClusterShape
     master = master_of(spark)
     return ClusterShape(task_slots(spark, fallback), bool(master) and master.startswith("local"))
 

@@ -39,7 +39,7 @@ from pyspark.sql import types as T
 
 from ..compat import to_arrow
 from ..config import AGGREGATES, PARTIAL_DTYPES
-from ..session import session_setting
+from ..session import ClusterShape, session_setting
 
 PARTIAL_COL = "partial"
 PARTITION_COL = "partition"
@@ -284,15 +284,6 @@ def sum_on_driver(table: pa.Table) -> np.ndarray | None:
 
 
 # --- choosing -------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ClusterShape:
-    """What the aggregation's choice needs to know of the cluster: task slots, and whether every
-    task runs on the driver's machine (a ``local`` master)."""
-
-    slots: int = 1
-    single_machine: bool = True
-
 
 def resolve_aggregate(asked: str, tasks: int, num_values: int, cluster: ClusterShape = ClusterShape(),
                       dtype: str = "float64") -> tuple[PartialLayout, str]:
